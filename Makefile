@@ -1,0 +1,54 @@
+# mmpipe developer targets. `make demo` and `make test` do all setup themselves.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# uv needs the system CA store on our build machines; it ignores pip's local torch folder.
+export UV_SYSTEM_CERTS := 1
+# Under `uv run` Ray would rebuild the env in every worker: we call .venv/bin directly.
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
+DEMO_DIR ?= demo_out
+DEMO_N ?= 240
+
+.PHONY: setup lock demo test test-fast lint format bench clean
+
+$(BIN)/.synced: requirements.lock
+	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install -q uv
+	@test -x $(BIN)/python || $(PY) -m uv venv -q --python $(PY) $(VENV) 2>/dev/null || uv venv -q --python $(PY) $(VENV)
+	uv pip sync -q --python $(BIN)/python --require-hashes requirements.lock
+	uv pip install -q --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+setup: $(BIN)/.synced  ## create .venv from the hashed lock
+
+lock:  ## re-resolve requirements.lock from pyproject.toml (no URLs are written)
+	uv pip compile pyproject.toml --all-extras --generate-hashes -q -o requirements.lock --python-version 3.11
+
+demo: setup  ## make a sample corpus and build WebDataset shards on a local Ray
+	rm -rf $(DEMO_DIR)
+	$(BIN)/mmpipe sample-corpus $(DEMO_DIR)/corpus --n $(DEMO_N)
+	$(BIN)/mmpipe build $(DEMO_DIR)/corpus/manifest.jsonl --output $(DEMO_DIR)/build \
+		--resize 224 --resize-mode keep_ratio --image-format jpg
+	$(BIN)/python -c "import json,sys; r=json.load(open('$(DEMO_DIR)/build/build.json')); print('build.json counts:', json.dumps(r['counts']))"
+
+test: setup  ## lint, type-check and run the test suite
+	$(MAKE) --no-print-directory lint
+	$(BIN)/python -m pytest -q -x -p no:cacheprovider
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
+
+lint: setup  ## ruff (lint + format check) and mypy on pipeline/
+	$(BIN)/ruff check pipeline schemas jobs tests bench
+	$(BIN)/ruff format --check pipeline schemas jobs tests bench
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix pipeline schemas jobs tests bench
+	$(BIN)/ruff format pipeline schemas jobs tests bench
+
+bench: setup  ## build throughput against a bare loop and img2dataset (see docs/benchmarks.md)
+	$(BIN)/python bench/bench_build.py
+
+clean:
+	rm -rf $(DEMO_DIR) .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The build job: chunks of input rows into validated, deduplicated WebDataset shards."""

@@ -1,0 +1,100 @@
+"""Finalize: dedup in input order, give shards their final names, write index and rejects."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from pipeline.build.chunk import chunk_meta_url
+from pipeline.io.fs import atomic_open, exists, get_fs, join, move
+from pipeline.io.parquet import parquet_sink, read_table, to_table
+from pipeline.io.tar import TarShardWriter, read_member
+from schemas import INDEX_SCHEMA, REJECTS_SCHEMA
+
+SHARD_DIR = "shards"
+
+
+def shard_name(n: int) -> str:
+    return f"{SHARD_DIR}/{n:06d}.tar"
+
+
+def _reject(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+    return {
+        "source_file": row["source_file"], "source_row": row["source_row"],
+        "source_key": row.get("source_key"), "key": row.get("key"),
+        "reason": reason, "modality": "row", "message": message,
+    }  # fmt: skip
+
+
+def _place(work_dir: str, out_dir: str, staged: str, final: str, kept: list[dict[str, Any]], whole: bool) -> None:
+    """Publish one staged tar under its final name: a rename when every sample survived
+    dedup, else a filtered copy. Both are idempotent, so an interrupted finalize reruns."""
+    src, dst = join(work_dir, "chunks", staged), join(out_dir, final)
+    if whole:
+        if exists(src):
+            move(src, dst)
+        elif not exists(dst):
+            raise RuntimeError(f"staged shard {staged} is gone and {final} was never written; rerun with --overwrite")
+        return
+    fs, path = get_fs(src)
+    with fs.open(path, "rb") as f, atomic_open(dst) as out:
+        w = TarShardWriter(out)
+        for row in kept:
+            row["members"] = [
+                {"name": m["name"], "offset": o, "size": s}
+                for m in row["members"]
+                for o, s in [w.add(m["name"], read_member(f, m["offset"], m["size"]))]
+            ]
+        w.close()
+
+
+def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any]:
+    """Walk chunks in input order; the first occurrence of a content hash or key wins.
+
+    A rejected row claims nothing, so a later copy of its content can still be written.
+    Memory grows with the number of distinct samples (a hash and a key each), not with
+    their bytes; the bytes are only streamed from staged tars when dedup removed some.
+    """
+    first_hash: dict[str, str] = {}
+    seen_keys: set[str] = set()
+    n_shards = written = nbytes = rows_total = 0
+    reasons: Counter[str] = Counter()
+    with parquet_sink(join(out_dir, "index.parquet"), INDEX_SCHEMA, "index") as index, parquet_sink(
+        join(out_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects"
+    ) as rejects:
+        for cid in sorted(chunk_ids):
+            rows = read_table(chunk_meta_url(work_dir, cid)).to_pylist()
+            rows_total += len(rows)
+            per_tar: Counter[str] = Counter(r["staged_tar"] for r in rows if not r["reason"])
+            kept_by_tar: dict[str, list[dict[str, Any]]] = {}
+            bad: list[dict[str, Any]] = []
+            for r in rows:
+                if r["reason"]:
+                    bad.append(_reject(r, r["reason"], r["message"]) | {"modality": r["modality"]})
+                elif r["content_hash"] in first_hash:
+                    bad.append(_reject(r, "duplicate", f"same content as key {first_hash[r['content_hash']]!r}"))
+                elif r["key"] in seen_keys:
+                    bad.append(_reject(r, "duplicate_key", f"key {r['key']!r} was already written"))
+                else:
+                    first_hash[r["content_hash"]] = r["key"]
+                    seen_keys.add(r["key"])
+                    kept_by_tar.setdefault(r["staged_tar"], []).append(r)
+            for staged, kept in kept_by_tar.items():
+                final = shard_name(n_shards)
+                n_shards += 1
+                _place(work_dir, out_dir, staged, final, kept, whole=len(kept) == per_tar[staged])
+                for r in kept:
+                    r["shard"] = final
+                    nbytes += sum(m["size"] for m in r["members"])
+                written += len(kept)
+                index.write(to_table([{f.name: r.get(f.name) for f in INDEX_SCHEMA} for r in kept], INDEX_SCHEMA))
+            reasons.update(b["reason"] for b in bad)
+            rejects.write(to_table(bad, REJECTS_SCHEMA))
+    return {
+        "input_rows": rows_total,
+        "written": written,
+        "rejected": sum(reasons.values()),
+        "shards": n_shards,
+        "bytes_written": nbytes,
+        "rejects_by_reason": dict(sorted(reasons.items())),
+    }

@@ -1,0 +1,143 @@
+"""Typed, validated build configuration, loaded from CLI options and/or YAML."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import UserError
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_size(value: int | str) -> int:
+    """Parse ``1000``, ``"64MB"`` or ``"1GiB"`` into bytes."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size; write e.g. 256MB or 1GiB")
+    unit = (m.group(2) or "").lower()
+    binary = "i" in unit
+    base = unit[:1] if unit[:1] in "kmgt" and unit[:1] else ""
+    factor = (1024 ** "_kmgt".index(base)) if (binary and base) else _UNITS[base]
+    return int(float(m.group(1)) * factor)
+
+
+class BuildConfig(BaseModel):
+    """Everything that decides what ``mmpipe build`` writes. Field names match the YAML keys."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    input: str
+    output: str
+    input_format: Literal["auto", "jsonl", "csv", "parquet", "sidecar", "tar"] = "auto"
+    image_column: str = "image"
+    audio_column: str = "audio"
+    text_column: str = "text"
+    key_column: str = "key"
+    # Manifests usually hold captions inline; "auto" treats a value as a path only when it
+    # is a single token ending in .txt, so that a real caption is never fetched as a file.
+    text_source: Literal["auto", "inline", "path"] = "auto"
+    shard_samples: int = Field(1000, ge=1, le=1_000_000)
+    shard_bytes: int = Field(parse_size("512MB"), ge=1024)
+    resize: int | None = Field(None, ge=1, le=65535)
+    resize_mode: Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"] = (
+        "keep_ratio"
+    )
+    upscale: bool = False
+    image_format: Literal["keep", "jpg", "png", "webp"] = "keep"
+    image_quality: int = Field(95, ge=1, le=100)
+    min_image_size: int = Field(8, ge=1)
+    max_image_size: int = Field(16384, ge=1)
+    # PIL's own default bomb threshold (~89.5 Mpx); images over it are never decoded.
+    max_image_pixels: int = Field(89_478_485, ge=1)
+    audio_rate: int | None = Field(None, ge=1000, le=384_000)
+    min_audio_seconds: float = Field(0.0, ge=0)
+    max_audio_seconds: float = Field(3600.0, gt=0)
+    max_text_chars: int = Field(100_000, ge=1)
+    max_file_bytes: int = Field(parse_size("256MB"), ge=1)
+    sample_timeout_s: float = Field(30.0, gt=0)
+    on_modality_error: Literal["reject", "drop"] = "reject"
+    allow_local_refs: bool = False
+    fetch_concurrency: int = Field(16, ge=1, le=1024)
+    num_cpus: float = Field(1.0, gt=0, le=64)
+
+    @field_validator("shard_bytes", "max_file_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any) -> int:
+        return parse_size(v)
+
+    @field_validator("input", "output")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v.strip()
+
+    def fingerprint(self) -> str:
+        """Hash of every field that changes the output (not where it is written)."""
+        fields = self.model_dump(exclude={"output", "fetch_concurrency", "num_cpus"})
+        blob = json.dumps(fields, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def reencode_images(self) -> bool:
+        return self.image_format != "keep" or (self.resize is not None and self.resize_mode != "no")
+
+
+def _explain(err: ValidationError) -> str:
+    """Turn pydantic's report into one line that names the field, the value and the fix."""
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    value = first.get("input")
+    msg = first["msg"]
+    ctx = first.get("ctx") or {}
+    if first["type"] == "literal_error" and "expected" in ctx:
+        msg = f"allowed: {ctx['expected']}"
+    elif first["type"] == "extra_forbidden":
+        allowed = ", ".join(sorted(BuildConfig.model_fields))
+        return f"config: unknown field {field!r}; known fields: {allowed}"
+    flag = "--" + field.replace("_", "-")
+    return f"config: {field} ({flag}) = {value!r} is invalid: {msg}"
+
+
+def load_build_config(overrides: dict[str, Any], yaml_path: str | None = None) -> BuildConfig:
+    """Merge a YAML file (if given) with CLI overrides and validate.
+
+    Raises:
+        UserError: with one line naming the bad field, its value and what is allowed.
+    """
+    data: dict[str, Any] = {}
+    if yaml_path:
+        data = load_yaml(yaml_path)
+        data = data.get("build", data)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return BuildConfig(**data)
+    except ValidationError as e:
+        raise UserError(_explain(e)) from None
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping safely (never ``yaml.load``), from any fsspec URL."""
+    import fsspec
+    import yaml
+
+    try:
+        with fsspec.open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}; check the --config path") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of field: value")
+    return data

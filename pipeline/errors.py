@@ -1,0 +1,54 @@
+"""User-facing errors and the documented set of reject reason codes."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad option, missing input): printed as one line, no traceback."""
+
+
+class Reason(str, Enum):
+    """Why an input row was rejected. The values are stable: they are written to rejects.parquet."""
+
+    MISSING = "missing"
+    FETCH_ERROR = "fetch_error"
+    DISALLOWED_REF = "disallowed_ref"
+    MALFORMED_ROW = "malformed_row"
+    DECODE_ERROR = "decode_error"
+    TOO_LARGE = "too_large"
+    TOO_SMALL = "too_small"
+    TOO_LONG = "too_long"
+    TIMEOUT = "timeout"
+    UNSAFE_MEMBER = "unsafe_member"
+    NO_MODALITY = "no_modality"
+    DUPLICATE = "duplicate"
+    DUPLICATE_KEY = "duplicate_key"
+
+
+REASON_DOCS: dict[Reason, str] = {
+    Reason.MISSING: "a referenced file or URL does not exist",
+    Reason.FETCH_ERROR: "a reference exists but could not be read (permissions, network, HTTP error)",
+    Reason.DISALLOWED_REF: "a reference uses a scheme or location that this input may not reach",
+    Reason.MALFORMED_ROW: "the input row itself cannot be parsed or has values of the wrong type",
+    Reason.DECODE_ERROR: "bytes do not decode as their modality (corrupt, truncated, not UTF-8, NUL)",
+    Reason.TOO_LARGE: "over a size limit: file bytes, image side, or pixel count (bomb guard)",
+    Reason.TOO_SMALL: "under a size limit: image side or audio duration",
+    Reason.TOO_LONG: "audio duration or text length over its limit",
+    Reason.TIMEOUT: "decoding the sample took longer than the per-sample time limit",
+    Reason.UNSAFE_MEMBER: "a tar member that is not a regular file (symlink, hardlink, device)",
+    Reason.NO_MODALITY: "the row holds no image, audio or text",
+    Reason.DUPLICATE: "the same content (hash) was already written from an earlier row",
+    Reason.DUPLICATE_KEY: "the same key was already written from an earlier row",
+}
+
+
+class SampleError(Exception):
+    """A per-sample failure that becomes a reject row; never escapes a stage."""
+
+    def __init__(self, reason: Reason, message: str, modality: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.modality = modality

@@ -1,0 +1,1 @@
+"""Ingest: turn manifests, sidecar folders and tars into chunks of input rows."""

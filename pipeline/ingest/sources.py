@@ -1,0 +1,251 @@
+"""Input detection and planning, and the Ray Data datasource that streams whole chunks."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.config import BuildConfig
+from pipeline.errors import UserError
+from pipeline.ingest import readers
+from pipeline.ingest.rows import InputRow, ManifestLayout
+from pipeline.io.fs import expand_inputs, get_fs, list_files
+from pipeline.io.tar import split_member_name
+
+PART_TYPE = pa.struct(
+    [
+        pa.field("name", pa.string()),
+        pa.field("ref", pa.string()),
+        pa.field("data", pa.large_binary()),
+        pa.field("error", pa.string()),
+        pa.field("message", pa.string()),
+    ]
+)
+# The block every read task yields: exactly one chunk of consecutive input rows.
+CHUNK_SCHEMA = pa.schema(
+    [
+        pa.field("chunk_id", pa.string()),
+        pa.field("chunk_rows", pa.int32()),
+        pa.field("source_file", pa.string()),
+        pa.field("source_row", pa.int64()),
+        pa.field("source_key", pa.string()),
+        pa.field("parts", pa.list_(PART_TYPE)),
+        pa.field("error_reason", pa.string()),
+        pa.field("error_message", pa.string()),
+    ]
+)
+# Inline bytes (tars, embedded Parquet) are capped per chunk so that blocks stay small.
+MAX_CHUNK_INLINE_BYTES = 128 * 1024 * 1024
+_EXT_KINDS = {
+    "jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl",
+    "csv": "csv", "parquet": "parquet", "pq": "parquet",
+    "tar": "tar", "tgz": "tar", "tar.gz": "tar",
+}  # fmt: skip
+
+
+@dataclass
+class ReadUnit:
+    """What one read task reads: a manifest or tar file, or a slice of sidecar groups."""
+
+    kind: str
+    url: str
+    file_index: int
+    chunk_start: int = 0
+    groups: list[tuple[int, str, list[str]]] = field(default_factory=list)
+
+
+@dataclass
+class InputPlan:
+    kind: str
+    units: list[ReadUnit]
+    description: str
+
+
+def _kind_from_name(url: str) -> str | None:
+    name = url.rsplit("/", 1)[-1].lower()
+    for suffix in ("jsonl.gz", "ndjson.gz", "csv.gz", "tar.gz"):
+        if name.endswith("." + suffix):
+            return _EXT_KINDS.get(suffix.split(".")[0] if suffix != "tar.gz" else "tar")
+    ext = name.rsplit(".", 1)[-1] if "." in name else ""
+    return _EXT_KINDS.get(ext)
+
+
+def plan_input(cfg: BuildConfig) -> InputPlan:
+    """Decide what INPUT is and split it into read units, with one listing at most.
+
+    Raises:
+        UserError: the input is missing, empty, or of a form we cannot tell.
+    """
+    url = cfg.input
+    if any(c in url for c in "*?[{"):
+        files = expand_inputs(url)
+        if not files:
+            raise UserError(f"input pattern {url} matches no files; check the glob or brace range")
+        missing = [f for f in files[:1] + files[-1:] if not get_fs(f)[0].exists(get_fs(f)[1])]
+        if missing:
+            raise UserError(f"input {missing[0]} (from {url}) does not exist; check the pattern")
+        kind = cfg.input_format if cfg.input_format != "auto" else _kind_from_name(files[0])
+        if kind is None:
+            raise UserError(f"cannot tell the format of {files[0]}; pass --input-format")
+        return InputPlan(kind, [ReadUnit(kind, f, i) for i, f in enumerate(files)], url)
+    fs, path = get_fs(url)
+    try:
+        is_dir = fs.isdir(path)
+        present = is_dir or fs.exists(path)
+    except Exception as e:  # credentials, DNS: a user-facing problem, not a traceback
+        raise UserError(f"cannot reach input {url}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    if not present:
+        raise UserError(f"input not found: {url}; check the path or URL")
+    if is_dir:
+        if cfg.input_format not in ("auto", "sidecar"):
+            raise UserError(f"input {url} is a folder; --input-format {cfg.input_format} needs a file")
+        return _plan_sidecar(url, cfg)
+    kind = cfg.input_format if cfg.input_format != "auto" else _kind_from_name(url)
+    if kind is None or kind == "sidecar":
+        raise UserError(
+            f"cannot tell the format of {url}; name it .jsonl/.csv/.parquet/.tar "
+            "or pass --input-format jsonl|csv|parquet|tar"
+        )
+    check_layout(url, kind, cfg)
+    return InputPlan(kind, [ReadUnit(kind, url, 0)], url)
+
+
+def _manifest_columns(url: str, kind: str) -> list[str] | None:
+    """The manifest's column names, from its header or first row only."""
+    fs, path = get_fs(url)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        with fs.open(path, "rb") as f:
+            return list(pq.read_schema(f).names)
+    import csv
+    import json
+
+    import fsspec
+
+    with fsspec.open(url, "rt", encoding="utf-8", errors="replace", newline="", compression="infer") as f:
+        if kind == "csv":
+            return next(csv.reader(f), [])
+        for _, line in zip(range(1000), f):
+            if line.strip():
+                try:
+                    first = json.loads(line)
+                except ValueError:
+                    return None  # a bad first line is a per-row reject, not a layout problem
+                return list(first) if isinstance(first, dict) else None
+    return []
+
+
+def check_layout(url: str, kind: str, cfg: BuildConfig) -> None:
+    """Refuse a manifest with none of the modality columns before any work starts."""
+    if kind not in ("jsonl", "csv", "parquet"):
+        return
+    try:
+        cols = _manifest_columns(url, kind)
+    except (OSError, ValueError, UnicodeError) as e:
+        raise UserError(f"cannot read manifest {url}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    wanted = [cfg.image_column, cfg.audio_column, cfg.text_column]
+    if cols is not None and cols and not set(wanted) & set(cols):
+        raise UserError(
+            f"manifest {url} has columns {cols[:12]} but none of {wanted}; "
+            "name yours with --image-column/--audio-column/--text-column"
+        )
+
+
+def _plan_sidecar(root: str, cfg: BuildConfig) -> InputPlan:
+    rels = list_files(root)
+    if not rels:
+        raise UserError(f"folder {root} holds no files; point INPUT at a folder of sidecar files")
+    groups: list[tuple[int, str, list[str]]] = []
+    for rel in rels:  # sorted, so a stem's files are adjacent
+        stem, _ = split_member_name(rel)
+        if groups and groups[-1][1] == stem:
+            groups[-1][2].append(rel)
+        else:
+            groups.append((len(groups), stem, [rel]))
+    n = cfg.shard_samples
+    units = [
+        ReadUnit("sidecar", root, 0, chunk_start=i // n, groups=groups[i : i + n])
+        for i in range(0, len(groups), n)
+    ]
+    return InputPlan("sidecar", units, root)
+
+
+def iter_unit_rows(unit: ReadUnit, cfg: BuildConfig) -> Iterator[InputRow]:
+    if unit.kind == "sidecar":
+        return readers.sidecar_rows(unit.url, unit.groups)
+    if unit.kind == "tar":
+        return readers.read_tar(unit.url, max_member_bytes=cfg.max_file_bytes)
+    layout = ManifestLayout.for_manifest(unit.url, cfg)
+    reader = {"jsonl": readers.read_jsonl, "csv": readers.read_csv, "parquet": readers.read_parquet}
+    return reader[unit.kind](unit.url, layout)
+
+
+def iter_chunks(unit: ReadUnit, cfg: BuildConfig) -> Iterator[pa.Table]:
+    """Group a unit's rows into chunks of at most ``shard_samples`` rows (and bounded bytes)."""
+    max_bytes = min(cfg.shard_bytes, MAX_CHUNK_INLINE_BYTES)
+    rows: list[InputRow] = []
+    nbytes = 0
+    chunk = unit.chunk_start
+    for row in iter_unit_rows(unit, cfg):
+        rows.append(row)
+        nbytes += row.nbytes()
+        if len(rows) >= cfg.shard_samples or nbytes >= max_bytes:
+            yield chunk_table(rows, f"{unit.file_index:06d}-{chunk:06d}")
+            rows, nbytes, chunk = [], 0, chunk + 1
+    if rows:
+        yield chunk_table(rows, f"{unit.file_index:06d}-{chunk:06d}")
+
+
+def chunk_table(rows: list[InputRow], chunk_id: str) -> pa.Table:
+    cols: dict[str, list[Any]] = {
+        "chunk_id": [chunk_id] * len(rows),
+        "chunk_rows": [len(rows)] * len(rows),
+        "source_file": [r.source_file for r in rows],
+        "source_row": [r.source_row for r in rows],
+        "source_key": [r.source_key for r in rows],
+        "parts": [r.parts for r in rows],
+        "error_reason": [r.error_reason for r in rows],
+        "error_message": [r.error_message for r in rows],
+    }
+    return pa.Table.from_pydict(cols, schema=CHUNK_SCHEMA)
+
+
+def _read_unit(unit: ReadUnit, cfg: BuildConfig) -> Iterator[pa.Table]:
+    try:
+        yield from iter_chunks(unit, cfg)
+    except (OSError, ValueError, UnicodeError) as e:
+        # The whole file is unreadable (missing, not UTF-8, bad header): fail the build with
+        # a clear message rather than silently dropping an unknown number of rows.
+        raise UserError(f"cannot read input file {unit.url}: {type(e).__name__}: {e}") from None
+
+
+def make_datasource(plan: InputPlan, cfg: BuildConfig) -> Any:
+    """A Ray Data datasource with one read task per unit; each task yields whole chunks."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class InputDatasource(Datasource):
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_name(self) -> str:
+            return f"mmpipe_{plan.kind}"
+
+        def get_read_tasks(
+            self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+        ) -> list[ReadTask]:
+            return [
+                ReadTask(
+                    functools.partial(_read_unit, unit, cfg),
+                    BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(unit.url,)),
+                    schema=CHUNK_SCHEMA,
+                )
+                for unit in plan.units
+            ]
+
+    return InputDatasource()

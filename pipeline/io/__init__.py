@@ -1,0 +1,1 @@
+"""I/O helpers: fsspec paths, atomic writes, deterministic tars and Parquet sinks."""

@@ -1,0 +1,187 @@
+"""fsspec helpers: URL resolution, listings, brace patterns and atomic writes on any filesystem."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import posixpath
+import re
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+# Schemes a reference inside a manifest may use. Anything else (ftp, data:, javascript:)
+# is refused per row rather than handed to whatever fsspec happens to have installed.
+REMOTE_SCHEMES = {"s3", "s3a", "gs", "gcs", "http", "https", "az", "abfs", "memory"}
+LOCAL_SCHEMES = {"file", "local"}
+_SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_BRACE_RE = re.compile(r"\{([^{}]*)\}")
+
+
+def scheme_of(url: str) -> str:
+    """``'s3'`` for ``s3://b/k``; ``''`` for a plain local path."""
+    m = _SCHEME_RE.match(url)
+    return m.group(1).lower() if m else ""
+
+
+def is_remote(url: str) -> bool:
+    return scheme_of(url) not in ("", *LOCAL_SCHEMES)
+
+
+def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return the filesystem and the path within it, with bounded timeouts for HTTP."""
+    kwargs: dict[str, Any] = {}
+    if scheme_of(url) in ("http", "https"):
+        import aiohttp
+
+        # No single URL may hang a worker: connect and total read are both bounded.
+        kwargs["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=60, sock_connect=10)}
+    return url_to_fs(url, **kwargs)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL or path components with '/' (fsspec paths are always posix)."""
+    if scheme_of(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def dirname(url: str) -> str:
+    if scheme_of(url):
+        proto, rest = url.split("://", 1)
+        return f"{proto}://{posixpath.dirname(rest)}"
+    return os.path.dirname(os.path.abspath(url))
+
+
+def unstrip(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
+    """Give a bare fs path back the scheme of ``like`` so that workers can reopen it."""
+    proto = scheme_of(like)
+    if not proto or proto in LOCAL_SCHEMES:
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand ``{000..012}`` ranges (zero-padded) and ``{a,b}`` lists, as webdataset does."""
+    m = _BRACE_RE.search(pattern)
+    if not m:
+        return [pattern]
+    body = m.group(1)
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.group(1), rng.group(2)
+        width = len(lo) if lo.startswith("0") else 0
+        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        options = body.split(",")
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    return list(itertools.chain.from_iterable(expand_braces(head + o + tail) for o in options))
+
+
+def expand_inputs(pattern: str) -> list[str]:
+    """Brace-expand, then glob each piece; return URLs in a stable, sorted order."""
+    out: list[str] = []
+    for piece in expand_braces(pattern):
+        fs, path = get_fs(piece)
+        if any(c in path for c in "*?["):
+            out.extend(unstrip(fs, p, piece) for p in sorted(fs.glob(path)))
+        else:
+            out.append(piece)
+    return out
+
+
+def list_files(url: str) -> list[str]:
+    """Every file under ``url``, relative to it, sorted. One recursive listing, no per-file stat."""
+    fs, root = get_fs(url)
+    root = root.rstrip("/")
+    rels = []
+    for p in fs.find(root, detail=False):
+        rel = p[len(root) :].lstrip("/")
+        if rel and not any(part.startswith(".") for part in rel.split("/")):
+            rels.append(rel)
+    return sorted(rels)
+
+
+@contextlib.contextmanager
+def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open ``url`` for writing so that it appears under its name complete or not at all.
+
+    Local files go to a temp name in the same directory and are renamed (atomic on POSIX).
+    Object stores publish an object only when its upload completes; we open with
+    ``autocommit=False`` where supported so that a failed write is discarded, not committed.
+    """
+    fs, path = get_fs(url)
+    if not is_remote(url):
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        tmp = os.path.join(
+            os.path.dirname(os.path.abspath(path)),
+            f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}",
+        )
+        try:
+            with open(tmp, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            # Files we write are read by others but never executable or world-writable.
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    try:
+        f = fs.open(path, mode, autocommit=False)
+    except (TypeError, NotImplementedError):
+        f = None
+    if f is None:
+        with fs.open(path, mode) as f2:
+            yield f2
+        return
+    try:
+        yield f
+    except BaseException:
+        with contextlib.suppress(Exception):
+            f.discard()
+        raise
+    f.close()
+    f.commit()
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    with atomic_open(url, "wb") as f:
+        f.write(data)
+
+
+def exists(url: str) -> bool:
+    fs, path = get_fs(url)
+    return bool(fs.exists(path))
+
+
+def remove_tree(url: str) -> None:
+    fs, path = get_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def move(src: str, dst: str) -> None:
+    """Rename on one filesystem: atomic locally, a server-side copy then delete on object stores."""
+    fs, s = get_fs(src)
+    _, d = get_fs(dst)
+    if not is_remote(src):
+        os.makedirs(os.path.dirname(os.path.abspath(d)), exist_ok=True)
+        os.replace(s, d)
+    else:
+        fs.mv(s, d)
+
+
+def makedirs(url: str) -> None:
+    fs, path = get_fs(url)
+    if not is_remote(url):
+        os.makedirs(path, exist_ok=True)
+    else:
+        with contextlib.suppress(Exception):
+            fs.makedirs(path, exist_ok=True)

@@ -1,0 +1,78 @@
+"""Parquet sinks that cast to a schema from schemas/, tag its version and commit atomically."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.io.fs import atomic_open, get_fs
+from schemas import SCHEMA_KEY, SCHEMA_VERSION_KEY, with_schema_metadata
+
+
+def to_table(rows: list[dict[str, Any]] | dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+    """Build a table with exactly ``schema``'s columns and types (extra keys are an error)."""
+    if isinstance(rows, dict):
+        return pa.Table.from_pydict({f.name: rows[f.name] for f in schema}, schema=schema)
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+class ParquetSink:
+    """Stream tables into one Parquet file that becomes visible only on ``close()``."""
+
+    def __init__(self, url: str, schema: pa.Schema, name: str, **writer_kwargs: Any) -> None:
+        self.schema = with_schema_metadata(schema, name)
+        self._cm = atomic_open(url, "wb")
+        self._f = self._cm.__enter__()
+        self._writer = pq.ParquetWriter(self._f, self.schema, compression="zstd", **writer_kwargs)
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+            self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+        self._cm.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(Exception):
+            self._cm.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+@contextlib.contextmanager
+def parquet_sink(url: str, schema: pa.Schema, name: str) -> Iterator[ParquetSink]:
+    sink = ParquetSink(url, schema, name)
+    try:
+        yield sink
+    except BaseException:
+        sink.abort()
+        raise
+    sink.close()
+
+
+def write_table(url: str, table: pa.Table, schema: pa.Schema, name: str) -> None:
+    with parquet_sink(url, schema, name) as sink:
+        sink.write(table)
+
+
+def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def schema_info(url: str) -> tuple[str | None, int | None]:
+    """The ``(schema name, version)`` a file was written with, or ``(None, None)``."""
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        meta = pq.read_schema(f).metadata or {}
+    name = meta.get(SCHEMA_KEY)
+    version = meta.get(SCHEMA_VERSION_KEY)
+    return (name.decode() if name else None, int(version) if version else None)

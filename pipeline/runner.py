@@ -1,0 +1,164 @@
+"""The runner: starts or joins Ray, turns stages into map_batches calls, streams results back."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.stage import Batch, Stage
+
+# glibc/Pillow settings measured on our 2-core VMs (docs/benchmarks.md): large decode
+# buffers stop being mmap'd and trimmed on every image, which dominated decode time.
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "268435456",
+    "MALLOC_TRIM_THRESHOLD_": "1073741824",
+    "PILLOW_BLOCKS_MAX": "32",
+}
+# Per-process cache so that a stage's setup() runs once per worker, not once per task.
+_READY: dict[str, Stage] = {}
+
+
+def worker_env() -> dict[str, str]:
+    env = {} if os.environ.get("MMPIPE_ALLOCATOR_ENV", "1") == "0" else dict(ALLOCATOR_ENV)
+    # Workers must reach the same object store endpoint as the driver (tests, MinIO, moto).
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> Iterator[None]:
+    """Use the running Ray, join ``address``, or start a local Ray and stop it afterwards."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {
+            "runtime_env": {"env_vars": worker_env()},
+            "log_to_driver": not quiet,
+            "configure_logging": True,
+            "logging_level": "WARNING" if quiet else "INFO",
+        }
+        if address:
+            kwargs["address"] = address
+        else:
+            # The embedded Ray lives only for this command and listens on loopback only;
+            # token auth would write a credential into the user's home for nothing.
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as e:
+            raise UserError(f"cannot connect to Ray at {address}: {e}; check --address") from None
+        started = True
+    configure_data_context(quiet)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def configure_data_context(quiet: bool) -> None:
+    import logging
+
+    from ray.data import DataContext
+
+    # Our own progress line and summary are the display; Ray Data's INFO lines only with -v.
+    logging.getLogger("ray.data").setLevel(logging.ERROR if quiet else logging.WARNING)
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = not quiet
+    ctx.print_on_execution_start = not quiet
+    # Read tasks yield whole chunks (<= 128 MiB of inline bytes); never split them.
+    ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 512 * 1024 * 1024)
+
+
+def _stage_fn(stage: Stage, token: str) -> Callable[[Batch], Batch]:
+    def run(batch: Batch) -> Batch:
+        inst = _READY.get(token)
+        if inst is None:
+            inst = stage
+            inst.ensure_setup()
+            _READY[token] = inst
+        return inst(batch)
+
+    return run
+
+
+class _ActorStage:
+    """Actor wrapper: the stage is set up once when the actor starts (models load once)."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.stage.ensure_setup()
+
+    def __call__(self, batch: Batch) -> Batch:
+        return self.stage(batch)
+
+
+def map_stages(ds: Any, stages: list[Stage]) -> Any:
+    """Apply each stage with its declared resources: tasks, or an actor pool of fixed size."""
+    from ray.data import ActorPoolStrategy
+
+    for stage in stages:
+        res = stage.resources
+        common: dict[str, Any] = {
+            "batch_size": stage.batch_size,
+            "batch_format": stage.batch_format,
+            "num_cpus": res.num_cpus,
+            "zero_copy_batch": False,
+        }
+        if res.num_gpus:
+            common["num_gpus"] = res.num_gpus
+        if res.memory:
+            common["memory"] = res.memory
+        if res.actors:
+            ds = ds.map_batches(
+                _ActorStage, fn_constructor_args=(stage,), compute=ActorPoolStrategy(size=res.actors), **common
+            )
+        else:
+            ds = ds.map_batches(_stage_fn(stage, uuid.uuid4().hex), **common)
+    return ds
+
+
+def unwrap(err: BaseException) -> BaseException:
+    """Find a UserError raised inside a Ray task, so the CLI prints it as one line."""
+    seen = 0
+    cur: BaseException | None = err
+    while cur is not None and seen < 10:
+        if isinstance(cur, UserError):
+            return cur
+        cause = getattr(cur, "cause", None)
+        cur = cause if isinstance(cause, BaseException) else cur.__cause__
+        seen += 1
+    return err
+
+
+def stream(ds: Any) -> Iterator[Any]:
+    """Iterate a dataset's output blocks as Arrow tables (small summaries, never the data)."""
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    except Exception as e:
+        found = unwrap(e)
+        if found is not e:
+            raise found from None
+        raise
+
+
+def run_remote(fn: Callable[..., Any], *args: Any, num_cpus: float = 1.0) -> Any:
+    """Run ``fn`` as one Ray task (driver-side work stays small) and return its result."""
+    import ray
+
+    try:
+        return ray.get(ray.remote(num_cpus=num_cpus)(fn).remote(*args))
+    except Exception as e:
+        found = unwrap(e)
+        if found is not e:
+            raise found from None
+        raise

@@ -1,0 +1,1 @@
+"""Per-sample stages: fetch references, decode and validate each modality, derive keys."""

@@ -1,0 +1,23 @@
+"""Arrow schemas for every file mmpipe writes: the single source of truth."""
+
+from schemas.build import (
+    BUILD_REPORT_SCHEMA,
+    BUILD_SCHEMA_VERSION,
+    INDEX_SCHEMA,
+    REJECTS_SCHEMA,
+    SCHEMA_KEY,
+    SCHEMA_VERSION_KEY,
+    STAGED_SCHEMA,
+    with_schema_metadata,
+)
+
+__all__ = [
+    "BUILD_REPORT_SCHEMA",
+    "BUILD_SCHEMA_VERSION",
+    "INDEX_SCHEMA",
+    "REJECTS_SCHEMA",
+    "SCHEMA_KEY",
+    "SCHEMA_VERSION_KEY",
+    "STAGED_SCHEMA",
+    "with_schema_metadata",
+]

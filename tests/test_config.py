@@ -1,0 +1,42 @@
+"""Config validation: one clear message naming the field, the value and what is allowed."""
+
+import pytest
+
+from pipeline.config import BuildConfig, load_build_config, parse_size
+from pipeline.errors import UserError
+
+
+def test_parse_size_units():
+    assert parse_size("512MB") == 512 * 10**6
+    assert parse_size("1GiB") == 1024**3
+    assert parse_size(4096) == 4096
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_bad_literal_names_field_value_and_choices():
+    with pytest.raises(UserError) as e:
+        load_build_config({"input": "x", "output": "y", "resize_mode": "squash"})
+    msg = str(e.value)
+    assert "resize_mode" in msg and "--resize-mode" in msg and "squash" in msg and "keep_ratio" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_yaml_field_is_refused(tmp_path):
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text("build:\n  input: a.jsonl\n  output: out\n  shard_sampels: 10\n")
+    with pytest.raises(UserError, match="unknown field 'shard_sampels'"):
+        load_build_config({}, str(cfg))
+
+
+def test_yaml_then_cli_override(tmp_path):
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text("input: a.jsonl\noutput: out\nshard_samples: 10\nshard_bytes: 1MB\n")
+    c = load_build_config({"shard_samples": 20}, str(cfg))
+    assert c.shard_samples == 20 and c.shard_bytes == 10**6
+
+
+def test_fingerprint_ignores_where_and_how_fast_but_not_what():
+    a = BuildConfig(input="i", output="o1")
+    assert a.fingerprint() == BuildConfig(input="i", output="o2", num_cpus=0.5).fingerprint()
+    assert a.fingerprint() != BuildConfig(input="i", output="o1", resize=64).fingerprint()
