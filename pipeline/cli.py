@@ -18,20 +18,30 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_build(sub: Any) -> None:
     p = sub.add_parser("build", help="validate inputs and shard them into WebDataset tars")
-    p.add_argument("input", help="manifest (.jsonl/.csv/.parquet), sidecar folder, or tar glob/brace pattern")
+    p.add_argument(
+        "input", help="manifest (.jsonl/.csv/.parquet), sidecar folder, or tar glob/brace pattern"
+    )
     p.add_argument("--output", "-o", required=True, help="output folder or URL")
     p.add_argument("--config", help="YAML file with build fields (CLI options override it)")
     p.add_argument("--input-format", help="auto|jsonl|csv|parquet|sidecar|tar")
     for col in ("image", "audio", "text", "key"):
-        p.add_argument(f"--{col}-column", help=f"manifest column holding the {col} (default: {col})")
-    p.add_argument("--text-source", help="auto|inline|path: whether the text column holds captions or paths")
+        p.add_argument(
+            f"--{col}-column", help=f"manifest column holding the {col} (default: {col})"
+        )
+    p.add_argument(
+        "--text-source", help="auto|inline|path: whether the text column holds captions or paths"
+    )
     p.add_argument("--shard-samples", type=int, help="max samples per shard (default 1000)")
     p.add_argument("--shard-bytes", help="max bytes per shard, e.g. 512MB")
     p.add_argument("--resize", type=int, help="resize images to this size (see --resize-mode)")
     p.add_argument("--resize-mode", help="no|keep_ratio|keep_ratio_largest|center_crop|border")
-    p.add_argument("--upscale", action="store_true", default=None, help="also enlarge smaller images")
+    p.add_argument(
+        "--upscale", action="store_true", default=None, help="also enlarge smaller images"
+    )
     p.add_argument("--image-format", help="keep|jpg|png|webp (re-encode when not keep)")
-    p.add_argument("--image-quality", "--quality", type=int, dest="image_quality", help="JPEG/WebP quality")
+    p.add_argument(
+        "--image-quality", "--quality", type=int, dest="image_quality", help="JPEG/WebP quality"
+    )
     p.add_argument("--min-image-size", type=int)
     p.add_argument("--max-image-size", type=int)
     p.add_argument("--max-image-pixels", type=int, help="decompression-bomb guard (pixels)")
@@ -40,8 +50,12 @@ def _add_build(sub: Any) -> None:
     p.add_argument("--max-audio-seconds", type=float)
     p.add_argument("--max-text-chars", type=int)
     p.add_argument("--max-file-bytes", help="largest file read, e.g. 256MB")
-    p.add_argument("--sample-timeout", type=float, dest="sample_timeout_s", help="per-sample decode limit (s)")
-    p.add_argument("--on-modality-error", help="reject|drop: what a failing modality does to its row")
+    p.add_argument(
+        "--sample-timeout", type=float, dest="sample_timeout_s", help="per-sample decode limit (s)"
+    )
+    p.add_argument(
+        "--on-modality-error", help="reject|drop: what a failing modality does to its row"
+    )
     p.add_argument("--allow-local-refs", action="store_true", default=None)
     p.add_argument("--fetch-concurrency", type=int)
     p.add_argument("--num-cpus", type=float, help="CPUs per chunk task")
@@ -59,17 +73,29 @@ def _cmd_build(args: argparse.Namespace) -> int:
     skip = {"func", "command", "config", "address", "ray_num_cpus", "overwrite", "quiet"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
     cfg = load_build_config(overrides, args.config)
-    run_build(cfg, address=args.address, ray_num_cpus=args.ray_num_cpus, overwrite=args.overwrite, quiet=args.quiet)
+    run_build(
+        cfg,
+        address=args.address,
+        ray_num_cpus=args.ray_num_cpus,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
     return 0
 
 
 def _add_sample_corpus(sub: Any) -> None:
-    p = sub.add_parser("sample-corpus", help="write a small multimodal corpus with a learnable class signal")
+    p = sub.add_parser(
+        "sample-corpus", help="write a small multimodal corpus with a learnable class signal"
+    )
     p.add_argument("output", help="folder to write")
     p.add_argument("--n", type=int, default=200, help="number of valid samples (default 200)")
-    p.add_argument("--hard", action="store_true", help="one random modality per sample carries no class signal")
+    p.add_argument(
+        "--hard", action="store_true", help="one random modality per sample carries no class signal"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-broken", action="store_true", help="leave out the deliberately broken rows")
+    p.add_argument(
+        "--no-broken", action="store_true", help="leave out the deliberately broken rows"
+    )
     p.set_defaults(func=_cmd_sample_corpus)
 
 
@@ -78,13 +104,20 @@ def _cmd_sample_corpus(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
-    info = write_corpus(args.output, n=args.n, hard=args.hard, seed=args.seed, broken=not args.no_broken)
-    print(f"sample corpus: {info['rows']} rows ({info['broken']} broken) -> {info['manifest']}", file=sys.stderr)
+    info = write_corpus(
+        args.output, n=args.n, hard=args.hard, seed=args.seed, broken=not args.no_broken
+    )
+    print(
+        f"sample corpus: {info['rows']} rows ({info['broken']} broken) -> {info['manifest']}",
+        file=sys.stderr,
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mmpipe", description="Offline batch pipeline for multimodal corpora on Ray.")
+    parser = _Parser(
+        prog="mmpipe", description="Offline batch pipeline for multimodal corpora on Ray."
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_build(sub)
     _add_sample_corpus(sub)

@@ -51,6 +51,8 @@ class BuildConfig(BaseModel):
         "keep_ratio"
     )
     upscale: bool = False
+    # "area" = box average when shrinking (img2dataset's INTER_AREA), Lanczos when enlarging.
+    resize_filter: Literal["area", "bilinear", "bicubic", "lanczos"] = "area"
     image_format: Literal["keep", "jpg", "png", "webp"] = "keep"
     image_quality: int = Field(95, ge=1, le=100)
     min_image_size: int = Field(8, ge=1)
@@ -65,6 +67,8 @@ class BuildConfig(BaseModel):
     sample_timeout_s: float = Field(30.0, gt=0)
     on_modality_error: Literal["reject", "drop"] = "reject"
     allow_local_refs: bool = False
+    # HTTP threads per chunk task. 16 suits remote servers with real latency; against a
+    # server on the same small machine fewer do better (docs/benchmarks.md).
     fetch_concurrency: int = Field(16, ge=1, le=1024)
     num_cpus: float = Field(1.0, gt=0, le=64)
 

@@ -95,19 +95,28 @@ def make_audio(rng: np.random.Generator, label: int | None, seconds: float = 1.0
     return np.clip(env * tone * rng.uniform(0.6, 1.0) + noise, -1, 1).astype(np.float32)
 
 
-def caption(rng: np.random.Generator, shape: str | None, color: str, size: str, pos: str, zh: bool) -> tuple[str, int]:
+def caption(
+    rng: np.random.Generator, shape: str | None, color: str, size: str, pos: str, zh: bool
+) -> tuple[str, int]:
     if zh:
         thing = SHAPES_ZH[SHAPES.index(shape)] if shape else "物体"
         return f"{POSITIONS[pos][1]}有一个{SIZES[size]}的{COLORS[color][1]}{thing}", 3
     variant = int(rng.integers(len(EN_TEMPLATES)))
     where = "in the center" if pos == "center" else f"at the {pos}"
     text = EN_TEMPLATES[variant].format(
-        size=size, color=color, shape=shape or "object", pos=pos, pos_cap=pos.capitalize(), where=where
+        size=size,
+        color=color,
+        shape=shape or "object",
+        pos=pos,
+        pos_cap=pos.capitalize(),
+        where=where,
     )
     return text, variant
 
 
-def write_corpus(out: str, *, n: int, hard: bool = False, seed: int = 0, broken: bool = True) -> dict[str, Any]:
+def write_corpus(
+    out: str, *, n: int, hard: bool = False, seed: int = 0, broken: bool = True
+) -> dict[str, Any]:
     """Write images/, audio/ and manifest.jsonl under ``out``; return what was written.
 
     Each row records its generating attributes (label, colour, size, position, caption
@@ -128,12 +137,16 @@ def write_corpus(out: str, *, n: int, hard: bool = False, seed: int = 0, broken:
         key = f"s{i:06d}"
         im = draw_image(rng, None if missing == "image" else SHAPES[label], color, size, pos)
         img_name = f"images/{key}.png" if i % 5 == 4 else f"images/{key}.jpg"
-        im.save(os.path.join(out, img_name), quality=92) if img_name.endswith("jpg") else im.save(os.path.join(out, img_name))
+        im.save(os.path.join(out, img_name), quality=92) if img_name.endswith("jpg") else im.save(
+            os.path.join(out, img_name)
+        )
         audio = make_audio(rng, None if missing == "audio" else label)
         aud_name = f"audio/{key}.flac" if i % 4 == 3 else f"audio/{key}.wav"
         sf.write(os.path.join(out, aud_name), audio, SAMPLE_RATE, subtype="PCM_16")
         zh = bool(rng.random() < 0.3)
-        text, variant = caption(rng, None if missing == "text" else SHAPES[label], color, size, pos, zh)
+        text, variant = caption(
+            rng, None if missing == "text" else SHAPES[label], color, size, pos, zh
+        )
         rows.append({
             "key": key, "image": img_name, "audio": aud_name, "text": text,
             "label": SHAPES[label], "label_id": label, "color": color, "size": size, "position": pos,
@@ -152,7 +165,9 @@ def write_corpus(out: str, *, n: int, hard: bool = False, seed: int = 0, broken:
     return {"rows": len(rows), "broken": n_broken, "manifest": manifest}
 
 
-def _broken_row(out: str, rng: np.random.Generator, j: int, kind: str, reason: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _broken_row(
+    out: str, rng: np.random.Generator, j: int, kind: str, reason: str, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
     key = f"broken{j:04d}"
     row: dict[str, Any] = {"key": key, "label": None, "expected_reason": reason, "broken": kind}
     if kind == "corrupt_image":

@@ -92,6 +92,7 @@ BUILD_CONFIG_TYPE = pa.struct(
         pa.field("resize", pa.int64()),
         pa.field("resize_mode", pa.string()),
         pa.field("upscale", pa.bool_()),
+        pa.field("resize_filter", pa.string()),
         pa.field("image_format", pa.string()),
         pa.field("image_quality", pa.int64()),
         pa.field("min_image_size", pa.int64()),
@@ -130,11 +131,22 @@ BUILD_REPORT_SCHEMA = pa.schema(
             ),
             nullable=False,
         ),
-        pa.field("chunks", pa.struct([pa.field("total", pa.int64()), pa.field("resumed", pa.int64())])),
+        pa.field(
+            "chunks", pa.struct([pa.field("total", pa.int64()), pa.field("resumed", pa.int64())])
+        ),
         pa.field("rejects_by_reason", pa.map_(pa.string(), pa.int64()), nullable=False),
         pa.field("timings_s", pa.map_(pa.string(), pa.float64()), nullable=False),
         pa.field("throughput_rows_per_s", pa.float64()),
-        pa.field("files", pa.struct([pa.field("index", pa.string()), pa.field("rejects", pa.string()), pa.field("shards", pa.string())])),
+        pa.field(
+            "files",
+            pa.struct(
+                [
+                    pa.field("index", pa.string()),
+                    pa.field("rejects", pa.string()),
+                    pa.field("shards", pa.string()),
+                ]
+            ),
+        ),
     ]
 )
 

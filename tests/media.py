@@ -10,9 +10,17 @@ import numpy as np
 from PIL import Image
 
 
-def jpeg(w: int = 64, h: int = 48, color: tuple[int, int, int] = (200, 30, 30), exif_orientation: int | None = None, mode: str = "RGB") -> bytes:
+def jpeg(
+    w: int = 64,
+    h: int = 48,
+    color: tuple[int, int, int] = (200, 30, 30),
+    exif_orientation: int | None = None,
+    mode: str = "RGB",
+) -> bytes:
     rng = np.random.default_rng(w * 31 + h)
-    arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+    arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(
+        np.uint8
+    )
     im = Image.fromarray(arr, "RGB")
     if mode != "RGB":
         im = im.convert(mode)
@@ -52,13 +60,29 @@ def png_header_only(w: int, h: int) -> bytes:
     """A PNG whose header declares w x h but whose data is tiny: a bomb's signature."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
-def wav(seconds: float = 0.5, rate: int = 16000, channels: int = 1, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
+def wav(
+    seconds: float = 0.5,
+    rate: int = 16000,
+    channels: int = 1,
+    subtype: str = "PCM_16",
+    fmt: str = "WAV",
+) -> bytes:
     import soundfile as sf
 
     t = np.arange(int(seconds * rate)) / rate
@@ -82,7 +106,12 @@ def tar_with(members: list[tuple[str, bytes | None, str]]) -> bytes:
                 info.size = len(data or b"")
                 tf.addfile(info, io.BytesIO(data or b""))
                 continue
-            info.type = {"sym": tarfile.SYMTYPE, "lnk": tarfile.LNKTYPE, "chr": tarfile.CHRTYPE, "dir": tarfile.DIRTYPE}[kind]
+            info.type = {
+                "sym": tarfile.SYMTYPE,
+                "lnk": tarfile.LNKTYPE,
+                "chr": tarfile.CHRTYPE,
+                "dir": tarfile.DIRTYPE,
+            }[kind]
             info.linkname = "/etc/passwd" if kind in ("sym", "lnk") else ""
             tf.addfile(info)
     return buf.getvalue()

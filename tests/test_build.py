@@ -66,25 +66,41 @@ def corpus(tmp_path_factory):
 def built(corpus, tmp_path_factory):
     root, info = corpus
     out = tmp_path_factory.mktemp("out") / "b"
-    report = build(root / "manifest.jsonl", out, shard_samples=10, resize=32, image_format="jpg", image_quality=90)
+    report = build(
+        root / "manifest.jsonl",
+        out,
+        shard_samples=10,
+        resize=32,
+        image_format="jpg",
+        image_quality=90,
+    )
     return out, report, info
 
 
 def test_invariant_and_expected_rejects(built, corpus):
     out, report, info = built
+    assert report["input_kind"] == "jsonl"
     index, rejects = check_invariant(out, info["rows"])
-    manifest = [json.loads(line) for line in (corpus[0] / "manifest.jsonl").read_text().splitlines()]
+    manifest = [
+        json.loads(line) for line in (corpus[0] / "manifest.jsonl").read_text().splitlines()
+    ]
     expected = {i: r["expected_reason"] for i, r in enumerate(manifest) if "expected_reason" in r}
     got = dict(zip(rejects["source_row"].to_pylist(), rejects["reason"].to_pylist()))
     assert got == expected
     assert report["counts"]["written"] == index.num_rows == info["rows"] - len(expected)
     assert report["counts"]["rejected"] == rejects.num_rows
     assert sum(report["rejects_by_reason"].values()) == rejects.num_rows
-    assert min(min(w, h) for w, h in zip(index["image_width"].to_pylist(), index["image_height"].to_pylist())) == 32
+    assert (
+        min(
+            min(w, h)
+            for w, h in zip(index["image_width"].to_pylist(), index["image_height"].to_pylist())
+        )
+        == 32
+    )
 
 
 def test_files_carry_schema_and_version(built):
-    out, report, _ = built
+    out, _, _ = built
     for name, schema in (("index", INDEX_SCHEMA), ("rejects", REJECTS_SCHEMA)):
         s = pq.read_schema(Path(out) / f"{name}.parquet")
         assert s.metadata[b"mmpipe.schema"] == name.encode()
@@ -119,14 +135,30 @@ def test_same_input_gives_byte_identical_shards_and_noop_rerun(built, corpus, tm
     out, report, _ = built
     root, _ = corpus
     again = tmp_path / "again"
-    build(root / "manifest.jsonl", again, shard_samples=10, resize=32, image_format="jpg", image_quality=90)
+    build(
+        root / "manifest.jsonl",
+        again,
+        shard_samples=10,
+        resize=32,
+        image_format="jpg",
+        image_quality=90,
+    )
     shards = sorted(p.name for p in (Path(out) / "shards").iterdir())
     assert shards == sorted(p.name for p in (again / "shards").iterdir())
     for name in shards:
         assert (Path(out) / "shards" / name).read_bytes() == (again / "shards" / name).read_bytes()
-    assert tables(out)[0].equals(tables(again)[0].replace_schema_metadata(tables(out)[0].schema.metadata))
+    assert tables(out)[0].equals(
+        tables(again)[0].replace_schema_metadata(tables(out)[0].schema.metadata)
+    )
     before = {p.name: p.stat().st_mtime_ns for p in (again / "shards").iterdir()}
-    rep = build(root / "manifest.jsonl", again, shard_samples=10, resize=32, image_format="jpg", image_quality=90)
+    rep = build(
+        root / "manifest.jsonl",
+        again,
+        shard_samples=10,
+        resize=32,
+        image_format="jpg",
+        image_quality=90,
+    )
     assert rep["counts"] == report["counts"]
     assert before == {p.name: p.stat().st_mtime_ns for p in (again / "shards").iterdir()}
 
@@ -157,7 +189,9 @@ def test_sidecar_folder(tmp_path):
     row = next(r for r in index.to_pylist() if r["key"] == "0002")
     assert [m["name"] for m in row["members"]] == ["0002.png", "0002.json", "0002.cls"]
     one = next(r for r in index.to_pylist() if r["key"] == "0001")
-    assert one["audio_format"] == "flac" and one["image_format"] == "jpg" and one["text_length"] == 11
+    assert (
+        one["audio_format"] == "flac" and one["image_format"] == "jpg" and one["text_length"] == 11
+    )
     check_shards(out, index)
 
 
@@ -167,16 +201,23 @@ def test_tars_are_revalidated_and_resharded(built, tmp_path):
     out, _, _ = built
     index, _ = tables(out)
     pattern = str(Path(out) / "shards" / "{000000..000001}.tar")
-    n_in = sum(1 for s in index["shard"].to_pylist() if s in ("shards/000000.tar", "shards/000001.tar"))
+    n_in = sum(
+        1 for s in index["shard"].to_pylist() if s in ("shards/000000.tar", "shards/000001.tar")
+    )
     resharded = tmp_path / "re"
     rep = build(pattern, resharded, shard_samples=7)
     new_index, rejects = check_invariant(resharded, n_in)
     # Chunks never span input files: each input tar gives ceil(n / 7) shards of its own.
-    per_file = [sum(1 for s in index["shard"].to_pylist() if s == f"shards/00000{i}.tar") for i in (0, 1)]
+    per_file = [
+        sum(1 for s in index["shard"].to_pylist() if s == f"shards/00000{i}.tar") for i in (0, 1)
+    ]
     assert rejects.num_rows == 0 and rep["counts"]["shards"] == sum(-(-n // 7) for n in per_file)
     # The original bytes pass through untouched, so content hashes survive re-sharding.
     old = dict(zip(index["key"].to_pylist(), index["content_hash"].to_pylist()))
-    assert all(old[k] == h for k, h in zip(new_index["key"].to_pylist(), new_index["content_hash"].to_pylist()))
+    assert all(
+        old[k] == h
+        for k, h in zip(new_index["key"].to_pylist(), new_index["content_hash"].to_pylist())
+    )
     hostile = tmp_path / "hostile.tar"
     hostile.write_bytes(
         media.tar_with(
@@ -209,7 +250,12 @@ def test_parquet_with_embedded_bytes_and_csv(tmp_path):
     table = pa.table(
         {
             "image": pa.array(
-                [{"bytes": media.png(), "path": None}, {"bytes": None, "path": "img/a.jpg"}, None, {"bytes": b"xx", "path": None}],
+                [
+                    {"bytes": media.png(), "path": None},
+                    {"bytes": None, "path": "img/a.jpg"},
+                    None,
+                    {"bytes": b"xx", "path": None},
+                ],
                 pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
             ),
             "text": ["one", "two", "three", None],
@@ -220,15 +266,21 @@ def test_parquet_with_embedded_bytes_and_csv(tmp_path):
     out = tmp_path / "pout"
     build(tmp_path / "m.parquet", out)
     index, rejects = check_invariant(out, 4)
-    assert rejects["reason"].to_pylist() == ["decode_error"] and rejects["source_row"].to_pylist() == [3]
+    assert rejects["reason"].to_pylist() == ["decode_error"] and rejects[
+        "source_row"
+    ].to_pylist() == [3]
     assert index["image_format"].to_pylist() == ["png", "jpg", None]
     (tmp_path / "m.csv").write_text(
-        'image,text,key\nimg/a.jpg,"a caption, with comma",k1\nimg/a.jpg,"multi\nline",k2\nonly,two,fields,extra\n,,k4\n'
+        "image,text,key\n"
+        'img/a.jpg,"a caption, with comma",k1\nimg/a.jpg,"multi\nline",k2\nonly,two,fields,extra\n,,k4\n'
     )
     cout = tmp_path / "cout"
     build(tmp_path / "m.csv", cout)
     index, rejects = check_invariant(cout, 4)
-    assert dict(zip(rejects["source_row"].to_pylist(), rejects["reason"].to_pylist())) == {2: "malformed_row", 3: "no_modality"}
+    assert dict(zip(rejects["source_row"].to_pylist(), rejects["reason"].to_pylist())) == {
+        2: "malformed_row",
+        3: "no_modality",
+    }
     assert index["text_length"].to_pylist() == [len("a caption, with comma"), len("multi\nline")]
 
 

@@ -18,7 +18,9 @@ def test_bad_literal_names_field_value_and_choices():
     with pytest.raises(UserError) as e:
         load_build_config({"input": "x", "output": "y", "resize_mode": "squash"})
     msg = str(e.value)
-    assert "resize_mode" in msg and "--resize-mode" in msg and "squash" in msg and "keep_ratio" in msg
+    assert (
+        "resize_mode" in msg and "--resize-mode" in msg and "squash" in msg and "keep_ratio" in msg
+    )
     assert "\n" not in msg
 
 

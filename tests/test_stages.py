@@ -34,7 +34,10 @@ def test_passthrough_keeps_bytes_untouched():
 
 def test_exif_rotation_swaps_reported_and_normalised_size():
     data = media.jpeg(64, 32, exif_orientation=6)
-    assert (validate_image(data, ImageOptions()).width, validate_image(data, ImageOptions()).height) == (32, 64)
+    assert (
+        validate_image(data, ImageOptions()).width,
+        validate_image(data, ImageOptions()).height,
+    ) == (32, 64)
     res = validate_image(data, ImageOptions(image_format="png"))
     out = Image.open(io.BytesIO(res.data))
     assert out.size == (32, 64) and out.mode == "RGB"
@@ -66,7 +69,9 @@ def test_sixteen_bit_scales_instead_of_clipping():
     ],
 )
 def test_resize_modes(mode, size, expected):
-    res = validate_image(media.jpeg(64, 48), ImageOptions(resize=size, resize_mode=mode, image_format="jpg"))
+    res = validate_image(
+        media.jpeg(64, 48), ImageOptions(resize=size, resize_mode=mode, image_format="jpg")
+    )
     assert Image.open(io.BytesIO(res.data)).size == expected == (res.width, res.height)
 
 
@@ -127,7 +132,9 @@ def test_transcode_to_mono_flac_at_rate():
 
     res = validate_audio(media.wav(0.5, 44100, channels=2), AudioOptions(rate=16000))
     x, sr = sf.read(io.BytesIO(res.data))
-    assert res.ext == "flac" and sr == 16000 and x.ndim == 1 and len(x) == 8000 and res.channels == 1
+    assert (
+        res.ext == "flac" and sr == 16000 and x.ndim == 1 and len(x) == 8000 and res.channels == 1
+    )
 
 
 def test_ogg_is_stored_as_flac():
@@ -160,7 +167,19 @@ def test_text_rules():
 
 
 def test_sanitize_keys_cannot_escape_or_collide():
-    hostile = ["../../etc/passwd", "/abs/key", "a/b", "a_b", "a.b", "..", "", "dir\\x", "spa ce", "ключ", "a\u202eb"]
+    hostile = [
+        "../../etc/passwd",
+        "/abs/key",
+        "a/b",
+        "a_b",
+        "a.b",
+        "..",
+        "",
+        "dir\\x",
+        "spa ce",
+        "ключ",
+        "a\u202eb",
+    ]
     out = [sanitize_key(k) for k in hostile]
     assert len(set(out)) == len(out)
     for k in out:
@@ -206,6 +225,8 @@ def test_deadline_interrupts_a_slow_sample():
 
 def test_per_sample_timeout_becomes_a_reject():
     big = media.image_bytes("PNG", 3000, 3000)
-    stage = ValidateStage(BuildConfig(input="i", output="o", sample_timeout_s=0.001, image_format="png"))
+    stage = ValidateStage(
+        BuildConfig(input="i", output="o", sample_timeout_s=0.001, image_format="png")
+    )
     out = stage(_row({"name": "image", "ref": None, "data": big}))
     assert out["reason"] == ["timeout"]

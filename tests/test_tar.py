@@ -3,7 +3,13 @@
 import io
 import tarfile
 
-from pipeline.io.tar import FIXED_MTIME, TarShardWriter, iter_tar_samples, split_member_name, tar_bytes
+from pipeline.io.tar import (
+    FIXED_MTIME,
+    TarShardWriter,
+    iter_tar_samples,
+    split_member_name,
+    tar_bytes,
+)
 from tests.media import tar_with
 
 
@@ -16,7 +22,7 @@ def test_writer_is_deterministic_and_offsets_point_at_data():
     offsets = [w.add(n, d) for n, d in members]
     w.close()
     data = buf.getvalue()
-    for (name, payload), (off, size) in zip(members, offsets):
+    for (_name, payload), (off, size) in zip(members, offsets):
         assert data[off : off + size] == payload
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         infos = tf.getmembers()

@@ -26,7 +26,9 @@ def _reject(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _place(work_dir: str, out_dir: str, staged: str, final: str, kept: list[dict[str, Any]], whole: bool) -> None:
+def _place(
+    work_dir: str, out_dir: str, staged: str, final: str, kept: list[dict[str, Any]], whole: bool
+) -> None:
     """Publish one staged tar under its final name: a rename when every sample survived
     dedup, else a filtered copy. Both are idempotent, so an interrupted finalize reruns."""
     src, dst = join(work_dir, "chunks", staged), join(out_dir, final)
@@ -34,7 +36,9 @@ def _place(work_dir: str, out_dir: str, staged: str, final: str, kept: list[dict
         if exists(src):
             move(src, dst)
         elif not exists(dst):
-            raise RuntimeError(f"staged shard {staged} is gone and {final} was never written; rerun with --overwrite")
+            raise RuntimeError(
+                f"staged shard {staged} is gone and {final} was never written; rerun with --overwrite"
+            )
         return
     fs, path = get_fs(src)
     with fs.open(path, "rb") as f, atomic_open(dst) as out:
@@ -59,9 +63,10 @@ def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any
     seen_keys: set[str] = set()
     n_shards = written = nbytes = rows_total = 0
     reasons: Counter[str] = Counter()
-    with parquet_sink(join(out_dir, "index.parquet"), INDEX_SCHEMA, "index") as index, parquet_sink(
-        join(out_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects"
-    ) as rejects:
+    with (
+        parquet_sink(join(out_dir, "index.parquet"), INDEX_SCHEMA, "index") as index,
+        parquet_sink(join(out_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects") as rejects,
+    ):
         for cid in sorted(chunk_ids):
             rows = read_table(chunk_meta_url(work_dir, cid)).to_pylist()
             rows_total += len(rows)
@@ -72,7 +77,11 @@ def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any
                 if r["reason"]:
                     bad.append(_reject(r, r["reason"], r["message"]) | {"modality": r["modality"]})
                 elif r["content_hash"] in first_hash:
-                    bad.append(_reject(r, "duplicate", f"same content as key {first_hash[r['content_hash']]!r}"))
+                    bad.append(
+                        _reject(
+                            r, "duplicate", f"same content as key {first_hash[r['content_hash']]!r}"
+                        )
+                    )
                 elif r["key"] in seen_keys:
                     bad.append(_reject(r, "duplicate_key", f"key {r['key']!r} was already written"))
                 else:
@@ -87,7 +96,11 @@ def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any
                     r["shard"] = final
                     nbytes += sum(m["size"] for m in r["members"])
                 written += len(kept)
-                index.write(to_table([{f.name: r.get(f.name) for f in INDEX_SCHEMA} for r in kept], INDEX_SCHEMA))
+                index.write(
+                    to_table(
+                        [{f.name: r.get(f.name) for f in INDEX_SCHEMA} for r in kept], INDEX_SCHEMA
+                    )
+                )
             reasons.update(b["reason"] for b in bad)
             rejects.write(to_table(bad, REJECTS_SCHEMA))
     return {

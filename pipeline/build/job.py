@@ -17,9 +17,6 @@ from pipeline.io.fs import exists, get_fs, join, makedirs, remove_tree, write_by
 from pipeline.runner import map_stages, ray_session, run_remote, stream
 
 OUTPUT_FILES = ("build.json", "index.parquet", "rejects.parquet", SHARD_DIR, "_work")
-# Read tasks only parse manifests; a small CPU share keeps them from being fused into
-# (and serialising) the heavy chunk tasks, and lets them run beside them.
-READ_NUM_CPUS = 0.25
 
 
 def _read_json(url: str) -> dict[str, Any] | None:
@@ -52,12 +49,16 @@ def _prepare_output(cfg: BuildConfig, overwrite: bool) -> dict[str, Any] | None:
             for name in OUTPUT_FILES:
                 remove_tree(join(out, name))
         makedirs(join(out, "_work", "chunks"))
-        marker = json.dumps({"fingerprint": cfg.fingerprint(), "config": cfg.model_dump()}, sort_keys=True)
+        marker = json.dumps(
+            {"fingerprint": cfg.fingerprint(), "config": cfg.model_dump()}, sort_keys=True
+        )
         write_bytes_atomic(join(out, "_work", "config.json"), marker.encode())
     except UserError:
         raise
     except (OSError, PermissionError) as e:
-        raise UserError(f"cannot write to output {out}: {e.__class__.__name__}: {e}; choose a writable --output") from None
+        raise UserError(
+            f"cannot write to output {out}: {e.__class__.__name__}: {e}; choose a writable --output"
+        ) from None
     return None
 
 
@@ -87,28 +88,38 @@ def run_build(
     work = join(cfg.output, "_work")
     timings: dict[str, float] = {}
     progress = Progress(quiet=quiet)
-    with ray_session(address, num_cpus=ray_num_cpus):
-        import ray.data
+    if not plan.units:  # an empty input still gets its (empty) index, rejects and report
+        timings["startup"] = timings["process"] = 0.0
+        counts = finalize(work, cfg.output, [])
+        timings["finalize"] = time.perf_counter() - t0
+    else:
+        with ray_session(address, num_cpus=ray_num_cpus):
+            import ray.data
 
-        t1 = time.perf_counter()
-        timings["startup"] = t1 - t0
-        # One block per read unit is asked for explicitly: otherwise Ray splits read output
-        # blocks to reach its default parallelism, and a chunk would arrive in pieces.
-        ds = ray.data.read_datasource(
-            make_datasource(plan, cfg), num_cpus=READ_NUM_CPUS, override_num_blocks=len(plan.units)
-        )
-        ds = map_stages(ds, [BuildChunkStage(cfg, work)])
-        chunk_ids: list[str] = []
-        for summary in stream(ds):
-            chunk_ids.extend(summary.column("chunk_id").to_pylist())
-            progress.update(summary)
-        progress.done()
-        t2 = time.perf_counter()
-        timings["process"] = t2 - t1
-        counts = run_remote(finalize, work, cfg.output, chunk_ids)
-        timings["finalize"] = time.perf_counter() - t2
+            t1 = time.perf_counter()
+            timings["startup"] = t1 - t0
+            # One read task per chunk, and one block per read task asked for explicitly:
+            # otherwise Ray re-splits read output to reach its default parallelism. Reads
+            # take the chunk stage's CPU share, so Ray fuses read and build into one task.
+            ds = ray.data.read_datasource(
+                make_datasource(plan, cfg),
+                num_cpus=cfg.num_cpus,
+                override_num_blocks=len(plan.units),
+            )
+            ds = map_stages(ds, [BuildChunkStage(cfg, work)])
+            chunk_ids: list[str] = []
+            for summary in stream(ds):
+                chunk_ids.extend(summary.column("chunk_id").to_pylist())
+                progress.update(summary)
+            progress.done()
+            t2 = time.perf_counter()
+            timings["process"] = t2 - t1
+            counts = run_remote(finalize, work, cfg.output, chunk_ids)
+            timings["finalize"] = time.perf_counter() - t2
     if counts["input_rows"] != progress.rows:
-        raise RuntimeError(f"row accounting broke: {progress.rows} processed, {counts['input_rows']} finalized")
+        raise RuntimeError(
+            f"row accounting broke: {progress.rows} processed, {counts['input_rows']} finalized"
+        )
     timings["total"] = time.perf_counter() - t0
     chunks = {"total": progress.chunks, "resumed": progress.resumed}
     report = make_report(cfg, plan.kind, counts, timings, chunks)

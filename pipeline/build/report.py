@@ -19,7 +19,9 @@ from schemas import BUILD_REPORT_SCHEMA, BUILD_SCHEMA_VERSION
 class Progress:
     """Rows and chunks done and rejects so far: a live line on a TTY, a line every few s otherwise."""
 
-    def __init__(self, stream: TextIO | None = None, every_s: float = 5.0, quiet: bool = False) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, every_s: float = 5.0, quiet: bool = False
+    ) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every_s = 0.5 if self.tty else every_s
@@ -72,7 +74,9 @@ def make_report(
         "input_kind": input_kind,
         "config": cfg.model_dump(),
         "config_fingerprint": cfg.fingerprint(),
-        "counts": {k: counts[k] for k in ("input_rows", "written", "rejected", "shards", "bytes_written")},
+        "counts": {
+            k: counts[k] for k in ("input_rows", "written", "rejected", "shards", "bytes_written")
+        },
         "chunks": chunks or {"total": 0, "resumed": 0},
         "rejects_by_reason": counts["rejects_by_reason"],
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

@@ -1,12 +1,10 @@
-"""Streaming readers for each input form; each yields InputRows in input order."""
+"""Streaming readers for each input form; each reads one chunk (offset + count) in input order."""
 
 from __future__ import annotations
 
 import csv
-import io
-import json
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 from pipeline.errors import Reason, SampleError
 from pipeline.ingest.rows import InputRow, ManifestLayout, part_name_for_ext, row_from_record
@@ -18,18 +16,44 @@ from pipeline.io.tar import iter_tar_samples
 csv.field_size_limit(256 * 1024 * 1024)
 
 
-def _open_text(url: str) -> io.TextIOBase:
+def open_binary(url: str) -> IO[bytes]:
+    """Open for reading; compressed manifests are decompressed (and cannot be seeked)."""
     import fsspec
 
-    # newline="" keeps CSV quoted newlines intact; errors are caught per row below.
-    return fsspec.open(url, "rt", encoding="utf-8", errors="surrogateescape", newline="", compression="infer").open()
+    return fsspec.open(url, "rb", compression="infer").open()
 
 
-def read_jsonl(url: str, layout: ManifestLayout) -> Iterator[InputRow]:
+class LineTracker:
+    """Iterate decoded lines of a binary file while counting the bytes consumed.
+
+    The csv module pulls exactly one line at a time, so ``pos`` before a record is the
+    byte offset where that record starts: the planner records it as a chunk start.
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.pos = f.tell() if f.seekable() else 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self.f:
+            self.pos += len(line)
+            yield line.decode("utf-8", "surrogateescape")
+
+
+def read_jsonl(
+    url: str, layout: ManifestLayout, start: int = 0, row_start: int = 0, count: int | None = None
+) -> Iterator[InputRow]:
     """One row per non-blank line; a line that is not a JSON object is a ``malformed_row``."""
-    row_idx = 0
-    with _open_text(url) as f:
-        for line in f:
+    import json
+
+    row_idx, end = row_start, None if count is None else row_start + count
+    with open_binary(url) as f:
+        if start:
+            f.seek(start)
+        for raw in f:
+            if end is not None and row_idx >= end:
+                break
+            line = raw.decode("utf-8", "surrogateescape")
             if not line.strip():
                 continue
             try:
@@ -44,60 +68,95 @@ def read_jsonl(url: str, layout: ManifestLayout) -> Iterator[InputRow]:
             row_idx += 1
 
 
-def read_csv(url: str, layout: ManifestLayout) -> Iterator[InputRow]:
-    """A header row, then one row per record; wrong field counts or broken quoting are rejected."""
-    with _open_text(url) as f:
-        reader = csv.reader(f, strict=True)
+def csv_records(tracker: LineTracker) -> Iterator[tuple[int, list[str] | csv.Error]]:
+    """``(start byte, fields or the parse error)`` per record; blank lines are not records."""
+    reader = csv.reader(tracker, strict=True)
+    while True:
+        pos = tracker.pos
         try:
-            header = next(reader)
+            values: list[str] | csv.Error = next(reader)
         except StopIteration:
             return
         except csv.Error as e:
-            raise ValueError(f"CSV header of {url} cannot be parsed: {e}") from None
-        row_idx = 0
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
+            values = e
+        if values == []:
+            continue
+        yield pos, values
+
+
+def read_csv(
+    url: str, layout: ManifestLayout, start: int = 0, row_start: int = 0, count: int | None = None
+) -> Iterator[InputRow]:
+    """A header row, then one row per record; wrong field counts or broken quoting are rejected."""
+    with open_binary(url) as f:
+        header_rec = next(csv_records(LineTracker(f)), None)
+        if header_rec is None:
+            return
+        header = header_rec[1]
+        if isinstance(header, csv.Error):
+            raise ValueError(f"CSV header cannot be parsed: {header}")
+        if start:
+            f.seek(start)
+        records = csv_records(LineTracker(f))
+        if not start:
+            next(records, None)  # the header
+        row_idx = row_start
+        for _, values in records:
+            if count is not None and row_idx >= row_start + count:
                 break
-            except csv.Error as e:
+            if isinstance(values, csv.Error) or len(values) != len(header):
+                if isinstance(values, csv.Error):
+                    msg = f"CSV parse error: {values}"
+                else:
+                    msg = f"CSV row has {len(values)} fields, header has {len(header)}"
                 row = InputRow(source_file=url, source_row=row_idx)
-                row.fail(SampleError(Reason.MALFORMED_ROW, f"CSV parse error: {e}", "row"))
-                yield row
-                row_idx += 1
-                continue
-            if not values:
-                continue
-            if len(values) != len(header):
-                row = InputRow(source_file=url, source_row=row_idx)
-                msg = f"CSV row has {len(values)} fields, header has {len(header)}"
                 row.fail(SampleError(Reason.MALFORMED_ROW, msg, "row"))
                 yield row
             else:
-                record: dict[str, Any] = {h: (v if v != "" else None) for h, v in zip(header, values)}
+                record: dict[str, Any] = {
+                    h: (v if v != "" else None) for h, v in zip(header, values)
+                }
                 yield row_from_record(record, layout, url, row_idx)
             row_idx += 1
 
 
-def read_parquet(url: str, layout: ManifestLayout, batch_rows: int = 1024) -> Iterator[InputRow]:
-    """Stream record batches; cells of the wrong type are rejected per row."""
+def read_parquet(
+    url: str, layout: ManifestLayout, start: int = 0, row_start: int = 0, count: int | None = None
+) -> Iterator[InputRow]:
+    """Rows ``[row_start, row_start + count)``, read from the row groups that hold them."""
     import pyarrow.parquet as pq
 
     fs, path = get_fs(url)
+    end = None if count is None else row_start + count
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
-        row_idx = 0
-        for batch in pf.iter_batches(batch_size=batch_rows):
+        groups, first, pos = [], None, 0
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if pos + n > row_start and (end is None or pos < end):
+                groups.append(g)
+                first = pos if first is None else first
+            pos += n
+        row_idx = first or 0
+        for batch in pf.iter_batches(batch_size=1024, row_groups=groups):
             for record in batch.to_pylist():
-                yield row_from_record(record, layout, url, row_idx)
+                if row_idx >= row_start and (end is None or row_idx < end):
+                    yield row_from_record(record, layout, url, row_idx)
                 row_idx += 1
 
 
-def read_tar(url: str, *, max_member_bytes: int) -> Iterator[InputRow]:
+def read_tar(
+    url: str, *, max_member_bytes: int, start: int = 0, row_start: int = 0, count: int | None = None
+) -> Iterator[InputRow]:
     """Re-validate an existing WebDataset tar: one row per sample (contiguous members of a key)."""
     fs, path = get_fs(url)
     with fs.open(path, "rb") as f:
-        for idx, sample in enumerate(iter_tar_samples(f, max_member_bytes=max_member_bytes)):
+        if start:
+            f.seek(start)
+        samples = iter_tar_samples(f, max_member_bytes=max_member_bytes)
+        for idx, sample in enumerate(samples, start=row_start):
+            if count is not None and idx >= row_start + count:
+                break
             row = InputRow(source_file=url, source_row=idx, source_key=sample.key or None)
             if sample.error:
                 row.fail(SampleError(Reason(sample.error), sample.message, "row"))
@@ -105,7 +164,15 @@ def read_tar(url: str, *, max_member_bytes: int) -> Iterator[InputRow]:
             for m in sample.members:
                 name = _role(m.ext, seen)
                 if m.error:
-                    row.parts.append({"name": name, "ref": None, "data": None, "error": m.error, "message": m.message})
+                    row.parts.append(
+                        {
+                            "name": name,
+                            "ref": None,
+                            "data": None,
+                            "error": m.error,
+                            "message": m.message,
+                        }
+                    )
                 else:
                     row.add(name, data=m.data)
             yield row

@@ -178,7 +178,10 @@ def _add_cell(row: InputRow, name: str, col: str, value: Any, layout: ManifestLa
         row.add("text", data=value.encode("utf-8", "surrogatepass"))
         return
     ref = resolve_ref(
-        value.strip(), base_dir=layout.base_dir, remote_base=layout.remote, allow_local=layout.allow_local
+        value.strip(),
+        base_dir=layout.base_dir,
+        remote_base=layout.remote,
+        allow_local=layout.allow_local,
     )
     row.add(name, ref=ref)
 

@@ -13,6 +13,7 @@ from pipeline.config import BuildConfig
 from pipeline.errors import UserError
 from pipeline.ingest import readers
 from pipeline.ingest.rows import InputRow, ManifestLayout
+from pipeline.ingest.scan import WHOLE_FILE, Span, scan_csv, scan_jsonl, scan_parquet, scan_tar
 from pipeline.io.fs import expand_inputs, get_fs, list_files
 from pipeline.io.tar import split_member_name
 
@@ -49,13 +50,22 @@ _EXT_KINDS = {
 
 @dataclass
 class ReadUnit:
-    """What one read task reads: a manifest or tar file, or a slice of sidecar groups."""
+    """One chunk, read by one read task: a span of a manifest or tar, or sidecar groups.
+
+    A chunk is never split or merged on its way through Ray Data because it is exactly
+    one read task's only output; that is what makes shards deterministic.
+    """
 
     kind: str
     url: str
     file_index: int
-    chunk_start: int = 0
+    chunk_index: int = 0
+    span: Span = WHOLE_FILE
     groups: list[tuple[int, str, list[str]]] = field(default_factory=list)
+
+    @property
+    def chunk_id(self) -> str:
+        return f"{self.file_index:06d}-{self.chunk_index:06d}"
 
 
 @dataclass
@@ -91,18 +101,23 @@ def plan_input(cfg: BuildConfig) -> InputPlan:
         kind = cfg.input_format if cfg.input_format != "auto" else _kind_from_name(files[0])
         if kind is None:
             raise UserError(f"cannot tell the format of {files[0]}; pass --input-format")
-        return InputPlan(kind, [ReadUnit(kind, f, i) for i, f in enumerate(files)], url)
+        check_layout(files[0], kind, cfg)
+        return InputPlan(kind, _chunk_files(kind, files, cfg), url)
     fs, path = get_fs(url)
     try:
         is_dir = fs.isdir(path)
         present = is_dir or fs.exists(path)
     except Exception as e:  # credentials, DNS: a user-facing problem, not a traceback
-        raise UserError(f"cannot reach input {url}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        raise UserError(
+            f"cannot reach input {url}: {type(e).__name__}: {e}".splitlines()[0]
+        ) from None
     if not present:
         raise UserError(f"input not found: {url}; check the path or URL")
     if is_dir:
         if cfg.input_format not in ("auto", "sidecar"):
-            raise UserError(f"input {url} is a folder; --input-format {cfg.input_format} needs a file")
+            raise UserError(
+                f"input {url} is a folder; --input-format {cfg.input_format} needs a file"
+            )
         return _plan_sidecar(url, cfg)
     kind = cfg.input_format if cfg.input_format != "auto" else _kind_from_name(url)
     if kind is None or kind == "sidecar":
@@ -111,7 +126,31 @@ def plan_input(cfg: BuildConfig) -> InputPlan:
             "or pass --input-format jsonl|csv|parquet|tar"
         )
     check_layout(url, kind, cfg)
-    return InputPlan(kind, [ReadUnit(kind, url, 0)], url)
+    return InputPlan(kind, _chunk_files(kind, [url], cfg), url)
+
+
+def _chunk_files(kind: str, files: list[str], cfg: BuildConfig) -> list[ReadUnit]:
+    """Scan each file for chunk boundaries (headers and line ends only, never the media)."""
+    max_bytes = min(cfg.shard_bytes, MAX_CHUNK_INLINE_BYTES)
+    units: list[ReadUnit] = []
+    for i, url in enumerate(files):
+        try:
+            if kind == "jsonl":
+                spans = scan_jsonl(url, cfg.shard_samples)
+            elif kind == "csv":
+                spans = scan_csv(url, cfg.shard_samples)
+            elif kind == "parquet":
+                spans = scan_parquet(url, cfg.shard_samples, max_bytes)
+            else:
+                spans = scan_tar(url, cfg.shard_samples, max_bytes)
+        except FileNotFoundError:
+            raise UserError(f"input file {url} does not exist; check the path or pattern") from None
+        except (OSError, ValueError, UnicodeError) as e:
+            raise UserError(
+                f"cannot read input file {url}: {type(e).__name__}: {e}".splitlines()[0]
+            ) from None
+        units.extend(ReadUnit(kind, url, i, c, span) for c, span in enumerate(spans))
+    return units
 
 
 def _manifest_columns(url: str, kind: str) -> list[str] | None:
@@ -127,7 +166,9 @@ def _manifest_columns(url: str, kind: str) -> list[str] | None:
 
     import fsspec
 
-    with fsspec.open(url, "rt", encoding="utf-8", errors="replace", newline="", compression="infer") as f:
+    with fsspec.open(
+        url, "rt", encoding="utf-8", errors="replace", newline="", compression="infer"
+    ) as f:
         if kind == "csv":
             return next(csv.reader(f), [])
         for _, line in zip(range(1000), f):
@@ -147,7 +188,9 @@ def check_layout(url: str, kind: str, cfg: BuildConfig) -> None:
     try:
         cols = _manifest_columns(url, kind)
     except (OSError, ValueError, UnicodeError) as e:
-        raise UserError(f"cannot read manifest {url}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        raise UserError(
+            f"cannot read manifest {url}: {type(e).__name__}: {e}".splitlines()[0]
+        ) from None
     wanted = [cfg.image_column, cfg.audio_column, cfg.text_column]
     if cols is not None and cols and not set(wanted) & set(cols):
         raise UserError(
@@ -169,7 +212,7 @@ def _plan_sidecar(root: str, cfg: BuildConfig) -> InputPlan:
             groups.append((len(groups), stem, [rel]))
     n = cfg.shard_samples
     units = [
-        ReadUnit("sidecar", root, 0, chunk_start=i // n, groups=groups[i : i + n])
+        ReadUnit("sidecar", root, 0, chunk_index=i // n, groups=groups[i : i + n])
         for i in range(0, len(groups), n)
     ]
     return InputPlan("sidecar", units, root)
@@ -178,27 +221,25 @@ def _plan_sidecar(root: str, cfg: BuildConfig) -> InputPlan:
 def iter_unit_rows(unit: ReadUnit, cfg: BuildConfig) -> Iterator[InputRow]:
     if unit.kind == "sidecar":
         return readers.sidecar_rows(unit.url, unit.groups)
+    sp = unit.span
     if unit.kind == "tar":
-        return readers.read_tar(unit.url, max_member_bytes=cfg.max_file_bytes)
+        return readers.read_tar(
+            unit.url,
+            max_member_bytes=cfg.max_file_bytes,
+            start=sp.start,
+            row_start=sp.row_start,
+            count=sp.count,
+        )
     layout = ManifestLayout.for_manifest(unit.url, cfg)
     reader = {"jsonl": readers.read_jsonl, "csv": readers.read_csv, "parquet": readers.read_parquet}
-    return reader[unit.kind](unit.url, layout)
+    return reader[unit.kind](unit.url, layout, sp.start, sp.row_start, sp.count)
 
 
 def iter_chunks(unit: ReadUnit, cfg: BuildConfig) -> Iterator[pa.Table]:
-    """Group a unit's rows into chunks of at most ``shard_samples`` rows (and bounded bytes)."""
-    max_bytes = min(cfg.shard_bytes, MAX_CHUNK_INLINE_BYTES)
-    rows: list[InputRow] = []
-    nbytes = 0
-    chunk = unit.chunk_start
-    for row in iter_unit_rows(unit, cfg):
-        rows.append(row)
-        nbytes += row.nbytes()
-        if len(rows) >= cfg.shard_samples or nbytes >= max_bytes:
-            yield chunk_table(rows, f"{unit.file_index:06d}-{chunk:06d}")
-            rows, nbytes, chunk = [], 0, chunk + 1
+    """The unit's rows as one table: one chunk, one block."""
+    rows = list(iter_unit_rows(unit, cfg))
     if rows:
-        yield chunk_table(rows, f"{unit.file_index:06d}-{chunk:06d}")
+        yield chunk_table(rows, unit.chunk_id)
 
 
 def chunk_table(rows: list[InputRow], chunk_id: str) -> pa.Table:
@@ -242,7 +283,9 @@ def make_datasource(plan: InputPlan, cfg: BuildConfig) -> Any:
             return [
                 ReadTask(
                     functools.partial(_read_unit, unit, cfg),
-                    BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(unit.url,)),
+                    BlockMetadata(
+                        num_rows=None, size_bytes=None, exec_stats=None, input_files=(unit.url,)
+                    ),
                     schema=CHUNK_SCHEMA,
                 )
                 for unit in plan.units

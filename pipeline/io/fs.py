@@ -133,22 +133,21 @@ def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return
-    try:
-        f = fs.open(path, mode, autocommit=False)
-    except (TypeError, NotImplementedError):
-        f = None
-    if f is None:
+    remote: Any = None
+    with contextlib.suppress(TypeError, NotImplementedError):
+        remote = fs.open(path, mode, autocommit=False)
+    if remote is None:
         with fs.open(path, mode) as f2:
             yield f2
         return
     try:
-        yield f
+        yield remote
     except BaseException:
         with contextlib.suppress(Exception):
-            f.discard()
+            remote.discard()
         raise
-    f.close()
-    f.commit()
+    remote.close()
+    remote.commit()
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:

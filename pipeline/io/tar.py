@@ -99,14 +99,20 @@ def iter_tar_samples(fileobj: IO[bytes], *, max_member_bytes: int) -> Iterator[T
                 if info.isdir():
                     continue
                 key, ext = split_member_name(info.name)
-                if current is None or current.key != key or any(m.ext == ext for m in current.members):
+                if (
+                    current is None
+                    or current.key != key
+                    or any(m.ext == ext for m in current.members)
+                ):
                     if current is not None:
                         yield current
                     current = TarSample(key=key)
                 if not info.isreg():
                     kind = "symlink" if info.issym() else "hardlink" if info.islnk() else "special"
                     current.members.append(
-                        TarMember(ext, error="unsafe_member", message=f"{kind} member {info.name!r}")
+                        TarMember(
+                            ext, error="unsafe_member", message=f"{kind} member {info.name!r}"
+                        )
                     )
                 elif info.size > max_member_bytes:
                     current.members.append(
@@ -135,7 +141,9 @@ def iter_tar_samples(fileobj: IO[bytes], *, max_member_bytes: int) -> Iterator[T
         if not counter.compressed and counter.total % BLOCK:
             if current is not None:
                 yield current
-            current = TarSample(key="", error="decode_error", message="tar is truncated inside a header")
+            current = TarSample(
+                key="", error="decode_error", message="tar is truncated inside a header"
+            )
     if current is not None:
         yield current
 

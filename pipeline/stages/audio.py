@@ -28,7 +28,11 @@ class AudioOptions:
 
     @classmethod
     def from_config(cls, cfg: Any) -> AudioOptions:
-        return cls(rate=cfg.audio_rate, min_seconds=cfg.min_audio_seconds, max_seconds=cfg.max_audio_seconds)
+        return cls(
+            rate=cfg.audio_rate,
+            min_seconds=cfg.min_audio_seconds,
+            max_seconds=cfg.max_audio_seconds,
+        )
 
 
 def wav_truncated(data: bytes) -> bool:
@@ -78,13 +82,23 @@ def validate_audio(data: bytes, opts: AudioOptions) -> AudioResult:
     except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError/TypeError variants
         raise SampleError(Reason.DECODE_ERROR, f"not readable audio: {e}", "audio") from None
     if info.samplerate <= 0 or info.channels <= 0:
-        raise SampleError(Reason.DECODE_ERROR, "audio header has no sample rate or channels", "audio")
+        raise SampleError(
+            Reason.DECODE_ERROR, "audio header has no sample rate or channels", "audio"
+        )
     duration = info.frames / info.samplerate
     # Checked on the header, before decoding: absurd durations never allocate.
     if duration > opts.max_seconds:
-        raise SampleError(Reason.TOO_LONG, f"audio of {duration:.1f}s > max_audio_seconds {opts.max_seconds:g}", "audio")
+        raise SampleError(
+            Reason.TOO_LONG,
+            f"audio of {duration:.1f}s > max_audio_seconds {opts.max_seconds:g}",
+            "audio",
+        )
     if info.frames <= 0 or duration < opts.min_seconds:
-        raise SampleError(Reason.TOO_SMALL, f"audio of {duration:.3f}s < min_audio_seconds {opts.min_seconds:g} or empty", "audio")
+        raise SampleError(
+            Reason.TOO_SMALL,
+            f"audio of {duration:.3f}s < min_audio_seconds {opts.min_seconds:g} or empty",
+            "audio",
+        )
     if wav_truncated(data):
         raise SampleError(Reason.DECODE_ERROR, "WAV data chunk is truncated", "audio")
     try:
@@ -94,7 +108,9 @@ def validate_audio(data: bytes, opts: AudioOptions) -> AudioResult:
     # libsndfile returns what it could read of a truncated file without complaint.
     exact = info.format in _PASSTHROUGH
     if samples.shape[0] < (info.frames if exact else 0.95 * info.frames) or samples.shape[0] == 0:
-        msg = f"audio is truncated: header declares {info.frames} frames, {samples.shape[0]} decoded"
+        msg = (
+            f"audio is truncated: header declares {info.frames} frames, {samples.shape[0]} decoded"
+        )
         raise SampleError(Reason.DECODE_ERROR, msg, "audio")
     if not np.isfinite(samples).all():
         raise SampleError(Reason.DECODE_ERROR, "audio holds NaN or infinite samples", "audio")
@@ -108,4 +124,6 @@ def validate_audio(data: bytes, opts: AudioOptions) -> AudioResult:
         return AudioResult(_flac(mono, opts.rate), "flac", len(mono) / opts.rate, opts.rate, 1)
     if info.format in _PASSTHROUGH:
         return AudioResult(data, _PASSTHROUGH[info.format], duration, int(rate), int(info.channels))
-    return AudioResult(_flac(np.clip(samples, -1, 1), rate), "flac", duration, int(rate), int(info.channels))
+    return AudioResult(
+        _flac(np.clip(samples, -1, 1), rate), "flac", duration, int(rate), int(info.channels)
+    )

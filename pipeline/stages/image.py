@@ -31,6 +31,7 @@ class ImageOptions:
     upscale: bool = False
     image_format: str = "keep"
     quality: int = 95
+    resize_filter: str = "area"
     min_size: int = 8
     max_size: int = 16384
     max_pixels: int = 89_478_485
@@ -39,7 +40,7 @@ class ImageOptions:
     def from_config(cls, cfg: Any) -> ImageOptions:
         return cls(
             resize=cfg.resize, resize_mode=cfg.resize_mode, upscale=cfg.upscale,
-            image_format=cfg.image_format, quality=cfg.image_quality,
+            image_format=cfg.image_format, quality=cfg.image_quality, resize_filter=cfg.resize_filter,
             min_size=cfg.min_image_size, max_size=cfg.max_image_size,
             max_pixels=cfg.max_image_pixels,
         )  # fmt: skip
@@ -59,10 +60,9 @@ def target_size(w: int, h: int, opts: ImageOptions) -> tuple[int, int]:
     size = opts.resize
     if size is None or opts.resize_mode == "no":
         return w, h
-    if opts.resize_mode in ("keep_ratio", "center_crop"):
-        scale = size / min(w, h)  # smallest side becomes `size`
-    else:  # keep_ratio_largest, border
-        scale = size / max(w, h)
+    # keep_ratio and center_crop fit the smallest side; keep_ratio_largest and border the largest.
+    smallest = opts.resize_mode in ("keep_ratio", "center_crop")
+    scale = size / (min(w, h) if smallest else max(w, h))
     if scale >= 1 and not opts.upscale:
         return w, h
     return max(1, round(w * scale)), max(1, round(h * scale))
@@ -92,14 +92,23 @@ def to_rgb(im: Any) -> Any:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
+def resample_filter(name: str, upscale: bool) -> Any:
+    """Pillow filter for a name. "area" is a box average when shrinking (OpenCV's INTER_AREA,
+    img2dataset's choice: alias-free and ~3x cheaper than Lanczos); enlarging uses Lanczos."""
+    from PIL import Image
+
+    if name == "area":
+        return Image.Resampling.LANCZOS if upscale else Image.Resampling.BOX
+    return {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "lanczos": Image.Resampling.LANCZOS}[name]  # fmt: skip
+
+
 def _resize(im: Any, opts: ImageOptions) -> Any:
     from PIL import Image
 
     tw, th = target_size(im.width, im.height, opts)
     if (tw, th) != im.size:
-        # reducing_gap first shrinks by an integer factor with a box filter (cheap), then
-        # resamples; at 2.0 the result is indistinguishable from a full Lanczos pass.
-        im = im.resize((tw, th), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        im = im.resize((tw, th), resample_filter(opts.resize_filter, tw > im.width))
     size = opts.resize or 0
     if opts.resize_mode == "center_crop" and size and (im.width > size or im.height > size):
         left, top = (im.width - size) // 2, (im.height - size) // 2
@@ -137,16 +146,20 @@ def validate_image(data: bytes, opts: ImageOptions) -> ImageResult:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im: Any = Image.open(io.BytesIO(data))
         w, h = im.size
         fmt = im.format or ""
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise SampleError(Reason.TOO_LARGE, f"decompression bomb guard: {e}", "image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        raise SampleError(Reason.DECODE_ERROR, f"not a readable image: {_clean(e)}", "image") from None
+        raise SampleError(
+            Reason.DECODE_ERROR, f"not a readable image: {_clean(e)}", "image"
+        ) from None
     # The guard runs on the header's size, before a single pixel is decoded.
     if w * h > opts.max_pixels:
-        msg = f"{w}x{h} = {w * h} px > max_image_pixels {opts.max_pixels} (decompression bomb guard)"
+        msg = (
+            f"{w}x{h} = {w * h} px > max_image_pixels {opts.max_pixels} (decompression bomb guard)"
+        )
         raise SampleError(Reason.TOO_LARGE, msg, "image")
     try:
         orientation = im.getexif().get(0x0112, 1)
@@ -154,9 +167,13 @@ def validate_image(data: bytes, opts: ImageOptions) -> ImageResult:
         orientation = 1
     dw, dh = (h, w) if orientation in _SWAPS else (w, h)
     if max(dw, dh) > opts.max_size:
-        raise SampleError(Reason.TOO_LARGE, f"{dw}x{dh} has a side > max_image_size {opts.max_size}", "image")
+        raise SampleError(
+            Reason.TOO_LARGE, f"{dw}x{dh} has a side > max_image_size {opts.max_size}", "image"
+        )
     if min(dw, dh) < opts.min_size:
-        raise SampleError(Reason.TOO_SMALL, f"{dw}x{dh} has a side < min_image_size {opts.min_size}", "image")
+        raise SampleError(
+            Reason.TOO_SMALL, f"{dw}x{dh} has a side < min_image_size {opts.min_size}", "image"
+        )
     passthrough = not opts.reencode and fmt in _PASSTHROUGH
     try:
         if not passthrough and fmt == "JPEG":
@@ -165,14 +182,20 @@ def validate_image(data: bytes, opts: ImageOptions) -> ImageResult:
             im.draft("RGB", (th, tw) if orientation in _SWAPS else (tw, th))
         im.load()
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        raise SampleError(Reason.DECODE_ERROR, f"image data is corrupt or truncated: {_clean(e)}", "image") from None
+        raise SampleError(
+            Reason.DECODE_ERROR, f"image data is corrupt or truncated: {_clean(e)}", "image"
+        ) from None
     if passthrough:
         return ImageResult(data, _PASSTHROUGH[fmt], dw, dh)
     try:
-        im = to_rgb(ImageOps.exif_transpose(im))
+        if orientation != 1:
+            im = ImageOps.exif_transpose(im)
+        im = to_rgb(im)
         im = _resize(im, opts)
     except (OSError, ValueError) as e:
-        raise SampleError(Reason.DECODE_ERROR, f"image cannot be normalised: {e}", "image") from None
+        raise SampleError(
+            Reason.DECODE_ERROR, f"image cannot be normalised: {e}", "image"
+        ) from None
     ext = "png" if opts.image_format == "keep" and fmt not in _PASSTHROUGH else opts.image_format
     if ext == "keep":
         ext = _PASSTHROUGH[fmt]

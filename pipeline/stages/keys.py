@@ -35,7 +35,9 @@ def derived_key(chunk_id: str, source_row: int) -> str:
     return f"{chunk_id.split('-', 1)[0]}-{source_row:09d}"
 
 
-def content_hash(image: bytes | None, text: str | None, audio: bytes | None, extras: list[Any]) -> str:
+def content_hash(
+    image: bytes | None, text: str | None, audio: bytes | None, extras: list[Any]
+) -> str:
     """SHA-256 over the written payloads (not metadata): equal hashes mean the same sample."""
     h = hashlib.sha256()
     payloads: list[tuple[str, bytes]] = [
@@ -54,20 +56,36 @@ class KeyStage(Stage):
     """Add ``key`` (sanitised) and ``content_hash`` to validated rows."""
 
     name = "keys"
-    reads: ClassVar[tuple[str, ...]] = ("chunk_id", "source_row", "source_key", "reason", "image", "text", "audio", "extras")
+    reads: ClassVar[tuple[str, ...]] = (
+        "chunk_id",
+        "source_row",
+        "source_key",
+        "reason",
+        "image",
+        "text",
+        "audio",
+        "extras",
+    )
     adds: ClassVar[tuple[str, ...]] = ("key", "content_hash")
 
     def __call__(self, batch: Batch) -> Batch:
         self.check_columns(batch)
-        keys, hashes = [], []
+        keys: list[str] = []
+        hashes: list[str | None] = []
         for i in range(len(batch["source_row"])):
             src = batch["source_key"][i]
-            keys.append(sanitize_key(src) if src else derived_key(batch["chunk_id"][i], batch["source_row"][i]))
+            keys.append(
+                sanitize_key(src)
+                if src
+                else derived_key(batch["chunk_id"][i], batch["source_row"][i])
+            )
             if batch["reason"][i]:
                 hashes.append(None)
             else:
                 hashes.append(
-                    content_hash(batch["image"][i], batch["text"][i], batch["audio"][i], batch["extras"][i])
+                    content_hash(
+                        batch["image"][i], batch["text"][i], batch["audio"][i], batch["extras"][i]
+                    )
                 )
         batch["key"] = keys
         batch["content_hash"] = hashes

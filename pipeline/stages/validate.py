@@ -83,7 +83,12 @@ class ValidateStage(Stage):
                     continue
                 if name == "image" and "image" not in res:
                     img = validate_image(data, self.image_opts)
-                    res.update(image=img.data, image_ext=img.ext, image_width=img.width, image_height=img.height)
+                    res.update(
+                        image=img.data,
+                        image_ext=img.ext,
+                        image_width=img.width,
+                        image_height=img.height,
+                    )
                 elif name == "audio" and "audio" not in res:
                     aud = validate_audio(data, self.audio_opts)
                     res.update(
@@ -119,7 +124,9 @@ def _parse_meta(data: bytes) -> dict[str, Any]:
     try:
         meta = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise SampleError(Reason.DECODE_ERROR, f"metadata is not valid JSON: {e}"[:300], "json") from None
+        raise SampleError(
+            Reason.DECODE_ERROR, f"metadata is not valid JSON: {e}"[:300], "json"
+        ) from None
     if not isinstance(meta, dict):
         raise SampleError(Reason.DECODE_ERROR, "metadata JSON must be an object", "json")
     return meta

@@ -1,0 +1,1 @@
+"""Ratio benchmarks against bare loops measured in the same run (not timed tests)."""

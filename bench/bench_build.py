@@ -1,0 +1,281 @@
+"""Build throughput against a bare single-process loop (x cores) and against img2dataset.
+
+    python bench/bench_build.py [--n 10000] [--skip-img2dataset]
+
+Prints ratios measured in this run; docs/benchmarks.md records them with this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.corpus import cores, make_jpeg_corpus, url_list
+
+WORK = Path(__file__).resolve().parent / "_work"
+SIZE, QUALITY = 256, 90
+
+
+def bare_loop(manifest: Path, limit: int) -> float:
+    """Images/s of one process doing the same decode, resize, encode and tar write."""
+    from PIL import Image
+
+    from pipeline.stages.image import ImageOptions, resample_filter, target_size
+
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()[:limit]]
+    opts = ImageOptions(resize=SIZE, resize_mode="keep_ratio", image_format="jpg", quality=QUALITY)
+    out = io.BytesIO()
+    t0 = time.perf_counter()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        for r in rows:
+            data = (manifest.parent / r["image"]).read_bytes()
+            im = Image.open(io.BytesIO(data))
+            im.load()
+            if im.mode != "RGB":  # the corpus has no EXIF rotation; skip every avoidable copy
+                im = im.convert("RGB")
+            im = im.resize(target_size(im.width, im.height, opts), resample_filter("area", False))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=QUALITY)
+            for name, payload in (
+                (f"{r['key']}.jpg", buf.getvalue()),
+                (f"{r['key']}.txt", r["text"].encode()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+    return len(rows) / (time.perf_counter() - t0)
+
+
+class RssMonitor:
+    """Peak RSS of this process (the driver) and of its children (Ray's workers)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.driver = self.worker = self.total = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.2):
+            try:
+                kids = self.proc.children(recursive=True)
+                rss = [k.memory_info().rss for k in kids if "ray::" in " ".join(k.cmdline()[:1])]
+            except (psutil.Error, OSError):
+                continue
+            self.driver = max(self.driver, self.proc.memory_info().rss)
+            self.worker = max([self.worker, *rss])
+            self.total = max(self.total, sum(rss))
+
+    def __enter__(self) -> RssMonitor:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+FETCH_CONCURRENCY = 4
+
+
+def run_mmpipe(manifest: Path, out: Path, n_cpus: int) -> dict:
+    """One build on a fresh local Ray; returns wall, start-up and steady-state figures."""
+    import ray
+
+    from pipeline.build import job
+    from pipeline.build.report import Progress
+    from pipeline.config import BuildConfig
+
+    marks: list[tuple[float, int]] = []
+    orig = Progress.update
+
+    def update(self: Progress, summary) -> None:  # record when each chunk finished
+        orig(self, summary)
+        marks.append((time.perf_counter(), self.rows))
+
+    Progress.update = update  # type: ignore[method-assign]
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    cfg = BuildConfig(input=str(manifest), output=str(out), resize=SIZE, resize_mode="keep_ratio",
+                      image_format="jpg", image_quality=QUALITY,
+        fetch_concurrency=FETCH_CONCURRENCY, shard_samples=500)  # fmt: skip
+    t0 = time.perf_counter()
+    with RssMonitor() as mon:
+        report = job.run_build(cfg, ray_num_cpus=n_cpus, quiet=True)
+    wall = time.perf_counter() - t0
+    Progress.update = orig  # type: ignore[method-assign]
+    assert not ray.is_initialized()
+    # Steady state: from the first finished chunk to the last, excluding start-up and the tail.
+    (ta, ra), (tb, rb) = marks[0], marks[-1]
+    steady = (rb - ra) / (tb - ta) if tb > ta else float("nan")
+    return {
+        "rows": report["counts"]["input_rows"], "written": report["counts"]["written"], "wall_s": wall,
+        "startup_s": report["timings_s"]["startup"], "first_chunk_s": ta - t0, "steady_ips": steady,
+        "end_to_end_ips": report["counts"]["input_rows"] / wall, "peak_driver_mb": mon.driver / 2**20,
+        "peak_worker_mb": mon.worker / 2**20, "peak_workers_total_mb": mon.total / 2**20,
+    }  # fmt: skip
+
+
+def run_img2dataset(url_parquet: Path, out: Path, n_proc: int, threads: int = 32) -> dict:
+    venv = WORK / "i2d-venv"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        env = {**os.environ, "UV_SYSTEM_CERTS": "1"}
+        subprocess.run(["uv", "venv", "-q", "--python", "3.11", str(venv)], check=True, env=env)
+        subprocess.run(
+            ["uv", "pip", "install", "-q", "--python", str(py), "img2dataset"], check=True, env=env
+        )
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    code = f"""
+import time, json
+from img2dataset import download
+t0 = time.time()
+download(url_list={str(url_parquet)!r}, input_format="parquet", url_col="url", caption_col="caption",
+         output_folder={str(out)!r}, output_format="webdataset", processes_count={n_proc}, thread_count={threads},
+         image_size={SIZE}, resize_mode="keep_ratio", encode_quality={QUALITY}, number_sample_per_shard=500,
+         distributor="multiprocessing", enable_wandb=False, timeout=10, retries=0)
+print(json.dumps({{"wall": time.time() - t0}}))
+"""
+    t0 = time.perf_counter()
+    res = subprocess.run([str(py), "-c", code], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-2000:])
+    stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
+    ok = sum(s["successes"] for s in stats)
+    start = min(s["start_time"] for s in stats)
+    end = max(s["end_time"] for s in stats)
+    return {
+        "written": ok,
+        "wall_s": wall,
+        "steady_ips": ok / (end - start),
+        "end_to_end_ips": ok / wall,
+    }
+
+
+def bare_in_subprocess(manifest: Path, limit: int, allocator: bool) -> float:
+    """The bare loop in a fresh process: glibc reads the allocator settings only at start."""
+    from pipeline.runner import ALLOCATOR_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    if allocator:
+        env.update(ALLOCATOR_ENV)
+    out = subprocess.run(
+        [sys.executable, __file__, "--bare-only", str(manifest), "--bare-n", str(limit)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def local_figures(manifest: Path, bare_n: int, n_cores: int) -> dict:
+    bare_plain = bare_in_subprocess(manifest, bare_n, allocator=False)
+    bare = bare_in_subprocess(manifest, bare_n, allocator=True)
+    print(
+        f"bare loop: {bare_plain:.0f} img/s on 1 core (glibc defaults), {bare:.0f} img/s with ALLOCATOR_ENV"
+    )
+    bare = max(bare, bare_plain)  # compare against the faster of the two
+    print(f"  -> ideal {bare * n_cores:.0f} img/s on {n_cores} cores")
+    mm = run_mmpipe(manifest, WORK / "out-mmpipe", n_cores)
+    print(f"mmpipe build (local files): {json.dumps({k: round(v, 2) for k, v in mm.items()})}")
+    print(
+        f"  steady-state ratio vs bare x cores: {mm['steady_ips'] / (bare * n_cores):.2f} (goal >= 0.85)"
+    )
+    return {"bare_ips_1core": bare, "bare_ips_1core_glibc_default": bare_plain, "mmpipe_local": mm}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bare-only", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--bare-n", type=int, default=1500)
+    ap.add_argument("--skip-img2dataset", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-local", action="store_true")
+    ap.add_argument(
+        "--reuse-img2dataset", action="store_true", help="reuse the last img2dataset figures"
+    )
+    ap.add_argument("--fetch-concurrency", type=int, default=4)
+    ap.add_argument("--i2d-threads", type=int, nargs="+", default=[4, 32])
+    args = ap.parse_args()
+    global FETCH_CONCURRENCY
+    FETCH_CONCURRENCY = args.fetch_concurrency
+    if args.bare_only:
+        print(bare_loop(Path(args.bare_only), args.bare_n))
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    n_cores = cores()
+    corpus = WORK / "jpeg-corpus"
+    t0 = time.perf_counter()
+    manifest = make_jpeg_corpus(corpus, args.n)
+    print(
+        f"corpus: {args.n} JPEGs 640x480 ready in {time.perf_counter() - t0:.0f}s; cores {n_cores}"
+    )
+
+    results: dict = {"cores": n_cores}
+    if args.skip_local:
+        args.skip_memory = True
+    else:
+        results.update(local_figures(manifest, args.bare_n, n_cores))
+    if not args.skip_memory:
+        half = make_jpeg_corpus(corpus, args.n // 2)
+        mh = run_mmpipe(half, WORK / "out-half", n_cores)
+        results["mmpipe_half"] = mh
+        for n, r in ((args.n // 2, mh), (args.n, results["mmpipe_local"])):
+            print(
+                f"memory at {n} rows: driver {r['peak_driver_mb']:.0f} MB, largest worker {r['peak_worker_mb']:.0f} MB"
+            )
+    if not args.skip_img2dataset:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "8765", "-d", str(corpus)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            time.sleep(1.0)
+            pq_urls, js_urls = url_list(corpus, args.n, "http://127.0.0.1:8765")
+            i2d_file = WORK / "img2dataset.json"
+            if args.reuse_img2dataset and i2d_file.exists():
+                i2d = json.loads(i2d_file.read_text())
+            else:
+                # img2dataset's default is 256 threads; against a local Python server fewer do
+                # better, so it runs with the best of a small sweep (both figures recorded).
+                runs = {
+                    t: run_img2dataset(pq_urls, WORK / "out-i2d", n_cores, t)
+                    for t in args.i2d_threads
+                }
+                for t, r in runs.items():
+                    print(
+                        f"img2dataset thread_count={t}: {json.dumps({k: round(v, 2) for k, v in r.items()})}"
+                    )
+                best = max(runs, key=lambda t: runs[t]["steady_ips"])
+                i2d = {**runs[best], "thread_count": best}
+                i2d_file.write_text(json.dumps(i2d))
+            print(f"img2dataset (HTTP): {json.dumps({k: round(v, 2) for k, v in i2d.items()})}")
+            mh = run_mmpipe(js_urls, WORK / "out-mmpipe-http", n_cores)
+            print(f"mmpipe build (HTTP): {json.dumps({k: round(v, 2) for k, v in mh.items()})}")
+            ratio = mh["steady_ips"] / i2d["steady_ips"]
+            print(f"  steady-state ratio vs img2dataset: {ratio:.2f} (goal >= 1.5)")
+            print(
+                f"  wall time end to end: mmpipe {mh['wall_s']:.1f}s, img2dataset {i2d['wall_s']:.1f}s"
+            )
+            results.update(img2dataset=i2d, mmpipe_http=mh)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    (WORK / "bench_build.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

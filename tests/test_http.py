@@ -1,0 +1,67 @@
+"""Manifests of http:// URLs served from 127.0.0.1: fetched, validated, and 404s counted as missing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.build.job import run_build
+from pipeline.config import BuildConfig
+from pipeline.io.http import fetch
+from tests import media
+from tests.conftest import _free_port, stop_process
+from tests.test_build import check_invariant
+
+
+@pytest.fixture()
+def http_dir(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port), "-d", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield root, f"http://127.0.0.1:{port}"
+    stop_process(proc)
+
+
+def test_fetch_caps_size_and_maps_errors(http_dir):
+    root, base = http_dir
+    (root / "a.bin").write_bytes(b"x" * 5000)
+    assert fetch(f"{base}/a.bin", 10_000) == b"x" * 5000
+    assert len(fetch(f"{base}/a.bin", 100)) == 101  # never more than the cap + 1
+    assert isinstance(fetch(f"{base}/nope.bin", 100), FileNotFoundError)
+    assert isinstance(fetch("http://127.0.0.1:1/x", 100), ConnectionError)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_build_from_http_manifest(http_dir, tmp_path):
+    root, base = http_dir
+    for i in range(6):
+        (root / f"{i}.jpg").write_bytes(media.jpeg(40 + i, 30))
+    rows = [{"key": f"k{i}", "image": f"{base}/{i}.jpg", "text": f"caption {i}"} for i in range(6)]
+    rows.append({"key": "gone", "image": f"{base}/missing.jpg"})
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    run_build(
+        BuildConfig(
+            input=str(tmp_path / "m.jsonl"), output=str(out), resize=32, image_format="webp"
+        ),
+        quiet=True,
+    )
+    index, rejects = check_invariant(out, 7)
+    assert rejects["reason"].to_pylist() == ["missing"]
+    assert index["image_format"].to_pylist() == ["webp"] * 6

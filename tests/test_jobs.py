@@ -1,0 +1,49 @@
+"""The job entrypoint runs from its YAML config and refuses a bad one before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs.build_dataset import main
+
+
+def test_bad_config_stops_before_work(tmp_path, capsys):
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(
+        f"build:\n  input: {tmp_path}/m.jsonl\n  output: {tmp_path}/o\n  resize_mode: squash\n"
+    )
+    assert main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "resize_mode" in err and "keep_ratio" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_shipped_config_runs(tmp_path):
+    import yaml
+
+    from pipeline.sample_corpus import write_corpus
+
+    write_corpus(str(tmp_path / "c"), n=8, seed=2)
+    with open("jobs/configs/build.yaml") as f:
+        shipped = yaml.safe_load(f)
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(yaml.safe_dump(shipped))
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                "--config",
+                str(cfg),
+                "--input",
+                str(tmp_path / "c" / "manifest.jsonl"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "build.json").read_text())
+    assert report["config"]["resize"] == 256 and report["counts"]["written"] == 8
