@@ -12,17 +12,19 @@ DEMO_N ?= 240
 
 .PHONY: setup lock demo test test-fast lint format bench clean
 
-$(BIN)/.synced: requirements.lock
-	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install -q uv
-	@test -x $(BIN)/python || $(PY) -m uv venv -q --python $(PY) $(VENV) 2>/dev/null || uv venv -q --python $(PY) $(VENV)
-	uv pip sync -q --python $(BIN)/python --require-hashes requirements.lock
-	uv pip install -q --python $(BIN)/python --no-deps -e .
+UV := $(PY) -m uv
+
+$(BIN)/.synced: requirements.lock pyproject.toml
+	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install -q uv
+	@test -x $(BIN)/python || $(UV) venv -q --python $(PY) $(VENV)
+	$(UV) pip sync -q --python $(BIN)/python --require-hashes requirements.lock
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $@
 
 setup: $(BIN)/.synced  ## create .venv from the hashed lock
 
 lock:  ## re-resolve requirements.lock from pyproject.toml (no URLs are written)
-	uv pip compile pyproject.toml --all-extras --generate-hashes -q -o requirements.lock --python-version 3.11
+	$(UV) pip compile pyproject.toml --all-extras --generate-hashes -q -o requirements.lock --python-version 3.11
 
 demo: setup  ## make a sample corpus and build WebDataset shards on a local Ray
 	rm -rf $(DEMO_DIR)
