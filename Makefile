@@ -30,7 +30,7 @@ demo: setup  ## make a sample corpus and build WebDataset shards on a local Ray
 	rm -rf $(DEMO_DIR)
 	$(BIN)/mmpipe sample-corpus $(DEMO_DIR)/corpus --n $(DEMO_N)
 	$(BIN)/mmpipe build $(DEMO_DIR)/corpus/manifest.jsonl --output $(DEMO_DIR)/build \
-		--resize 224 --resize-mode keep_ratio --image-format jpg
+		--resize 224 --resize-mode keep_ratio --image-format jpg --shard-samples 100
 	$(BIN)/python -c "import json,sys; r=json.load(open('$(DEMO_DIR)/build/build.json')); print('build.json counts:', json.dumps(r['counts']))"
 
 test: setup  ## lint, type-check and run the test suite

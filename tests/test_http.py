@@ -65,3 +65,13 @@ def test_build_from_http_manifest(http_dir, tmp_path):
     index, rejects = check_invariant(out, 7)
     assert rejects["reason"].to_pylist() == ["missing"]
     assert index["image_format"].to_pylist() == ["webp"] * 6
+    # The manifest itself over HTTP, with references relative to it; read as one chunk
+    # and still rolled into shards of shard_samples.
+    rel = [{"key": f"r{i}", "image": f"{i}.jpg", "text": f"relative {i}"} for i in range(6)]
+    (root / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rel) + "\n")
+    out2 = tmp_path / "out2"
+    rep = run_build(
+        BuildConfig(input=f"{base}/m.jsonl", output=str(out2), shard_samples=4), quiet=True
+    )
+    index2, _ = check_invariant(out2, 6)
+    assert rep["counts"]["shards"] == 2 and index2.num_rows == 6

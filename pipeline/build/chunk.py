@@ -105,10 +105,15 @@ class ChunkWriter:
             return
         members = sample_members(row)
         size = sum(512 + len(d) + (-len(d)) % 512 for _, d in members)
-        if self._tar is None or (
-            self._tar.offset > 0 and self._tar.offset + size > self.shard_bytes
-        ):
+        # A new tar when this one holds shard_samples samples or would pass shard_bytes;
+        # a single sample larger than shard_bytes still gets a tar of its own.
+        full = self._in_tar >= self.shard_samples or (
+            self._tar is not None and self._tar.offset + size > self.shard_bytes
+        )
+        if self._tar is None or (self._in_tar > 0 and full):
             self._roll()
+            self._in_tar = 0
+        self._in_tar += 1
         assert self._tar is not None
         written = [
             {"name": n, "offset": o, "size": s}

@@ -25,7 +25,11 @@ WHOLE_FILE = Span(0, 0, None)
 
 
 def _whole(url: str) -> list[Span] | None:
-    return [Span(0, 0, None)] if url.lower().endswith(_COMPRESSED) else None
+    """Files that cannot be seeked are read as one chunk: compressed ones, and HTTP sources
+    (servers need not honour Range requests)."""
+    if url.lower().endswith(_COMPRESSED) or scheme_of(url) in ("http", "https"):
+        return [Span(0, 0, None)]
+    return None
 
 
 def _spans(starts: list[tuple[int, int]], total: int) -> list[Span]:
@@ -85,10 +89,10 @@ def scan_tar(url: str, samples_per_chunk: int, max_bytes: int) -> list[Span]:
 
     Samples are grouped exactly as the reader groups them. A tar that breaks mid-scan ends
     the scan: the last chunk runs to the end and its reader reports the damage as a reject.
-    Compressed tars and HTTP sources are read whole, as one chunk.
+    Compressed tars and HTTP sources are read whole, as one chunk (rolled into shards inside).
     """
-    if (whole := _whole(url)) or scheme_of(url) in ("http", "https"):
-        return whole or [Span(0, 0, None)]
+    if whole := _whole(url):
+        return whole
     starts: list[tuple[int, int]] = []
     samples = nbytes = 0
     key: str | None = None

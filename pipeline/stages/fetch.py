@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Any, ClassVar
 
@@ -58,8 +59,13 @@ class FetchStage(Stage):
         path = ref[len("file://") :] if ref.startswith("file://") else ref
         try:
             with open(path, "rb") as f:
-                # Read one byte past the limit: enough to know it is too large, never more.
-                data = f.read(self.max_file_bytes + 1)
+                # Size from the open descriptor: a too-large file is never read, and read()
+                # of the exact size avoids allocating a max_file_bytes buffer per file.
+                size = os.fstat(f.fileno()).st_size
+                if size > self.max_file_bytes:
+                    _fail(part, Reason.TOO_LARGE, f"{ref}: {size} bytes > max_file_bytes")
+                    return
+                data = f.read(self.max_file_bytes + 1) if size == 0 else f.read()
         except FileNotFoundError:
             _fail(part, Reason.MISSING, f"{ref}: no such file")
             return
