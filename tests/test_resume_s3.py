@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 def test_interrupted_build_resumes_to_identical_output(tmp_path):
     corpus = tmp_path / "c"
     info = write_corpus(str(corpus), n=150, seed=3)
-    args = dict(shard_samples=5, resize=48, image_format="webp")
+    args = dict(shard_samples=3, resize=48, image_format="webp")
     ref = tmp_path / "ref"
     run_build(
         BuildConfig(input=str(corpus / "manifest.jsonl"), output=str(ref), **args), quiet=True
@@ -32,7 +32,7 @@ def test_interrupted_build_resumes_to_identical_output(tmp_path):
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipeline", "build", str(corpus / "manifest.jsonl"), "--output", str(out),
-           "--shard-samples", "5", "--resize", "48", "--image-format", "webp", "--ray-num-cpus", "2", "-q"]  # fmt: skip
+           "--shard-samples", "3", "--resize", "48", "--image-format", "webp", "--ray-num-cpus", "2", "-q"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
     chunks = out / "_work" / "chunks"
@@ -52,7 +52,7 @@ def test_interrupted_build_resumes_to_identical_output(tmp_path):
         "index/rejects must not appear before the build finishes"
     )
     done_before = len(list(chunks.glob("*.parquet")))
-    assert 3 <= done_before < 31
+    assert 3 <= done_before < -(-info["rows"] // 3)  # some chunks done, not all
 
     rep = run_build(
         BuildConfig(input=str(corpus / "manifest.jsonl"), output=str(out), **args), quiet=True

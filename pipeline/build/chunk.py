@@ -28,6 +28,7 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("staged", pa.int64()),
         pa.field("rejected", pa.int64()),
         pa.field("bytes", pa.int64()),
+        pa.field("tars", pa.int64()),
         pa.field("reasons", pa.string()),  # JSON {reason: count}
         pa.field("resumed", pa.bool_()),
         pa.field("seconds", pa.float64()),
@@ -156,9 +157,10 @@ def summarize(
 ) -> dict[str, Any]:
     reasons = Counter(r for r in table.column("reason").to_pylist() if r)
     rejected = sum(reasons.values())
+    tars = len({t for t in table.column("staged_tar").to_pylist() if t})
     return {
         "chunk_id": chunk_id, "rows": table.num_rows, "staged": table.num_rows - rejected,
-        "rejected": rejected, "bytes": nbytes, "reasons": json.dumps(dict(sorted(reasons.items()))),
+        "rejected": rejected, "bytes": nbytes, "tars": tars, "reasons": json.dumps(dict(sorted(reasons.items()))),
         "resumed": resumed, "seconds": seconds,
     }  # fmt: skip
 

@@ -28,7 +28,7 @@ class Progress:
         self.quiet = quiet
         self.t0 = time.perf_counter()
         self.last = 0.0
-        self.rows = self.staged = self.rejected = self.chunks = self.resumed = 0
+        self.rows = self.staged = self.rejected = self.chunks = self.resumed = self.tars = 0
         self.reasons: Counter[str] = Counter()
 
     def update(self, summary: pa.Table) -> None:
@@ -38,6 +38,7 @@ class Progress:
             self.rows += s["rows"]
             self.staged += s["staged"]
             self.rejected += s["rejected"]
+            self.tars += s["tars"]
             self.reasons.update(json.loads(s["reasons"]))
         now = time.perf_counter()
         if not self.quiet and now - self.last >= self.every_s:
@@ -48,14 +49,15 @@ class Progress:
         dt = max(time.perf_counter() - self.t0, 1e-9)
         top = ", ".join(f"{k} {v}" for k, v in self.reasons.most_common(3))
         line = (
-            f"[build] chunks {self.chunks} | rows {self.rows} | staged {self.staged} | "
+            f"[build] chunks {self.chunks} | rows {self.rows} | shards {self.tars} | staged {self.staged} | "
             f"rejected {self.rejected}{f' ({top})' if top else ''} | {self.rows / dt:.0f} rows/s"
         )
         self.stream.write(line + end)
         self.stream.flush()
 
     def done(self) -> None:
-        if not self.quiet and self.tty:
+        """The final state, always, so that a log shows where processing ended."""
+        if not self.quiet:
             self._print(end="\n")
 
 
