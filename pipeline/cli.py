@@ -17,7 +17,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_build(sub: Any) -> None:
-    p = sub.add_parser("build", help="validate inputs and shard them into WebDataset tars")
+    from pipeline.errors import REASON_DOCS
+
+    reasons = "\n".join(f"  {r.value:<15} {doc}" for r, doc in REASON_DOCS.items())
+    p = sub.add_parser(
+        "build",
+        help="validate inputs and shard them into WebDataset tars",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"reject reasons written to OUT/rejects.parquet:\n{reasons}",
+    )
     p.add_argument(
         "input", help="manifest (.jsonl/.csv/.parquet), sidecar folder, or tar glob/brace pattern"
     )

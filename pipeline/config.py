@@ -86,13 +86,13 @@ class BuildConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of every field that changes the output (not where it is written)."""
+        from schemas import BUILD_SCHEMA_VERSION
+
         fields = self.model_dump(exclude={"output", "fetch_concurrency", "num_cpus"})
+        # A schema bump changes the fingerprint, so staged chunks are never reused across it.
+        fields["_schema_version"] = BUILD_SCHEMA_VERSION
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-    @property
-    def reencode_images(self) -> bool:
-        return self.image_format != "keep" or (self.resize is not None and self.resize_mode != "no")
 
 
 def _explain(err: ValidationError) -> str:

@@ -18,6 +18,9 @@ from schemas import INDEX_SCHEMA, REJECTS_SCHEMA
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
+ARGS = dict(shard_samples=10, resize=32, image_format="jpg", image_quality=90)
+
+
 def build(inp, out, **kw):
     return run_build(BuildConfig(input=str(inp), output=str(out), **kw), quiet=True)
 
@@ -66,14 +69,7 @@ def corpus(tmp_path_factory):
 def built(corpus, tmp_path_factory):
     root, info = corpus
     out = tmp_path_factory.mktemp("out") / "b"
-    report = build(
-        root / "manifest.jsonl",
-        out,
-        shard_samples=10,
-        resize=32,
-        image_format="jpg",
-        image_quality=90,
-    )
+    report = build(root / "manifest.jsonl", out, **ARGS)
     return out, report, info
 
 
@@ -135,14 +131,7 @@ def test_same_input_gives_byte_identical_shards_and_noop_rerun(built, corpus, tm
     out, report, _ = built
     root, _ = corpus
     again = tmp_path / "again"
-    build(
-        root / "manifest.jsonl",
-        again,
-        shard_samples=10,
-        resize=32,
-        image_format="jpg",
-        image_quality=90,
-    )
+    build(root / "manifest.jsonl", again, **ARGS)
     shards = sorted(p.name for p in (Path(out) / "shards").iterdir())
     assert shards == sorted(p.name for p in (again / "shards").iterdir())
     for name in shards:
@@ -151,14 +140,7 @@ def test_same_input_gives_byte_identical_shards_and_noop_rerun(built, corpus, tm
         tables(again)[0].replace_schema_metadata(tables(out)[0].schema.metadata)
     )
     before = {p.name: p.stat().st_mtime_ns for p in (again / "shards").iterdir()}
-    rep = build(
-        root / "manifest.jsonl",
-        again,
-        shard_samples=10,
-        resize=32,
-        image_format="jpg",
-        image_quality=90,
-    )
+    rep = build(root / "manifest.jsonl", again, **ARGS)
     assert rep["counts"] == report["counts"]
     assert before == {p.name: p.stat().st_mtime_ns for p in (again / "shards").iterdir()}
 

@@ -52,9 +52,6 @@ class InputRow:
         self.error_reason = err.reason.value
         self.error_message = err.message
 
-    def nbytes(self) -> int:
-        return sum(len(p["data"] or b"") for p in self.parts)
-
 
 def resolve_ref(value: str, *, base_dir: str, remote_base: bool, allow_local: bool) -> str:
     """Resolve a reference against the manifest's folder, refusing what this input may not reach.

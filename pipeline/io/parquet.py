@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.fs import atomic_open, get_fs
-from schemas import SCHEMA_KEY, SCHEMA_VERSION_KEY, with_schema_metadata
+from schemas import with_schema_metadata
 
 
 def to_table(rows: list[dict[str, Any]] | dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
@@ -66,13 +66,3 @@ def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
     fs, path = get_fs(url)
     with fs.open(path, "rb") as f:
         return pq.read_table(f, columns=columns)
-
-
-def schema_info(url: str) -> tuple[str | None, int | None]:
-    """The ``(schema name, version)`` a file was written with, or ``(None, None)``."""
-    fs, path = get_fs(url)
-    with fs.open(path, "rb") as f:
-        meta = pq.read_schema(f).metadata or {}
-    name = meta.get(SCHEMA_KEY)
-    version = meta.get(SCHEMA_VERSION_KEY)
-    return (name.decode() if name else None, int(version) if version else None)
