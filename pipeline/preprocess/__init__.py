@@ -1,0 +1,1 @@
+"""Model-ready preprocessing stages shared by feature extraction, training and bulk inference."""

@@ -1,0 +1,119 @@
+"""AudioLogMel: decode, downmix, resample, log-mel spectrogram in torch, fixed length with a mask."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.stage import Batch, Stage
+
+
+def hz_to_mel(f: Any) -> Any:
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(m: Any) -> Any:
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(
+    n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float
+) -> np.ndarray:
+    """Triangular HTK-scale filters [n_mels, n_fft // 2 + 1] (torchaudio's default, no norm)."""
+    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    pts = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    lower, center, upper = pts[:-2, None], pts[1:-1, None], pts[2:, None]
+    up = (freqs[None, :] - lower) / (center - lower)
+    down = (upper - freqs[None, :]) / (upper - center)
+    return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LogMelConfig:
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float | None = None
+    num_frames: int = 200  # 2 s at a 10 ms hop
+    eps: float = 1e-6
+
+
+def log_mel(waves: Any, cfg: LogMelConfig, fbank: Any) -> Any:
+    """[B, T] float waves -> [B, n_mels, frames] log-mel (centered, reflect-padded Hann STFT)."""
+    import torch
+
+    window = torch.hann_window(cfg.n_fft, periodic=True, device=waves.device)
+    spec = torch.stft(waves, cfg.n_fft, cfg.hop_length, cfg.n_fft, window, center=True,
+                      pad_mode="reflect", return_complex=True)  # fmt: skip
+    power = spec.real.square() + spec.imag.square()
+    return torch.log(torch.matmul(fbank, power) + cfg.eps)
+
+
+def decode_mono(data: bytes, rate: int) -> np.ndarray:
+    import soundfile as sf
+
+    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    mono = x.mean(axis=1)
+    if sr != rate:
+        import soxr
+
+        mono = soxr.resample(mono, sr, rate, quality="HQ").astype(np.float32)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+class AudioLogMel(Stage):
+    """``audio`` (encoded bytes or None) -> ``log_mel`` [N, n_mels, F], ``audio_frames_mask`` [N, F],
+    ``audio_mask``; clips are cropped or zero-padded to ``num_frames``, the mask marks real frames."""
+
+    name = "audio_log_mel"
+    reads: ClassVar[tuple[str, ...]] = ("audio",)
+    adds: ClassVar[tuple[str, ...]] = ("log_mel", "audio_frames_mask", "audio_mask", "audio_error")
+
+    def __init__(self, cfg: LogMelConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or LogMelConfig()
+
+    def setup(self) -> None:
+        import torch
+
+        c = self.cfg
+        fb = mel_filterbank(c.n_fft, c.n_mels, c.sample_rate, c.f_min, c.f_max or c.sample_rate / 2)
+        self.fbank = torch.from_numpy(fb)
+
+    def __call__(self, batch: Batch) -> Batch:
+        import torch
+
+        self.ensure_setup()
+        c = self.cfg
+        n = len(batch["audio"])
+        samples = (
+            c.num_frames - 1
+        ) * c.hop_length  # the samples that make num_frames centered frames
+        waves = np.zeros((n, samples), dtype=np.float32)
+        lengths = np.zeros(n, dtype=np.int64)
+        present = np.zeros(n, dtype=bool)
+        errors: list[str | None] = [None] * n
+        for i, data in enumerate(batch["audio"]):
+            if data is None or len(data) == 0:
+                continue
+            try:
+                x = decode_mono(bytes(data), c.sample_rate)[:samples]
+            except Exception as e:
+                errors[i] = f"decode_error: {type(e).__name__}: {e}"[:300]
+                continue
+            waves[i, : len(x)] = x
+            lengths[i], present[i] = len(x), True
+        with torch.inference_mode():
+            mel = log_mel(torch.from_numpy(waves), c, self.fbank).numpy()
+        frames = mel.shape[-1]
+        valid = np.minimum(frames, lengths // c.hop_length + 1) * present
+        fmask = np.arange(frames)[None, :] < valid[:, None]
+        mel[~fmask[:, None, :].repeat(c.n_mels, axis=1)] = np.log(c.eps)  # padding reads as silence
+        batch["log_mel"], batch["audio_frames_mask"], batch["audio_mask"] = mel, fmask, present
+        batch["audio_error"] = errors
+        return batch

