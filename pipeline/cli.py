@@ -91,6 +91,37 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_features(sub: Any) -> None:
+    p = sub.add_parser(
+        "features", help="preprocess built shards and extract frozen-encoder features"
+    )
+    p.add_argument("shards", help="a build output folder, or a tar glob/brace pattern")
+    p.add_argument("--output", "-o", required=True, help="output folder or URL")
+    p.add_argument("--config", help="YAML file with features fields (CLI options override it)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--actors", type=int, help="encoder actors (each loads the models once)")
+    p.add_argument(
+        "--actor-num-cpus", type=float, help="CPUs per encoder actor (fractions allowed)"
+    )
+    p.add_argument("--device", help="auto|cpu|cuda")
+    p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_cmd_features)
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from pipeline.features.config import load_features_config
+    from pipeline.features.job import run_features
+
+    overrides = {
+        "shards": args.shards, "output": args.output, "batch_size": args.batch_size, "actors": args.actors,
+        "actor_num_cpus": args.actor_num_cpus, "device": args.device,
+    }  # fmt: skip
+    cfg = load_features_config(overrides, args.config)
+    run_features(cfg, address=args.address, quiet=args.quiet)
+    return 0
+
+
 def _add_sample_corpus(sub: Any) -> None:
     p = sub.add_parser(
         "sample-corpus", help="write a small multimodal corpus with a learnable class signal"
@@ -128,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_build(sub)
+    _add_features(sub)
     _add_sample_corpus(sub)
     return parser
 

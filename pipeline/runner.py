@@ -112,14 +112,17 @@ class _ActorStage:
         return self.stage(batch)
 
 
-def map_stages(ds: Any, stages: list[Stage]) -> Any:
-    """Apply each stage with its declared resources: tasks, or an actor pool of fixed size."""
+def map_stages(ds: Any, stages: list[Stage], batch_size: int | None = None) -> Any:
+    """Apply each stage with its declared resources: tasks, or an actor pool of fixed size.
+
+    ``batch_size`` overrides the stages' own (None: whole blocks) for every stage.
+    """
     from ray.data import ActorPoolStrategy
 
     for stage in stages:
         res = stage.resources
         common: dict[str, Any] = {
-            "batch_size": stage.batch_size,
+            "batch_size": batch_size if batch_size is not None else stage.batch_size,
             "batch_format": stage.batch_format,
             "num_cpus": res.num_cpus,
             "zero_copy_batch": False,

@@ -128,8 +128,11 @@ def text_encoder(name: str = "minilm", weights: str = "default") -> Encoder:
     else:
         path = weights
     try:
+        import transformers
         from transformers import AutoModel
 
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
         hf = AutoModel.from_pretrained(path)
     except OSError as e:
         raise UserError(f"cannot load a text model from {path}: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,1 @@
+"""The features job: built shards -> preprocessing -> frozen encoders -> Parquet features."""

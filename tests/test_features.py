@@ -1,0 +1,165 @@
+"""mmpipe features on a local Ray over shards built by mmpipe build: values, schema, readers, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.build.job import run_build
+from pipeline.config import BuildConfig
+from pipeline.errors import UserError
+from pipeline.features.config import load_features_config
+from pipeline.features.job import run_features
+from pipeline.sample_corpus import write_corpus
+from tests import media
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def features_cfg(shards, out, **kw):
+    base = {"shards": str(shards), "output": str(out), "audio": {"name": "audio_cnn", "weights": "random"},
+            "actor_num_cpus": 0.5, "batch_size": 8, "audio_frames": 100}  # fmt: skip
+    base.update(kw)
+    return load_features_config(base)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fcorpus")
+    write_corpus(str(root / "c"), n=12, seed=4, broken=False)
+    out = root / "build"
+    run_build(
+        BuildConfig(input=str(root / "c" / "manifest.jsonl"), output=str(out), shard_samples=5),
+        quiet=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def features(built, tmp_path_factory):
+    out = tmp_path_factory.mktemp("feat") / "f"
+    report = run_features(features_cfg(built, out), quiet=True)
+    return out, report
+
+
+def read_all(out: Path) -> pa.Table:
+    return pq.read_table(sorted((out / "parts").rglob("*.parquet")))
+
+
+def test_every_built_sample_has_features(built, features):
+    out, report = features
+    table = read_all(out)
+    index = pq.read_table(built / "index.parquet")
+    assert sorted(table["key"].to_pylist()) == sorted(index["key"].to_pylist())
+    assert report["counts"] == {"rows": 12, "rejected": 0, "resumed": 0}
+    assert (out / "_SUCCESS").exists()
+    assert table.schema.field("image_emb").type == pa.list_(pa.float32(), 1280)
+    assert table.schema.field("text_emb").type == pa.list_(pa.float32(), 384)
+    assert table.schema.field("audio_emb").type == pa.list_(pa.float32(), 256)
+    assert all(table["has_image"].to_pylist()) and all(table["has_text"].to_pylist())
+    meta = pq.read_schema(sorted((out / "parts").rglob("*.parquet"))[0]).metadata
+    enc = json.loads(meta[b"mmpipe.encoders"])
+    assert (
+        enc["image"]["encoder"] == "image:efficientnet_lite0" and len(enc["image"]["weights"]) == 64
+    )
+
+
+def test_features_equal_a_direct_call_of_the_encoders(built, features):
+    import torch
+    import webdataset as wds
+
+    from pipeline.models.encoders import image_encoder, text_encoder
+    from pipeline.preprocess.image import ImagePreprocess
+    from pipeline.preprocess.text import TextTokenize
+
+    out, _ = features
+    table = read_all(out)
+    got = {k: (np.asarray(i), np.asarray(t)) for k, i, t in
+           zip(table["key"].to_pylist(), table["image_emb"].to_pylist(), table["text_emb"].to_pylist())}  # fmt: skip
+    samples = list(
+        wds.WebDataset(sorted(str(p) for p in (built / "shards").glob("*.tar")), shardshuffle=False)
+    )[:4]
+    img_enc, txt_enc = image_encoder("efficientnet_lite0"), text_encoder("minilm")
+    pix = ImagePreprocess("efficientnet_lite")(
+        {"image": [s["jpg"] if "jpg" in s else s["png"] for s in samples]}
+    )
+    tok = TextTokenize("minilm", max_length=64)({"text": [s["txt"].decode() for s in samples]})
+    with torch.inference_mode():
+        ie = img_enc.model(torch.from_numpy(pix["pixel_values"])).numpy()
+        te = txt_enc.model(
+            torch.from_numpy(tok["input_ids"]), torch.from_numpy(tok["attention_mask"])
+        ).numpy()
+    for s, i, t in zip(samples, ie, te):
+        np.testing.assert_allclose(got[s["__key__"]][0], i, atol=1e-4)
+        np.testing.assert_allclose(got[s["__key__"]][1], t, atol=1e-4)
+
+
+def test_parquet_reads_with_pandas_and_duckdb(features):
+    import duckdb
+    import pandas as pd
+
+    out, _ = features
+    files = sorted(str(p) for p in (out / "parts").rglob("*.parquet"))
+    df = pd.concat(pd.read_parquet(f) for f in files)
+    assert len(df) == 12 and len(df["image_emb"].iloc[0]) == 1280
+    con = duckdb.connect()
+    rows = con.execute(
+        f"SELECT key, len(text_emb) AS d, list_dot_product(text_emb, text_emb) AS n "
+        f"FROM read_parquet({files!r}) ORDER BY key"
+    ).fetchall()
+    assert len(rows) == 12 and all(
+        d == 384 and abs(n - 1.0) < 1e-3 for _, d, n in rows
+    )  # MiniLM is L2-normalised
+
+
+def test_rerun_is_noop_and_interrupted_run_resumes(built, features, tmp_path):
+    out, report = features
+    assert run_features(features_cfg(built, out), quiet=True)["counts"] == report["counts"]
+    # Simulate an interruption: copy the output, remove one committed part and the marker.
+    import shutil
+
+    half = tmp_path / "half"
+    shutil.copytree(out, half)
+    (half / "_SUCCESS").unlink()
+    (half / "features.json").unlink()
+    victim = sorted((half / "parts").rglob("*.parquet"))[0]
+    lost = pq.read_table(victim).num_rows
+    victim.unlink()
+    rep = run_features(features_cfg(built, half), quiet=True)
+    assert rep["counts"]["rows"] == lost and rep["counts"]["resumed"] == 12 - lost
+    keys = read_all(half)["key"].to_pylist()
+    assert len(keys) == len(set(keys)) == 12
+
+
+def test_broken_sample_becomes_a_reject_row(tmp_path):
+    from pipeline.io.tar import tar_bytes
+
+    tar = tmp_path / "shards" / "000000.tar"
+    tar.parent.mkdir()
+    tar.write_bytes(tar_bytes([("a.jpg", media.jpeg()), ("a.txt", b"fine"), ("b.jpg", b"corrupt"),
+                               ("b.txt", b"bad image"), ("c.txt", b"text only")]))  # fmt: skip
+    out = tmp_path / "f"
+    rep = run_features(features_cfg(str(tar), out, audio=None), quiet=True)
+    assert rep["counts"]["rows"] == 2 and rep["counts"]["rejected"] == 1
+    rej = pq.read_table(sorted((out / "rejects").rglob("*.parquet")))
+    assert rej["key"].to_pylist() == ["b"] and rej["stage"].to_pylist() == ["preprocess_image"]
+    table = read_all(out)
+    c = table.filter(pa.compute.equal(table["key"], "c")).to_pylist()[0]
+    assert c["has_image"] is False and c["image_emb"] is None and c["has_text"] is True
+
+
+def test_bad_features_config_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="unknown"):
+        load_features_config({"shards": "x", "output": "y", "image": {"name": "alexnet"}})
+    with pytest.raises(UserError, match="no bundled"):
+        load_features_config({"shards": "x", "output": "y", "audio": {"name": "audio_cnn"}})
+    with pytest.raises(UserError, match=r"no \.tar shards"):
+        run_features(
+            load_features_config({"shards": str(tmp_path), "output": str(tmp_path / "o")}),
+            quiet=True,
+        )
