@@ -32,6 +32,8 @@ demo: setup  ## make a sample corpus and build WebDataset shards on a local Ray
 	$(BIN)/mmpipe build $(DEMO_DIR)/corpus/manifest.jsonl --output $(DEMO_DIR)/build \
 		--resize 224 --resize-mode keep_ratio --image-format jpg --shard-samples 100
 	$(BIN)/python -c "import json,sys; r=json.load(open('$(DEMO_DIR)/build/build.json')); print('build.json counts:', json.dumps(r['counts']))"
+	$(BIN)/python -m jobs.extract_features --config jobs/configs/features.yaml \
+		--shards $(DEMO_DIR)/build --output $(DEMO_DIR)/features
 
 test: setup  ## lint, type-check and run the test suite
 	$(MAKE) --no-print-directory lint

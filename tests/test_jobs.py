@@ -47,3 +47,15 @@ def test_shipped_config_runs(tmp_path):
     )
     report = json.loads((out / "build.json").read_text())
     assert report["config"]["resize"] == 256 and report["counts"]["written"] == 8
+
+
+def test_features_job_refuses_a_bad_config(tmp_path, capsys):
+    from jobs.extract_features import main as features_main
+
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(
+        f"features:\n  shards: {tmp_path}\n  output: {tmp_path}/o\n  image: {{name: alexnet}}\n"
+    )
+    assert features_main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "alexnet" in err and len(err.strip().splitlines()) == 1

@@ -105,6 +105,8 @@ class EncodeStage(Stage):
 
         c = self.cfg
         self.device = "cuda" if (c.device != "cpu" and torch.cuda.is_available()) else "cpu"
+        # Intra-op threads = the CPUs this actor was given, so actors do not oversubscribe.
+        torch.set_num_threads(max(1, int(c.actor_num_cpus)))
         self.encoders: dict[str, Any] = {}
         if c.image is not None:
             self.encoders["image"] = image_encoder(c.image.name, c.image.weights or "default")

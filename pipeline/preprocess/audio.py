@@ -73,6 +73,7 @@ class AudioLogMel(Stage):
     name = "audio_log_mel"
     reads: ClassVar[tuple[str, ...]] = ("audio",)
     adds: ClassVar[tuple[str, ...]] = ("log_mel", "audio_frames_mask", "audio_mask", "audio_error")
+    batch_format: ClassVar[str] = "numpy"
 
     def __init__(self, cfg: LogMelConfig | None = None) -> None:
         super().__init__()

@@ -83,6 +83,7 @@ class ImagePreprocess(Stage):
     name = "image_preprocess"
     reads: ClassVar[tuple[str, ...]] = ("image",)
     adds: ClassVar[tuple[str, ...]] = ("pixel_values", "image_mask", "image_error")
+    batch_format: ClassVar[str] = "numpy"
 
     def __init__(
         self,

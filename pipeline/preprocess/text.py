@@ -42,6 +42,7 @@ class TextTokenize(Stage):
     name = "text_tokenize"
     reads: ClassVar[tuple[str, ...]] = ("text",)
     adds: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "text_mask")
+    batch_format: ClassVar[str] = "numpy"
 
     def __init__(
         self, tokenizer: str = "minilm", *, max_length: int = 64, padding: str = "max_length"

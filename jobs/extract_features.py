@@ -1,0 +1,33 @@
+"""Job entrypoint for ``features``: read a YAML config, validate it, extract features, exit with its status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pipeline.errors import UserError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m jobs.extract_features --config jobs/configs/features.yaml [--address ADDR]``."""
+    from pipeline.features.config import load_features_config
+    from pipeline.features.job import run_features
+
+    p = argparse.ArgumentParser(prog="extract_features")
+    p.add_argument("--config", required=True, help="YAML file with a features: mapping")
+    p.add_argument("--address", help="Ray address; default: a local Ray started for this job")
+    p.add_argument("--shards", help="override features.shards")
+    p.add_argument("--output", help="override features.output")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_features_config({"shards": args.shards, "output": args.output}, args.config)
+        run_features(cfg, address=args.address)
+    except UserError as e:
+        print(f"extract_features: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
