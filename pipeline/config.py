@@ -111,17 +111,23 @@ def _explain(err: ValidationError) -> str:
     return f"config: {field} ({flag}) = {value!r} is invalid: {msg}"
 
 
+def merged_section(overrides: dict[str, Any], yaml_path: str | None, section: str) -> dict[str, Any]:
+    """The YAML file's ``section:`` mapping (or the whole file), then the CLI options given."""
+    data: dict[str, Any] = {}
+    if yaml_path:
+        data = load_yaml(yaml_path)
+        data = data.get(section, data)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return data
+
+
 def load_build_config(overrides: dict[str, Any], yaml_path: str | None = None) -> BuildConfig:
     """Merge a YAML file (if given) with CLI overrides and validate.
 
     Raises:
         UserError: with one line naming the bad field, its value and what is allowed.
     """
-    data: dict[str, Any] = {}
-    if yaml_path:
-        data = load_yaml(yaml_path)
-        data = data.get("build", data)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    data = merged_section(overrides, yaml_path, "build")
     try:
         return BuildConfig(**data)
     except ValidationError as e:

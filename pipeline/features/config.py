@@ -57,13 +57,9 @@ class FeaturesConfig(BaseModel):
 
 def load_features_config(overrides: dict[str, Any], yaml_path: str | None = None) -> FeaturesConfig:
     """Merge YAML (its ``features:`` mapping, if any) with CLI overrides and validate."""
-    from pipeline.config import _explain, load_yaml
+    from pipeline.config import _explain, merged_section
 
-    data: dict[str, Any] = {}
-    if yaml_path:
-        data = load_yaml(yaml_path)
-        data = data.get("features", data)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    data = merged_section(overrides, yaml_path, "features")
     try:
         cfg = FeaturesConfig(**data)
     except ValidationError as e:
