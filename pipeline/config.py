@@ -111,7 +111,9 @@ def _explain(err: ValidationError) -> str:
     return f"config: {field} ({flag}) = {value!r} is invalid: {msg}"
 
 
-def merged_section(overrides: dict[str, Any], yaml_path: str | None, section: str) -> dict[str, Any]:
+def merged_section(
+    overrides: dict[str, Any], yaml_path: str | None, section: str
+) -> dict[str, Any]:
     """The YAML file's ``section:`` mapping (or the whole file), then the CLI options given."""
     data: dict[str, Any] = {}
     if yaml_path:
