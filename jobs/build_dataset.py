@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from pipeline.errors import UserError
+from jobs.common import guarded
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,13 +21,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--input", help="override build.input")
     p.add_argument("--output", help="override build.output")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> None:
         cfg = load_build_config({"input": args.input, "output": args.output}, args.config)
         run_build(cfg, address=args.address)
-    except UserError as e:
-        print(f"build_dataset: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return guarded("build_dataset", run)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from pipeline.errors import UserError
+from jobs.common import guarded
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,13 +19,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shards", help="override features.shards")
     p.add_argument("--output", help="override features.output")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> None:
         cfg = load_features_config({"shards": args.shards, "output": args.output}, args.config)
         run_features(cfg, address=args.address)
-    except UserError as e:
-        print(f"extract_features: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return guarded("extract_features", run)
 
 
 if __name__ == "__main__":
