@@ -99,6 +99,20 @@ def test_features_equal_a_direct_call_of_the_encoders(built, features):
         np.testing.assert_allclose(got[s["__key__"]][1], t, atol=1e-4)
 
 
+def test_images_decoded_inside_the_encoder_actor_give_the_same_features(built, features, tmp_path):
+    # image_decode=gpu is the nvJPEG path on a GPU; without one the actor decodes with Pillow.
+    # Either way it must not change the features (the uint8 hand-over is exact).
+    out, _ = features
+    alt = tmp_path / "f"
+    report = run_features(features_cfg(built, alt, image_decode="gpu", audio=None), quiet=True)
+    assert report["counts"]["rows"] == 12
+    a, b = read_all(out), read_all(alt)
+    ref = dict(zip(a["key"].to_pylist(), a["image_emb"].to_pylist()))
+    for key, emb in zip(b["key"].to_pylist(), b["image_emb"].to_pylist()):
+        np.testing.assert_allclose(np.asarray(emb), np.asarray(ref[key]), atol=1e-4)
+    assert all(b["has_image"].to_pylist())
+
+
 def test_parquet_reads_with_pandas_and_duckdb(features):
     import duckdb
     import pandas as pd

@@ -55,6 +55,27 @@ def test_resize_then_center_crop_matches_a_manual_reference():
     assert np.abs(got - ref.numpy()).mean() < 0.02
 
 
+def test_uint8_output_normalised_later_equals_the_float_path():
+    import torch
+
+    from pipeline.preprocess.image import normalize_uint8
+
+    rng = np.random.default_rng(3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (250, 330, 3), dtype=np.uint8)).save(buf, "PNG")
+    imgs = [buf.getvalue(), None, solid_jpeg(400, 300)]
+    for preset in ("imagenet", "efficientnet_lite"):
+        f32 = ImagePreprocess(preset)({"image": imgs})
+        u8 = ImagePreprocess(preset, dtype="uint8")({"image": imgs})
+        assert u8["pixel_values"].dtype == np.uint8
+        assert u8["image_mask"].tolist() == f32["image_mask"].tolist() == [True, False, True]
+        late = normalize_uint8(torch.from_numpy(u8["pixel_values"]), preset).numpy()
+        ok = f32["image_mask"]
+        np.testing.assert_allclose(late[ok], f32["pixel_values"][ok], atol=1e-5)
+    with pytest.raises(ValueError, match="dtype"):
+        ImagePreprocess("imagenet", dtype="float16")
+
+
 def test_exif_rotation_is_applied():
     data = media.jpeg(64, 32, exif_orientation=6)
     st = ImagePreprocess("imagenet")

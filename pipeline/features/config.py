@@ -39,6 +39,9 @@ class FeaturesConfig(BaseModel):
     preprocess_num_cpus: float = Field(1.0, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    # Where JPEGs are decoded: "gpu" inside the encoder actor (nvJPEG, no host round trip),
+    # "cpu" in preprocessing tasks; "auto" picks gpu when the encoders get GPUs.
+    image_decode: Literal["auto", "cpu", "gpu"] = "auto"
 
     def dims(self) -> dict[str, int]:
         from pipeline.models.encoders import AUDIO_ENCODERS, IMAGE_ENCODERS, TEXT_ENCODERS

@@ -65,7 +65,6 @@ def run_features(
     Reruns of a finished run return at once; an interrupted run resumes, skipping the
     keys its committed parts already hold.
     """
-    import torch
 
     t0 = time.perf_counter()
     urls = resolve_shards(cfg.shards)
@@ -87,7 +86,6 @@ def run_features(
         raise UserError(f"{out} holds features of a different config; choose another --output")
     done = _done_keys(out, urls)
     metadata = {"mmpipe.encoders": json.dumps(info, sort_keys=True), "mmpipe.fingerprint": fp}
-    gpus = 1.0 if (cfg.device != "cpu" and torch.cuda.is_available()) else 0.0
     counts = {"rows": 0, "rejected": 0, "resumed": sum(len(v) for v in done.values())}
     with ray_session(address):
         import ray.data
@@ -100,9 +98,15 @@ def run_features(
         )
         image_preset = info["image"]["encoder"] if "image" in info else ""
         preset = "efficientnet_lite" if image_preset.endswith("efficientnet_lite0") else "imagenet"
+        # GPUs as the cluster has them, not the driver: a CPU head may drive GPU workers.
+        has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
+        gpus = 1.0 if (cfg.device != "cpu" and has_gpu) else 0.0
+        on_gpu = cfg.image is not None and (
+            cfg.image_decode == "gpu" or (cfg.image_decode == "auto" and gpus > 0)
+        )
         stages = [
-            FeaturePreprocess(cfg, preset),
-            EncodeStage(cfg, gpus),
+            FeaturePreprocess(cfg, preset, decode_images=not on_gpu),
+            EncodeStage(cfg, gpus, decode_preset=preset if on_gpu else None),
             FeatureWriter(cfg, metadata),
         ]
         ds = map_stages(ds, stages, batch_size=cfg.batch_size)

@@ -14,7 +14,7 @@ from pipeline.features.config import FeaturesConfig
 from pipeline.io.fs import join
 from pipeline.io.parquet import write_table
 from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
-from pipeline.preprocess.image import ImagePreprocess
+from pipeline.preprocess.image import ImagePreprocess, normalize_uint8
 from pipeline.preprocess.text import TextTokenize
 from pipeline.stage import Batch, Resources, Stage
 from schemas import FEATURE_REJECTS_SCHEMA, features_schema
@@ -39,12 +39,17 @@ class FeaturePreprocess(Stage):
     reads: ClassVar[tuple[str, ...]] = ("key", "shard")
     batch_format: ClassVar[str] = "numpy"
 
-    def __init__(self, cfg: FeaturesConfig, image_preset: str = "imagenet") -> None:
+    def __init__(
+        self, cfg: FeaturesConfig, image_preset: str = "imagenet", decode_images: bool = True
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.parts: list[Stage] = []
-        if cfg.image is not None:
-            self.parts.append(ImagePreprocess(image_preset))
+        # decode_images=False leaves the JPEG bytes for the encoder actor to decode on its GPU.
+        self.keep = () if decode_images or cfg.image is None else ("image",)
+        if cfg.image is not None and decode_images:
+            # uint8 out: the encoder actor normalises (on its GPU when it has one).
+            self.parts.append(ImagePreprocess(image_preset, dtype="uint8"))
         if cfg.text is not None:
             self.parts.append(TextTokenize(cfg.tokenizer, max_length=cfg.max_text_tokens))
         if cfg.audio is not None:
@@ -63,7 +68,8 @@ class FeaturePreprocess(Stage):
         for part in self.parts:
             batch = part(batch)
         for raw in ("image", "audio", "text"):
-            batch.pop(raw, None)
+            if raw not in self.keep:
+                batch.pop(raw, None)
         n = len(batch["key"])
         errs = _errors(batch, n)
         batch["error"] = np.array([json.dumps(e) if e else "" for e in errs], dtype=object)
@@ -88,9 +94,13 @@ class EncodeStage(Stage):
     reads: ClassVar[tuple[str, ...]] = ("key",)
     batch_format: ClassVar[str] = "numpy"
 
-    def __init__(self, cfg: FeaturesConfig, gpus: float = 0.0) -> None:
+    def __init__(
+        self, cfg: FeaturesConfig, gpus: float = 0.0, decode_preset: str | None = None
+    ) -> None:
         super().__init__()
         self.cfg, self.gpus = cfg, gpus
+        # Set when images arrive encoded: decode here (nvJPEG on a GPU, Pillow on a CPU).
+        self.decode_preset = decode_preset
 
     @property
     def resources(self) -> Resources:
@@ -116,6 +126,8 @@ class EncodeStage(Stage):
             self.encoders["audio"] = audio_encoder(
                 c.audio.name, c.audio.weights, n_mels=c.audio_n_mels
             )
+        if self.decode_preset is not None:
+            self.image_pre = ImagePreprocess(self.decode_preset, device=self.device, dtype="uint8")
         for m, enc in self.encoders.items():
             enc.to(self.device)
             if m == "image" and self.device == "cuda":
@@ -128,12 +140,17 @@ class EncodeStage(Stage):
         amp = "bf16" if self.cfg.amp == "auto" else self.cfg.amp
         with torch.inference_mode(), _autocast(self.device, amp):
             if "image" in self.encoders:
-                x = torch.from_numpy(np.ascontiguousarray(batch.pop("pixel_values"))).to(
-                    self.device
-                )
+                enc = self.encoders["image"]
+                if "pixel_values" in batch:
+                    x = torch.from_numpy(np.ascontiguousarray(batch.pop("pixel_values")))
+                    x = x.to(self.device, non_blocking=True)
+                else:
+                    x = self._decode(batch)
+                if x.dtype == torch.uint8:
+                    x = normalize_uint8(x, enc.preset or "imagenet")
                 if self.device == "cuda":
                     x = x.to(memory_format=torch.channels_last)
-                batch["image_emb"] = self.encoders["image"].model(x).float().cpu().numpy()
+                batch["image_emb"] = enc.model(x).float().cpu().numpy()
             if "text" in self.encoders:
                 ids = torch.from_numpy(np.asarray(batch.pop("input_ids"))).to(self.device)
                 att = torch.from_numpy(np.asarray(batch.pop("attention_mask"))).to(self.device)
@@ -143,6 +160,16 @@ class EncodeStage(Stage):
                 batch.pop("audio_frames_mask", None)
                 batch["audio_emb"] = self.encoders["audio"].model(mel).float().cpu().numpy()
         return batch
+
+    def _decode(self, batch: Batch) -> Any:
+        x, mask, errors = self.image_pre.tensors(list(batch.pop("image")))
+        batch["image_mask"] = mask
+        merged = list(batch["error"])
+        for i, err in enumerate(errors):
+            if err and not merged[i]:
+                merged[i] = json.dumps(("encode_image", err))
+        batch["error"] = np.array(merged, dtype=object)
+        return x
 
 
 def encoder_info(cfg: FeaturesConfig) -> dict[str, dict[str, Any]]:
