@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_features(sub)
     _add_sample_corpus(sub)
+    from pipeline.train.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -95,8 +95,9 @@ class BuildConfig(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _explain(err: ValidationError) -> str:
-    """Turn pydantic's report into one line that names the field, the value and the fix."""
+def _explain(err: ValidationError, known: Any = None) -> str:
+    """Turn pydantic's report into one line that names the field, the value and the fix.
+    ``known`` is the model class whose fields an unknown-field message lists."""
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "config"
     value = first.get("input")
@@ -105,7 +106,7 @@ def _explain(err: ValidationError) -> str:
     if first["type"] == "literal_error" and "expected" in ctx:
         msg = f"allowed: {ctx['expected']}"
     elif first["type"] == "extra_forbidden":
-        allowed = ", ".join(sorted(BuildConfig.model_fields))
+        allowed = ", ".join(sorted((known or BuildConfig).model_fields))
         return f"config: unknown field {field!r}; known fields: {allowed}"
     flag = "--" + field.replace("_", "-")
     return f"config: {field} ({flag}) = {value!r} is invalid: {msg}"

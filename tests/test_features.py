@@ -62,6 +62,12 @@ def test_every_built_sample_has_features(built, features):
     assert table.schema.field("text_emb").type == pa.list_(pa.float32(), 384)
     assert table.schema.field("audio_emb").type == pa.list_(pa.float32(), 256)
     assert all(table["has_image"].to_pylist()) and all(table["has_text"].to_pylist())
+    # The build's per-sample metadata travels with the features: labels for training.
+    metas = [json.loads(m) for m in table["meta"].to_pylist()]
+    assert all(m["key"] == k for m, k in zip(metas, table["key"].to_pylist()))
+    assert all(
+        m["label"] in ("circle", "square", "triangle", "star", "cross", "diamond") for m in metas
+    )
     meta = pq.read_schema(sorted((out / "parts").rglob("*.parquet"))[0]).metadata
     enc = json.loads(meta[b"mmpipe.encoders"])
     assert (

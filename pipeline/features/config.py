@@ -15,6 +15,8 @@ class EncoderConfig(BaseModel):
     name: str
     # "default" (offline package), a path/URL, "torchvision" (registry, online) or "random".
     weights: str | None = "default"
+    # Image encoders only: "avg" (global average) or "grid" (plus a 2x2 grid: keeps position).
+    pool: Literal["avg", "grid"] = "avg"
 
 
 class FeaturesConfig(BaseModel):
@@ -44,7 +46,7 @@ class FeaturesConfig(BaseModel):
     image_decode: Literal["auto", "cpu", "gpu"] = "auto"
 
     def dims(self) -> dict[str, int]:
-        from pipeline.models.encoders import AUDIO_ENCODERS, IMAGE_ENCODERS, TEXT_ENCODERS
+        from pipeline.models.encoders import AUDIO_ENCODERS, IMAGE_ENCODERS, POOLS, TEXT_ENCODERS
 
         out = {}
         for m, table in (
@@ -54,7 +56,7 @@ class FeaturesConfig(BaseModel):
         ):
             enc = getattr(self, m)
             if enc is not None:
-                out[m] = table[enc.name]
+                out[m] = table[enc.name] * (POOLS[enc.pool] if m == "image" else 1)
         return out
 
 
@@ -66,7 +68,9 @@ def load_features_config(overrides: dict[str, Any], yaml_path: str | None = None
     try:
         cfg = FeaturesConfig(**data)
     except ValidationError as e:
-        raise UserError(_explain(e).replace("config:", "features config:")) from None
+        raise UserError(
+            _explain(e, FeaturesConfig).replace("config:", "features config:")
+        ) from None
     from pipeline.models.encoders import AUDIO_ENCODERS, IMAGE_ENCODERS, TEXT_ENCODERS
 
     for m, table in (("image", IMAGE_ENCODERS), ("text", TEXT_ENCODERS), ("audio", AUDIO_ENCODERS)):

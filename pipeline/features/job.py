@@ -96,8 +96,7 @@ def run_features(
             make_shard_datasource(urls, done, cfg.batch_size, cfg.max_block_bytes),
             override_num_blocks=len(urls),
         )
-        image_preset = info["image"]["encoder"] if "image" in info else ""
-        preset = "efficientnet_lite" if image_preset.endswith("efficientnet_lite0") else "imagenet"
+        preset = (info.get("image") or {}).get("preset") or "imagenet"
         # GPUs as the cluster has them, not the driver: a CPU head may drive GPU workers.
         has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
         gpus = 1.0 if (cfg.device != "cpu" and has_gpu) else 0.0

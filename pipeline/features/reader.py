@@ -20,6 +20,7 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("image", pa.large_binary()),
         pa.field("text", pa.large_string()),
         pa.field("audio", pa.large_binary()),
+        pa.field("meta", pa.large_string()),  # the sample's .json member: labels, attributes
     ]
 )
 
@@ -42,7 +43,7 @@ def read_shard(url: str, done: frozenset[str], rows: int, max_bytes: int) -> Ite
         for sample in iter_tar_samples(f, max_member_bytes=1 << 30):
             if not sample.key or sample.key in done:
                 continue
-            got: dict[str, Any] = {"image": None, "text": None, "audio": None}
+            got: dict[str, Any] = {"image": None, "text": None, "audio": None, "meta": None}
             for m in sample.members:
                 if m.data is None:
                     continue
@@ -52,6 +53,8 @@ def read_shard(url: str, done: frozenset[str], rows: int, max_bytes: int) -> Ite
                     got["text"] = m.data.decode("utf-8", "replace")
                 elif m.ext in AUDIO_EXTS and got["audio"] is None:
                     got["audio"] = m.data
+                elif m.ext == "json" and got["meta"] is None:
+                    got["meta"] = m.data.decode("utf-8", "replace")
             buf["key"].append(sample.key)
             buf["shard"].append(stem)
             for k, v in got.items():

@@ -13,6 +13,7 @@ import pyarrow as pa
 from pipeline.features.config import FeaturesConfig
 from pipeline.io.fs import join
 from pipeline.io.parquet import write_table
+from pipeline.models.encoders import BOW_DIM
 from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
 from pipeline.preprocess.image import ImagePreprocess, normalize_uint8
 from pipeline.preprocess.text import TextTokenize
@@ -51,7 +52,10 @@ class FeaturePreprocess(Stage):
             # uint8 out: the encoder actor normalises (on its GPU when it has one).
             self.parts.append(ImagePreprocess(image_preset, dtype="uint8"))
         if cfg.text is not None:
-            self.parts.append(TextTokenize(cfg.tokenizer, max_length=cfg.max_text_tokens))
+            bow = BOW_DIM if cfg.text.name.endswith("_bow") else 0
+            self.parts.append(
+                TextTokenize(cfg.tokenizer, max_length=cfg.max_text_tokens, bow_dim=bow)
+            )
         if cfg.audio is not None:
             lm = LogMelConfig(
                 sample_rate=cfg.audio_sample_rate,
@@ -119,7 +123,9 @@ class EncodeStage(Stage):
         torch.set_num_threads(max(1, int(c.actor_num_cpus)))
         self.encoders: dict[str, Any] = {}
         if c.image is not None:
-            self.encoders["image"] = image_encoder(c.image.name, c.image.weights or "default")
+            self.encoders["image"] = image_encoder(
+                c.image.name, c.image.weights or "default", pool=c.image.pool
+            )
         if c.text is not None:
             self.encoders["text"] = text_encoder(c.text.name, c.text.weights or "default")
         if c.audio is not None:
@@ -154,7 +160,12 @@ class EncodeStage(Stage):
             if "text" in self.encoders:
                 ids = torch.from_numpy(np.asarray(batch.pop("input_ids"))).to(self.device)
                 att = torch.from_numpy(np.asarray(batch.pop("attention_mask"))).to(self.device)
-                batch["text_emb"] = self.encoders["text"].model(ids, att).float().cpu().numpy()
+                emb = self.encoders["text"].model(ids, att).float().cpu().numpy()
+                if "text_bow" in batch:  # minilm_bow: the char n-gram bag from preprocessing
+                    emb = np.concatenate(
+                        [emb, np.asarray(batch.pop("text_bow"), np.float32)], axis=1
+                    )
+                batch["text_emb"] = emb
             if "audio" in self.encoders:
                 mel = torch.from_numpy(np.asarray(batch.pop("log_mel"))).to(self.device)
                 batch.pop("audio_frames_mask", None)
@@ -177,7 +188,7 @@ def encoder_info(cfg: FeaturesConfig) -> dict[str, dict[str, Any]]:
     stage = EncodeStage(cfg)
     stage.ensure_setup()
     return {
-        m: {"encoder": e.encoder_id, "weights": e.weights_id, "dim": e.dim}
+        m: {"encoder": e.encoder_id, "weights": e.weights_id, "dim": e.dim, "preset": e.preset}
         for m, e in stage.encoders.items()
     }
 
@@ -249,6 +260,8 @@ class FeatureWriter(Stage):
             flat = pa.array(emb.reshape(-1), pa.float32())
             arr = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~present))
             cols[f"{m}_emb"] = arr
+        meta = batch.get("meta")
+        cols["meta"] = [None] * len(ok) if meta is None else [meta[i] for i in ok]
         for m in MODALITIES:
             mask = batch.get(f"{m}_mask")
             cols[f"has_{m}"] = (

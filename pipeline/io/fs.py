@@ -155,6 +155,12 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         f.write(data)
 
 
+def read_bytes(url: str) -> bytes:
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        return bytes(f.read())
+
+
 def exists(url: str) -> bool:
     fs, path = get_fs(url)
     return bool(fs.exists(path))

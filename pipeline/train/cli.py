@@ -1,0 +1,78 @@
+"""The `mmpipe train|eval|report|export` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a fusion model on features with Ray Train")
+    p.add_argument("data", help="an `mmpipe features` output folder")
+    p.add_argument("--output", "-o", required=True, help="the run directory (local or URL)")
+    p.add_argument("--config", help="YAML file with train fields (CLI options override it)")
+    p.add_argument("--fusion", help="early|mid|late|gated|bilinear")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="Recall@K and accuracy of a trained run on a features folder")
+    p.add_argument("run", help="the run directory of mmpipe train")
+    p.add_argument("data", help="an `mmpipe features` output folder")
+    p.add_argument("--split", default="val", choices=["val", "train"])
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of one or more runs")
+    p.add_argument("run", help="the run directory (its eval.json is used)")
+    p.add_argument("--compare", nargs="*", default=[], help="more run directories to compare")
+    p.add_argument("--output", "-o", help="HTML file (default RUN/report.html)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="write the embedding model as TorchScript for serving")
+    p.add_argument("run", help="the run directory")
+    p.add_argument("--output", "-o", help="file (default RUN/model.torchscript.pt)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.train.config import load_train_config
+    from pipeline.train.job import run_train
+
+    overrides = {"data": args.data, "output": args.output, "fusion": args.fusion, "epochs": args.epochs,
+                 "batch_size": args.batch_size, "lr": args.lr, "workers": args.workers, "seed": args.seed,
+                 "max_steps": args.max_steps}  # fmt: skip
+    cfg = load_train_config(overrides, args.config)
+    run_train(cfg, address=args.address, resume=args.resume, quiet=args.quiet)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.train.evaluate import run_eval
+
+    run_eval(args.run, args.data, split=args.split, quiet=args.quiet)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.train.report import write_report
+
+    path = write_report(args.run, args.compare, args.output)
+    print(f"report: {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.train.export import export_torchscript
+
+    path = export_torchscript(args.run, args.output)
+    print(f"export: {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,71 @@
+"""Typed configuration of ``mmpipe train``, loaded from YAML and CLI options."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import UserError
+
+Modality = Literal["image", "text", "audio"]
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str  # an `mmpipe features` output directory
+    output: str  # the run directory
+    fusion: Literal["early", "mid", "late", "gated", "bilinear"] = "mid"
+    modalities: list[Modality] | None = None  # None: every modality the features hold
+    label_field: str | None = "label"  # a key of each sample's metadata; None: no classifier
+    d_model: int = Field(256, ge=8, le=8192)
+    embed_dim: int = Field(128, ge=8, le=4096)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # Drop one present modality of a training row with this probability (one always stays):
+    # the model learns to work with what a sample has, and single-modality scores are fair.
+    modality_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    epochs: int = Field(40, ge=1, le=100000)
+    max_steps: int | None = Field(None, ge=1)  # stop early after this many optimizer steps
+    batch_size: int = Field(64, ge=2, le=1 << 20)
+    lr: float = Field(2e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_steps: int = Field(20, ge=0)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    clip_norm: float | None = Field(1.0, gt=0.0)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    w_contrastive: float = Field(1.0, ge=0.0)
+    w_classify: float = Field(1.0, ge=0.0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+    early_stop_patience: int | None = Field(8, ge=1)
+    checkpoint_every_steps: int | None = Field(None, ge=1)  # besides every epoch
+    # Keep the feature splits in Ray's object store across epochs (false: re-read each epoch).
+    cache_data: bool = True
+    workers: int = Field(1, ge=1, le=4096)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus: Literal["auto", "on", "off"] = "auto"
+    max_failures: int = Field(2, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    # Where Ray Train persists checkpoints: local path or s3:// (default: OUTPUT/ray).
+    storage_path: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.w_contrastive == 0 and (self.w_classify == 0 or self.label_field is None):
+            raise ValueError(
+                "nothing to train: w_contrastive is 0 and there is no classification loss"
+            )
+        return self
+
+
+def load_train_config(overrides: dict[str, Any], yaml_path: str | None = None) -> TrainConfig:
+    """Merge YAML (its ``train:`` mapping, if any) with CLI overrides and validate."""
+    from pipeline.config import _explain, merged_section
+
+    data = merged_section(overrides, yaml_path, "train")
+    try:
+        return TrainConfig(**data)
+    except ValidationError as e:
+        raise UserError(_explain(e, TrainConfig).replace("config:", "train config:")) from None

@@ -1,0 +1,173 @@
+"""Training data from `mmpipe features` output: splits by key hash, labels from metadata, tensors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import UserError
+from pipeline.io.fs import exists, get_fs, join, list_files, read_bytes
+from pipeline.stage import Stage
+
+
+def is_val(key: str, fraction: float) -> bool:
+    """Deterministic split: a key is in validation iff its hash falls under ``fraction``.
+    Stable across runs, machines and corpus growth (a key never changes side)."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """What a features directory holds: its files, dims, lineage and the label vocabulary."""
+
+    root: str
+    files: list[str]
+    dims: dict[str, int]
+    fingerprint: str
+    manifest_sha256: str
+    preprocessing: dict[str, Any]
+    classes: list[str]
+
+
+def open_features(
+    root: str, modalities: Sequence[str] | None, label_field: str | None
+) -> FeatureSet:
+    """Check a features directory and read what training needs to know, streaming one column."""
+    report_url = join(root, "features.json")
+    if not exists(join(root, "_SUCCESS")) or not exists(report_url):
+        raise UserError(f"train: {root} is not a finished `mmpipe features` output (no _SUCCESS); "
+                        "run mmpipe features first, or point DATA at its --output")  # fmt: skip
+    raw = read_bytes(report_url)
+    report = json.loads(raw)
+    dims = {m: int(v["dim"]) for m, v in report["encoders"].items()}
+    if modalities:
+        missing = [m for m in modalities if m not in dims]
+        if missing:
+            raise UserError(
+                f"train config: modalities {missing} are not in {root} (it has {sorted(dims)})"
+            )
+        dims = {m: dims[m] for m in modalities}
+    files = [join(root, f) for f in report["parts"]] or [
+        join(root, f"parts/{p}") for p in list_files(join(root, "parts"))
+    ]
+    if not files:
+        raise UserError(f"train: {root} holds no feature rows")
+    classes: set[str] = set()
+    if label_field:
+        for table in iter_tables(files, ["meta"]):
+            classes.update(
+                x for x in (label_of(m, label_field) for m in table.column("meta").to_pylist()) if x
+            )
+    return FeatureSet(
+        root=root, files=files, dims=dims, fingerprint=str(report.get("fingerprint")),
+        manifest_sha256=hashlib.sha256(raw).hexdigest(),
+        preprocessing={"config": report.get("config"), "encoders": report.get("encoders")},
+        classes=sorted(classes),
+    )  # fmt: skip
+
+
+def label_of(meta: str | None, field: str) -> str | None:
+    if not meta:
+        return None
+    try:
+        value = json.loads(meta).get(field)
+    except (ValueError, AttributeError):
+        return None
+    return None if value is None else str(value)
+
+
+def iter_tables(
+    files: list[str], columns: list[str] | None = None, rows: int = 4096
+) -> Iterator[pa.Table]:
+    """Stream record batches of the Parquet files: memory stays bounded by ``rows``."""
+    for url in files:
+        fs, path = get_fs(url)
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
+            for rb in pf.iter_batches(batch_size=rows, columns=cols):
+                yield pa.Table.from_batches([rb])
+
+
+def fsl_to_numpy(col: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed_size_list<float32>[dim] column -> ([N, dim] float32 with nulls zeroed, valid)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    valid = ~np.asarray(arr.is_null(), dtype=bool)
+    values = np.asarray(arr.values, dtype=np.float32)[arr.offset * dim : (arr.offset + n) * dim]
+    x = values.reshape(n, dim).copy()
+    x[~valid] = 0.0  # a null slot's child values are undefined: never let them reach the model
+    return x, valid
+
+
+class SplitLabel(Stage):
+    """Keep one split's rows and add ``label`` (class index, -1 when unknown) from metadata."""
+
+    name = "split_label"
+    batch_format: ClassVar[str] = "pyarrow"
+
+    def __init__(
+        self, split: str, fraction: float, classes: list[str], label_field: str | None
+    ) -> None:
+        super().__init__()
+        self.split, self.fraction, self.label_field = split, fraction, label_field
+        self.index = {c: i for i, c in enumerate(classes)}
+
+    def __call__(self, batch: Any) -> Any:  # a pyarrow Table in, a pyarrow Table out
+        keys = batch.column("key").to_pylist()
+        want = self.split == "val"
+        keep = np.array([is_val(k, self.fraction) == want for k in keys], dtype=bool)
+        table = batch.filter(pa.array(keep))
+        labels = [-1] * table.num_rows
+        if self.label_field:
+            metas = table.column("meta").to_pylist()
+            labels = [self.index.get(label_of(m, self.label_field) or "", -1) for m in metas]
+        return table.append_column("label", pa.array(labels, pa.int64()))
+
+
+def to_tensors(table: pa.Table, dims: dict[str, int], device: Any) -> tuple[dict, dict, Any]:
+    """An Arrow batch -> (features, masks, labels) tensors on ``device``."""
+    import torch
+
+    feats, masks = {}, {}
+    for m, d in dims.items():
+        x, valid = fsl_to_numpy(table.column(f"{m}_emb"), d)
+        has = (
+            np.asarray(table.column(f"has_{m}").to_numpy(zero_copy_only=False), dtype=bool) & valid
+        )
+        feats[m] = torch.from_numpy(x).to(device)
+        masks[m] = torch.from_numpy(has).to(device)
+    labels = torch.from_numpy(
+        np.array(table.column("label").to_numpy(zero_copy_only=False), dtype=np.int64)
+    ).to(device)
+    return feats, masks, labels
+
+
+def local_split(fs_: FeatureSet, split: str, fraction: float, label_field: str | None) -> pa.Table:
+    """One split as one in-memory table, for plain-torch runs (tests, the bare-loop benchmark)
+    and for evaluation, where the validation split is what is scored."""
+    stage = SplitLabel(split, fraction, fs_.classes, label_field)
+    cols = ["key", "meta", *(f"{m}_emb" for m in fs_.dims), *(f"has_{m}" for m in fs_.dims)]
+    parts = [stage(t) for t in iter_tables(fs_.files, cols)]
+    return pa.concat_tables(parts) if parts else pa.table({})
+
+
+def ray_split(fs_: FeatureSet, split: str, fraction: float, label_field: str | None) -> Any:
+    """One split as a Ray Dataset, for ``get_dataset_shard`` in the workers."""
+    import ray.data
+
+    cols = ["key", "meta", *(f"{m}_emb" for m in fs_.dims), *(f"has_{m}" for m in fs_.dims)]
+    ds = ray.data.read_parquet(fs_.files, columns=cols)
+    return ds.map_batches(
+        SplitLabel(split, fraction, fs_.classes, label_field),
+        batch_format="pyarrow",
+        batch_size=None,
+    )

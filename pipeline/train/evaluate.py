@@ -1,0 +1,182 @@
+"""`mmpipe eval`: cross-modal Recall@K (class and instance level), accuracy, single-modality baselines."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.io.fs import exists, join, read_bytes, write_bytes_atomic
+from pipeline.train.data import SplitLabel, iter_tables, open_features, to_tensors
+
+# Generating attributes that say what a sample shows; two captions with equal values describe
+# the same content (the same text, a paraphrase or a translation).
+INSTANCE_FIELDS = ("label", "color", "size", "position")
+KS = (1, 5, 10)
+
+
+def load_run(run_dir: str) -> tuple[Any, dict[str, Any]]:
+    """The trained FusionModel (weights_only) and its model.json."""
+    import torch
+
+    from pipeline.train.model import FusionModel
+
+    if not exists(join(run_dir, "model.json")) or not exists(join(run_dir, "model.pt")):
+        raise UserError(
+            f"{run_dir} holds no trained model (model.json, model.pt); run mmpipe train first"
+        )
+    info = json.loads(read_bytes(join(run_dir, "model.json")))
+    model = FusionModel(info["dims"], info["fusion"], d=info["d_model"], embed_dim=info["embed_dim"],
+                        n_classes=len(info["classes"]) if info.get("label_field") else 0, dropout=0.0)  # fmt: skip
+    state = torch.load(
+        io.BytesIO(read_bytes(join(run_dir, "model.pt"))), map_location="cpu", weights_only=True
+    )
+    model.load_state_dict(state)
+    return model.eval(), info
+
+
+def embed_rows(
+    model: Any, info: dict[str, Any], data: str, split: str, fraction: float
+) -> dict[str, Any]:
+    """Stream one split of a features directory through the model; keep only the outputs."""
+    import torch
+
+    fs_ = open_features(data, list(info["dims"]), None)
+    stage = SplitLabel(split, fraction, info["classes"], info.get("label_field"))
+    dims = info["dims"]
+    cols = ["key", "meta", *(f"{m}_emb" for m in dims), *(f"has_{m}" for m in dims)]
+    acc: dict[str, list[Any]] = {"keys": [], "labels": [], "attrs": [], "fused": [], "logits": [],
+                                 **{f"emb_{m}": [] for m in dims}, **{f"has_{m}": [] for m in dims},
+                                 **{f"logits_only_{m}": [] for m in dims}}  # fmt: skip
+    with torch.no_grad():
+        for table in iter_tables(fs_.files, cols, rows=1024):
+            t: Any = stage(table)
+            if t.num_rows == 0:
+                continue
+            feats, masks, labels = to_tensors(t, dims, "cpu")
+            out = model(feats, masks)
+            acc["keys"] += t.column("key").to_pylist()
+            acc["labels"].append(labels.numpy())
+            acc["attrs"] += [_attrs(m) for m in t.column("meta").to_pylist()]
+            acc["fused"].append(out["fused"].numpy())
+            for m in dims:
+                acc[f"emb_{m}"].append(out["emb"][m].numpy())
+                acc[f"has_{m}"].append(masks[m].numpy())
+            if "logits" in out:
+                acc["logits"].append(out["logits"].numpy())
+                for m in dims:  # the single-modality baseline: only m is given to the model
+                    only = {k: (v & (k == m)) for k, v in masks.items()}
+                    acc[f"logits_only_{m}"].append(model(feats, only)["logits"].numpy())
+    if not acc["keys"]:
+        raise UserError(f"eval: the {split} split of {data} is empty")
+    return {
+        k: (np.concatenate(v) if v and isinstance(v[0], np.ndarray) else v) for k, v in acc.items()
+    }
+
+
+def _attrs(meta: str | None) -> tuple[Any, ...] | None:
+    try:
+        d = json.loads(meta or "{}")
+    except ValueError:
+        return None
+    if not all(f in d for f in INSTANCE_FIELDS):
+        return None
+    return tuple(d[f] for f in INSTANCE_FIELDS)
+
+
+def recall_at_k(
+    q: np.ndarray, g: np.ndarray, hit: np.ndarray, ks: tuple[int, ...] = KS
+) -> dict[str, float]:
+    """Recall@K: the share of queries with a hit (``hit[i, j]``) among their top K by cosine."""
+    if len(q) == 0 or len(g) == 0:
+        return {f"R@{k}": float("nan") for k in ks}
+    order = np.argsort(-(q @ g.T), axis=1, kind="stable")[:, : max(ks)]
+    hits = np.take_along_axis(hit, order, axis=1)
+    return {f"R@{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def score(rows: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    mods = list(info["dims"])
+    labels = rows["labels"]
+    attrs = rows["attrs"]
+    keys = np.asarray(rows["keys"])
+    result: dict[str, Any] = {"rows": len(keys), "retrieval": {}, "accuracy": {}}
+    for a in mods:
+        for b in mods:
+            if a == b:
+                continue
+            qi = np.flatnonzero(rows[f"has_{a}"] & (labels >= 0))
+            gi = np.flatnonzero(rows[f"has_{b}"])
+            q, g = rows[f"emb_{a}"][qi], rows[f"emb_{b}"][gi]
+            entry = {"queries": len(qi),
+                     "class": recall_at_k(q, g, labels[qi][:, None] == labels[gi][None, :])}  # fmt: skip
+            if all(attrs[i] is not None for i in qi) and all(attrs[j] is not None for j in gi):
+                ids: dict[Any, int] = {}
+                aid = np.array([ids.setdefault(x, len(ids)) for x in attrs])
+                same = aid[qi][:, None] == aid[gi][None, :]
+            else:  # no generating attributes: only the paired item itself counts
+                same = keys[qi][:, None] == keys[gi][None, :]
+            entry["instance"] = recall_at_k(q, g, same)
+            result["retrieval"][f"{a}->{b}"] = entry
+    known = labels >= 0
+    if len(rows["logits"]) and known.any():
+        pred = rows["logits"].argmax(1)
+        result["accuracy"]["fused"] = float((pred[known] == labels[known]).mean())
+        n = len(info["classes"])
+        conf = np.zeros((n, n), dtype=np.int64)
+        np.add.at(conf, (labels[known], pred[known]), 1)
+        result["confusion"] = conf.tolist()
+        for m in mods:
+            sel = known & rows[f"has_{m}"]
+            p = rows[f"logits_only_{m}"].argmax(1)
+            result["accuracy"][f"{m}_only"] = (
+                float((p[sel] == labels[sel]).mean()) if sel.any() else None
+            )
+        singles = [
+            v for k, v in result["accuracy"].items() if k.endswith("_only") and v is not None
+        ]
+        result["accuracy"]["best_single"] = max(singles) if singles else None
+    return result
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
+
+
+def run_eval(run_dir: str, data: str, *, split: str = "val", quiet: bool = False) -> dict[str, Any]:
+    """Write ``RUN_DIR/eval.json`` (and ``eval_points.json`` for the report's projection)."""
+    model, info = load_run(run_dir)
+    fraction = json.loads(read_bytes(join(run_dir, "config.json"))).get("val_fraction", 0.2)
+    rows = embed_rows(model, info, data, split, fraction)
+    result = {"run": run_dir, "data": data, "split": split, "fusion": info["fusion"],
+              "classes": info["classes"], **score(rows, info)}  # fmt: skip
+    write_bytes_atomic(join(run_dir, "eval.json"), json.dumps(result, indent=2).encode())
+    pts = pca_2d(rows["fused"][:3000])
+    points = {"xy": pts.round(4).tolist(), "label": rows["labels"][:3000].tolist()}
+    write_bytes_atomic(join(run_dir, "eval_points.json"), json.dumps(points).encode())
+    if not quiet:
+        print(summary_line(result), file=sys.stderr)
+    return result
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    acc = r["accuracy"]
+    parts = [f"eval ({r['fusion']}, {r['rows']} {r['split']} rows):"]
+    if acc:
+        parts.append(f"acc fused {acc['fused']:.3f}, best single {acc['best_single']:.3f};")
+    worst = (
+        min((v["class"]["R@1"], k) for k, v in r["retrieval"].items()) if r["retrieval"] else None
+    )
+    if worst:
+        parts.append(f"class R@1 min {worst[0]:.3f} ({worst[1]})")
+    if "image->text" in r["retrieval"]:
+        parts.append(
+            f"; instance image->text R@1 {r['retrieval']['image->text']['instance']['R@1']:.3f}"
+        )
+    return " ".join(parts)

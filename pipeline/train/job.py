@@ -1,0 +1,268 @@
+"""`mmpipe train`: the fusion model under Ray Train TorchTrainer, with checkpoints, resume, lineage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.io.fs import exists, is_remote, join, list_files, write_bytes_atomic
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import FeatureSet, open_features, ray_split
+
+RUN_NAME = "fusion"
+MODEL_FILE = "model.pt"  # a plain state dict: loads with weights_only=True
+
+
+def fingerprint(cfg: TrainConfig, fs_: FeatureSet) -> str:
+    fields = cfg.model_dump(
+        exclude={"data", "output", "storage_path", "workers", "cpus_per_worker", "max_failures"}
+    )
+    blob = json.dumps({"cfg": fields, "data": fs_.manifest_sha256}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def lineage(cfg: TrainConfig, fs_: FeatureSet) -> dict[str, Any]:
+    """What every checkpoint records: the data it was trained on and how it was preprocessed."""
+    return {"features": fs_.root, "features_fingerprint": fs_.fingerprint,
+            "features_manifest_sha256": fs_.manifest_sha256, "preprocessing": fs_.preprocessing,
+            "train_config": cfg.model_dump()}  # fmt: skip
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker loop: one process per worker, DDP across them."""
+    import ray.train
+    import ray.train.torch as rtt
+    import torch
+
+    from pipeline.train.loop import Trainer, load_state, save_state, seed_everything
+
+    cfg = TrainConfig(**config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    device = rtt.get_device()
+    steps = config["train_rows"] // (cfg.batch_size * world)
+    tr = Trainer(cfg, config["dims"], len(config["classes"]), steps, device)
+    ckpt = ray.train.get_checkpoint()
+    log_lines = 0
+    if ckpt is not None:  # a restart after a failure, or --resume
+        with ckpt.as_directory() as d:
+            with open(os.path.join(d, "state.pt"), "rb") as f:
+                tr.load_state_dict(load_state(f.read()))
+            with open(os.path.join(d, "meta.json")) as mf:
+                log_lines = int(json.load(mf).get("log_lines", 0))
+    if world > 1:
+        tr.model = rtt.prepare_model(tr.core, move_to_device=False)
+    train_shard, val_shard = (
+        ray.train.get_dataset_shard("train"),
+        ray.train.get_dataset_shard("val"),
+    )
+    log = MetricsLog(config["run_dir"], enabled=rank == 0)
+    if ckpt is not None:
+        # Work after the checkpoint was lost with the failed workers: so are its metric rows.
+        log.lines = log.lines[:log_lines]
+        log.lines.append(
+            json.dumps({"kind": "restore", "step": tr.progress.step, "epoch": tr.progress.epoch})
+        )
+    marker = os.path.join(config["run_dir"], ".fault_injected")
+    if config.get("fail_at_step") and rank == world - 1 and not os.path.exists(marker):
+        # Test hook (local runs): kill this worker's process once, at that step.
+        log.kill_at, log.kill_marker = int(config["fail_at_step"]), marker
+
+    def report(metrics: dict[str, Any]) -> None:
+        metrics = {**metrics, "step": tr.progress.step, "epoch": tr.progress.epoch}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "state.pt"), "wb") as f:
+                f.write(save_state(tr.state_dict()))
+            with open(os.path.join(d, "meta.json"), "w") as f:
+                json.dump({"metrics": metrics, "lineage": config["lineage"], "log_lines": len(log.lines),
+                           "classes": config["classes"], "dims": config["dims"]}, f)  # fmt: skip
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    every = cfg.checkpoint_every_steps
+    while tr.progress.epoch < cfg.epochs and not tr.progress.done:
+        batches = train_shard.iter_batches(
+            batch_size=cfg.batch_size, batch_format="pyarrow", drop_last=True,
+            local_shuffle_buffer_size=cfg.batch_size * 8, local_shuffle_seed=cfg.seed * 100003 + tr.progress.epoch,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        tr.train_epoch(batches, on_step=log.step,
+                       should_checkpoint=lambda: bool(every) and tr.progress.step % every == 0,  # type: ignore[operator]
+                       checkpoint=lambda: report({"kind": "step"}))  # fmt: skip
+        tot = tr.evaluate(val_shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow"))
+        if world > 1:
+            t = torch.tensor(
+                [tot["loss"], tot["rows"], tot["correct"], tot["labelled"]], device=device
+            )
+            torch.distributed.all_reduce(t)
+            tot = dict(zip(("loss", "rows", "correct", "labelled"), t.tolist()))
+        val_loss = tot["loss"] / max(1.0, tot["rows"])
+        stop = tr.end_epoch(val_loss)
+        metrics = {"kind": "epoch", "val_loss": val_loss, "epoch_seconds": time.perf_counter() - t0,
+                   "val_acc": tot["correct"] / tot["labelled"] if tot["labelled"] else None}  # fmt: skip
+        log.epoch({**metrics, "epoch": tr.progress.epoch, "step": tr.progress.step})
+        report(metrics)
+        if stop or (cfg.max_steps is not None and tr.progress.step >= cfg.max_steps):
+            break
+
+
+class MetricsLog:
+    """Per-step and per-epoch metrics as JSONL in the run directory (rank 0 only), plus
+    TensorBoard when it is installed."""
+
+    def __init__(self, run_dir: str, enabled: bool) -> None:
+        self.url, self.enabled, self.kill_at = join(run_dir, "metrics.jsonl"), enabled, 0
+        self.kill_marker = ""
+        self.lines: list[str] = []
+        self.tb: Any = None
+        if enabled and exists(self.url):  # a resumed run appends to what is there
+            from pipeline.io.fs import read_bytes
+
+            self.lines = read_bytes(self.url).decode().splitlines()
+        if enabled and not is_remote(run_dir):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
+            except Exception:  # tensorboard not installed: JSONL is the record
+                self.tb = None
+
+    def step(self, row: dict[str, Any]) -> None:
+        if self.kill_at and row["step"] >= self.kill_at:
+            open(self.kill_marker, "w").close()
+            os._exit(1)  # the injected fault: this worker process dies mid-training
+        if not self.enabled:
+            return
+        self.lines.append(json.dumps({"kind": "step", **row}))
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, float):
+                    self.tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.lines.append(json.dumps(row))
+        write_bytes_atomic(self.url, ("\n".join(self.lines) + "\n").encode())
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, float):
+                    self.tb.add_scalar(f"val/{k}", v, row["step"])
+
+
+def _has_checkpoints(run_path: str) -> bool:
+    return exists(run_path) and any("checkpoint_" in f for f in list_files(run_path))
+
+
+def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = False,
+              quiet: bool = False, fail_at_step: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train; write ``model.pt``, ``model.json``, ``metrics.jsonl`` and ``train.json`` (last)."""
+    import torch
+
+    from pipeline.runner import ray_session
+
+    t0 = time.perf_counter()
+    # Workers may run in another directory: local paths travel absolute.
+    cfg = cfg.model_copy(update={k: os.path.abspath(v) for k, v in
+                                 (("data", cfg.data), ("output", cfg.output)) if not is_remote(v)})  # fmt: skip
+    fs_ = open_features(cfg.data, cfg.modalities, cfg.label_field)
+    if cfg.label_field and not fs_.classes and cfg.w_classify > 0:
+        raise UserError(f"train config: label_field {cfg.label_field!r} is in no sample's metadata; "
+                        "set label_field: null to train without a classifier")  # fmt: skip
+    out, fp = cfg.output, fingerprint(cfg, fs_)
+    report_url = join(out, "train.json")
+    if exists(report_url):
+        report = json.loads(open_bytes(report_url))
+        if report.get("fingerprint") == fp:
+            if not quiet:
+                print(f"train: already complete in {out}; nothing to do", file=sys.stderr)
+            return dict(report)
+        raise UserError(f"{out} holds a run of a different config or data; choose another --output")
+    storage = cfg.storage_path or (
+        join(out, "ray") if is_remote(out) else os.path.abspath(join(out, "ray"))
+    )
+    if _has_checkpoints(join(storage, RUN_NAME)) and not resume:
+        raise UserError(f"{out} has checkpoints of an unfinished run; pass --resume to continue it, "
+                        "or choose another --output")  # fmt: skip
+    write_bytes_atomic(join(out, "config.json"), json.dumps(cfg.model_dump(), indent=2).encode())
+    with ray_session(address):
+        import ray
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
+        use_gpu = cfg.gpus == "on" or (cfg.gpus == "auto" and has_gpu)
+        if cfg.gpus == "on" and not has_gpu:
+            raise UserError(
+                "train config: gpus is 'on' but the Ray cluster has no GPU; use auto or off"
+            )
+        train_ds = ray_split(fs_, "train", cfg.val_fraction, cfg.label_field)
+        val_ds = ray_split(fs_, "val", cfg.val_fraction, cfg.label_field)
+        if cfg.cache_data:
+            # Features are compact: keep both splits in the object store (it spills to disk
+            # when full) so that epochs re-read blocks instead of re-running the pipeline.
+            train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
+        train_rows = train_ds.count()  # the schedule needs the split's length
+        if train_rows < cfg.batch_size * cfg.workers:
+            raise UserError(f"train: {train_rows} training rows are fewer than batch_size x workers "
+                            f"({cfg.batch_size} x {cfg.workers}); lower batch_size")  # fmt: skip
+        config = {"cfg": cfg.model_dump(), "dims": fs_.dims, "classes": fs_.classes, "run_dir": out,
+                  "train_rows": train_rows, "lineage": lineage(cfg, fs_), "fail_at_step": fail_at_step}  # fmt: skip
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
+            run_config=RunConfig(name=RUN_NAME, storage_path=storage,
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+            datasets={"train": train_ds, "val": val_ds},
+        )  # fmt: skip
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        assert result.checkpoint is not None, "training reported no checkpoint"
+        with result.checkpoint.as_directory() as d:
+            from pipeline.train.loop import load_state
+
+            with open(os.path.join(d, "state.pt"), "rb") as f:
+                state = load_state(f.read())
+            with open(os.path.join(d, "meta.json")) as f:
+                meta = json.load(f)
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state["model"], buf)
+    write_bytes_atomic(join(out, MODEL_FILE), buf.getvalue())
+    model_info = {"fusion": cfg.fusion, "dims": fs_.dims, "d_model": cfg.d_model, "embed_dim": cfg.embed_dim,
+                  "classes": fs_.classes, "label_field": cfg.label_field, "dropout": cfg.dropout,
+                  "model_sha256": hashlib.sha256(buf.getvalue()).hexdigest(), "lineage": lineage(cfg, fs_)}  # fmt: skip
+    write_bytes_atomic(
+        join(out, "model.json"), json.dumps(model_info, indent=2, default=str).encode()
+    )
+    report = {"fingerprint": fp, "metrics": meta["metrics"], "progress": state["progress"],
+              "train_rows": train_rows, "model": MODEL_FILE, "checkpoint": result.checkpoint.path,
+              "seconds": round(time.perf_counter() - t0, 2), "workers": cfg.workers, "gpu": use_gpu}  # fmt: skip
+    write_bytes_atomic(
+        report_url, json.dumps(report, indent=2, default=str).encode()
+    )  # commit, last
+    if not quiet:
+        m = meta["metrics"]
+        print(f"train: {cfg.fusion} fusion, {state['progress']['step']} steps, val_loss {m.get('val_loss'):.4f}, "
+              f"val_acc {m.get('val_acc')}, in {report['seconds']}s -> {out}", file=sys.stderr)  # fmt: skip
+    return report
+
+
+def open_bytes(url: str) -> bytes:
+    from pipeline.io.fs import read_bytes
+
+    return read_bytes(url)

@@ -1,0 +1,270 @@
+"""The training step and epoch loop in plain torch, with exact checkpoint state (Ray-free)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import pickle
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.errors import UserError
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import to_tensors
+from pipeline.train.model import FusionModel, fusion_loss
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so that a resume continues exactly."""
+
+    epoch: int = 0  # the epoch in progress
+    epoch_batches: int = 0  # batches of that epoch already consumed
+    step: int = 0  # optimizer steps so far
+    best: float = math.inf
+    bad_epochs: int = 0
+    done: bool = False
+
+
+def build_model(cfg: TrainConfig, dims: dict[str, int], n_classes: int) -> FusionModel:
+    return FusionModel(dims, cfg.fusion, d=cfg.d_model, embed_dim=cfg.embed_dim,
+                       n_classes=n_classes if cfg.label_field else 0, dropout=cfg.dropout)  # fmt: skip
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state: Any = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np_state
+    # Plain types only: a checkpoint loads with weights_only=True, which refuses numpy objects.
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Owns model, optimizer, schedule, scaler and progress. ``model`` may be wrapped (DDP)
+    after construction; ``core`` is always the bare FusionModel."""
+
+    def __init__(self, cfg: TrainConfig, dims: dict[str, int], n_classes: int,
+                 steps_per_epoch: int, device: Any = "cpu") -> None:  # fmt: skip
+        self.cfg, self.dims, self.device = cfg, dims, torch.device(device)
+        self.core = build_model(cfg, dims, n_classes).to(self.device)
+        self.model: torch.nn.Module = self.core
+        decay = [p for n, p in self.core.named_parameters() if p.ndim >= 2]
+        rest = [p for n, p in self.core.named_parameters() if p.ndim < 2]
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": rest, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+        )
+        self.total_steps = max(
+            1, cfg.max_steps or cfg.epochs * max(1, steps_per_epoch // cfg.grad_accum)
+        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        on_cuda = self.device.type == "cuda"
+        amp = "bf16" if cfg.amp == "auto" else cfg.amp
+        self.amp_dtype = (
+            None
+            if (not on_cuda or amp == "off")
+            else (torch.float16 if amp == "fp16" else torch.bfloat16)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.progress = Progress()
+
+    def _lr_factor(self, step: int) -> float:
+        c = self.cfg
+        if c.schedule == "constant":
+            return 1.0
+        if c.schedule == "onecycle":  # linear up for 30%, cosine down to ~0
+            up = max(1, int(0.3 * self.total_steps))
+            if step < up:
+                return 0.04 + 0.96 * step / up
+            t = (step - up) / max(1, self.total_steps - up)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        if step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        t = (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def _drop_modalities(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        p = self.cfg.modality_dropout
+        mods = list(masks)
+        if p <= 0 or len(mods) < 2:
+            return masks
+        present = torch.stack([masks[m] for m in mods], 1)
+        # Per row, maybe drop one present modality, chosen at random, if another stays.
+        drop_row = (torch.rand(present.shape[0], device=present.device) < p) & (present.sum(1) > 1)
+        score = torch.rand(present.shape, device=present.device) * present
+        victim = torch.nn.functional.one_hot(score.argmax(1), len(mods)).bool() & drop_row[:, None]
+        kept = present & ~victim
+        return {m: kept[:, i] for i, m in enumerate(mods)}
+
+    def train_epoch(self, batches: Iterable[pa.Table], on_step: Callable[[dict[str, Any]], None] | None = None,
+                    should_checkpoint: Callable[[], bool] | None = None,
+                    checkpoint: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """Consume one epoch's batches, skipping those a resumed checkpoint already consumed."""
+        c, pr = self.cfg, self.progress
+        self.model.train()
+        for i, table in enumerate(batches):
+            if i < pr.epoch_batches:
+                continue  # consumed before the checkpoint we resumed from
+            if c.max_steps is not None and pr.step >= c.max_steps:
+                break
+            feats, masks, labels = to_tensors(table, self.dims, self.device)
+            masks = self._drop_modalities(masks)
+            with self._autocast():
+                out = self.model(feats, masks)
+                loss, parts = fusion_loss(
+                    self.core, out, masks, labels, c.w_contrastive, c.w_classify
+                )
+            self.scaler.scale(loss / c.grad_accum).backward()
+            pr.epoch_batches = i + 1
+            if pr.epoch_batches % c.grad_accum:
+                continue
+            if c.clip_norm:
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.core.parameters(), c.clip_norm)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.opt.zero_grad(set_to_none=True)
+            self.sched.step()
+            pr.step += 1
+            if on_step:
+                on_step({"step": pr.step, "epoch": pr.epoch, "time": time.time(), "loss": float(loss.detach()),
+                         "lr": self.sched.get_last_lr()[0], **parts})  # fmt: skip
+            if checkpoint and should_checkpoint and should_checkpoint():
+                checkpoint()
+        pr.epoch += 1
+        pr.epoch_batches = 0
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[pa.Table]) -> dict[str, float]:
+        """Validation loss (same multi-task loss, no dropout) and accuracy, summed over rows."""
+        c = self.cfg
+        self.model.eval()
+        tot = {"loss": 0.0, "rows": 0.0, "correct": 0.0, "labelled": 0.0}
+        for table in batches:
+            feats, masks, labels = to_tensors(table, self.dims, self.device)
+            with self._autocast():
+                out = self.core(feats, masks)
+                loss, _ = fusion_loss(self.core, out, masks, labels, c.w_contrastive, c.w_classify)
+            n = float(labels.shape[0])
+            tot["loss"] += float(loss) * n
+            tot["rows"] += n
+            if "logits" in out:
+                known = labels >= 0
+                tot["correct"] += float((out["logits"].argmax(1)[known] == labels[known]).sum())
+                tot["labelled"] += float(known.sum())
+        return tot
+
+    def end_epoch(self, val_loss: float) -> bool:
+        """Early stopping bookkeeping; True when training should stop."""
+        pr, pat = self.progress, self.cfg.early_stop_patience
+        if val_loss < pr.best - 1e-4:
+            pr.best, pr.bad_epochs = val_loss, 0
+        else:
+            pr.bad_epochs += 1
+        pr.done = bool(pat is not None and pr.bad_epochs >= pat)
+        return pr.done
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.core.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "progress": asdict(self.progress), "rng": rng_state()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.core.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
+
+
+def save_state(state: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def load_state(data: bytes) -> dict[str, Any]:
+    # weights_only: a checkpoint is data, never code; a pickle-bearing one is refused.
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"checkpoint refused: it is not plain tensors and types ({str(e).splitlines()[0]})"
+        ) from None
+
+
+def epoch_order(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The deterministic shuffled batches of one epoch (plain-torch runs): a function of the
+    seed and the epoch only, so that a resumed run sees the very same batches."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    return [perm[i : i + batch_size] for i in range(0, n_rows - batch_size + 1, batch_size)]
+
+
+def fit_local(cfg: TrainConfig, train: pa.Table, val: pa.Table, dims: dict[str, int], n_classes: int,
+              state: dict[str, Any] | None = None, stop_after_steps: int | None = None,
+              log: list[dict[str, Any]] | None = None) -> Trainer:  # fmt: skip
+    """Train in this process (no Ray): tests, the bare-loop benchmark, debugging."""
+    seed_everything(cfg.seed)
+    steps = train.num_rows // cfg.batch_size
+    tr = Trainer(cfg, dims, n_classes, steps)
+    if state is not None:
+        tr.load_state_dict(state)
+
+    def stop() -> None:
+        raise _Stop
+
+    try:
+        while tr.progress.epoch < cfg.epochs and not tr.progress.done:
+            order = epoch_order(train.num_rows, cfg.batch_size, cfg.seed, tr.progress.epoch)
+            batches = (train.take(pa.array(idx)) for idx in order)
+            tr.train_epoch(batches, on_step=log.append if log is not None else None,
+                           should_checkpoint=lambda: tr.progress.step == stop_after_steps,
+                           checkpoint=stop)  # fmt: skip
+            if cfg.max_steps is not None and tr.progress.step >= cfg.max_steps:
+                break
+            tot = tr.evaluate(
+                val.slice(i, cfg.batch_size) for i in range(0, val.num_rows, cfg.batch_size)
+            )
+            tr.end_epoch(tot["loss"] / max(1.0, tot["rows"]))
+    except _Stop:
+        pass  # stopped at an exact step: the caller checkpoints tr.state_dict()
+    return tr
+
+
+class _Stop(Exception):
+    """Raised inside ``fit_local`` to stop at an exact step (resume tests)."""
