@@ -8,7 +8,7 @@ export UV_SYSTEM_CERTS := 1
 # Under `uv run` Ray would rebuild the env in every worker: we call .venv/bin directly.
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 DEMO_DIR ?= demo_out
-DEMO_N ?= 240
+DEMO_N ?= 1200
 
 .PHONY: setup lock demo test test-fast lint format bench clean
 
@@ -26,7 +26,7 @@ setup: $(BIN)/.synced  ## create .venv from the hashed lock
 lock:  ## re-resolve requirements.lock from pyproject.toml (no URLs are written)
 	$(UV) pip compile pyproject.toml --all-extras --generate-hashes -q -o requirements.lock --python-version 3.11
 
-demo: setup  ## make a sample corpus and build WebDataset shards on a local Ray
+demo: setup  ## sample corpus -> build -> features -> train -> eval -> report, on a local Ray
 	rm -rf $(DEMO_DIR)
 	$(BIN)/mmpipe sample-corpus $(DEMO_DIR)/corpus --n $(DEMO_N)
 	$(BIN)/mmpipe build $(DEMO_DIR)/corpus/manifest.jsonl --output $(DEMO_DIR)/build \
@@ -34,6 +34,10 @@ demo: setup  ## make a sample corpus and build WebDataset shards on a local Ray
 	$(BIN)/python -c "import json,sys; r=json.load(open('$(DEMO_DIR)/build/build.json')); print('build.json counts:', json.dumps(r['counts']))"
 	$(BIN)/python -m jobs.extract_features --config jobs/configs/features.yaml \
 		--shards $(DEMO_DIR)/build --output $(DEMO_DIR)/features
+	$(BIN)/python -m jobs.train_fusion --config jobs/configs/train.yaml \
+		--data $(DEMO_DIR)/features --output $(DEMO_DIR)/run
+	$(BIN)/mmpipe report $(DEMO_DIR)/run
+	$(BIN)/mmpipe export $(DEMO_DIR)/run
 
 test: setup  ## lint, type-check and run the test suite
 	$(MAKE) --no-print-directory lint

@@ -120,10 +120,11 @@ def bench_gpu(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "rows": train.num_rows,
     }
-    for fusion in ("mid", "early"):
+    for fusion in ("mid", "early"):  # log_every_steps=50: metric reads wait for the GPU
         for amp in ("bf16", "off"):
             cfg = TrainConfig(data=str(data), output="/unused", batch_size=args.batch, epochs=1, amp=amp,
-                              fusion=fusion, early_stop_patience=None, d_model=512, embed_dim=256)  # fmt: skip
+                              fusion=fusion, early_stop_patience=None, d_model=512, embed_dim=256,
+                              log_every_steps=50)  # fmt: skip
             tr = Trainer(cfg, fs_.dims, len(fs_.classes), train.num_rows // args.batch, "cuda")
             batches = [
                 train.slice(i, args.batch)

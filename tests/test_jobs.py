@@ -59,3 +59,23 @@ def test_features_job_refuses_a_bad_config(tmp_path, capsys):
     assert features_main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "alexnet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_job_refuses_a_bad_config_and_the_shipped_one_validates(tmp_path, capsys):
+    import yaml
+
+    from jobs.train_fusion import main as train_main
+    from pipeline.train.config import TrainConfig
+
+    with open("jobs/configs/train.yaml") as f:
+        TrainConfig(**yaml.safe_load(f)["train"])  # the shipped config is valid as it stands
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"train:\n  data: {tmp_path}\n  output: {tmp_path}/o\n  fusion: concat\n")
+    assert train_main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "fusion" in err and "'mid'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    cfg.write_text(f"train:\n  data: {tmp_path}\n  output: {tmp_path}/o\n  epochs: 3\n  learning_rate: 1\n")
+    assert train_main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown field 'learning_rate'" in err and "lr" in err

@@ -41,6 +41,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     early_stop_patience: int | None = Field(8, ge=1)
     checkpoint_every_steps: int | None = Field(None, ge=1)  # besides every epoch
+    log_every_steps: int = Field(1, ge=1)  # step metrics; each read waits for the GPU
     # Keep the feature splits in Ray's object store across epochs (false: re-read each epoch).
     cache_data: bool = True
     workers: int = Field(1, ge=1, le=4096)

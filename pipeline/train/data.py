@@ -143,12 +143,19 @@ def to_tensors(table: pa.Table, dims: dict[str, int], device: Any) -> tuple[dict
         has = (
             np.asarray(table.column(f"has_{m}").to_numpy(zero_copy_only=False), dtype=bool) & valid
         )
-        feats[m] = torch.from_numpy(x).to(device)
-        masks[m] = torch.from_numpy(has).to(device)
+        feats[m] = _to(torch.from_numpy(x), device)
+        masks[m] = _to(torch.from_numpy(has), device)
     labels = torch.from_numpy(
         np.array(table.column("label").to_numpy(zero_copy_only=False), dtype=np.int64)
     ).to(device)
     return feats, masks, labels
+
+
+def _to(t: Any, device: Any) -> Any:
+    """Host to device without blocking the Python thread: pinned memory, async copy."""
+    if str(device).startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
 
 
 def local_split(fs_: FeatureSet, split: str, fraction: float, label_field: str | None) -> pa.Table:

@@ -6,9 +6,11 @@ import contextlib
 import io
 import math
 import pickle
+import queue
 import random
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -96,6 +98,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.progress = Progress()
+        self.log_every = cfg.log_every_steps
 
     def _lr_factor(self, step: int) -> float:
         c = self.cfg
@@ -136,12 +139,11 @@ class Trainer:
         """Consume one epoch's batches, skipping those a resumed checkpoint already consumed."""
         c, pr = self.cfg, self.progress
         self.model.train()
-        for i, table in enumerate(batches):
-            if i < pr.epoch_batches:
-                continue  # consumed before the checkpoint we resumed from
+        skip = pr.epoch_batches  # consumed before the checkpoint we resumed from
+        ready = prefetch((t for i, t in enumerate(batches) if i >= skip), self.dims, self.device)
+        for i, (feats, masks, labels) in enumerate(ready, start=skip):
             if c.max_steps is not None and pr.step >= c.max_steps:
                 break
-            feats, masks, labels = to_tensors(table, self.dims, self.device)
             masks = self._drop_modalities(masks)
             with self._autocast():
                 out = self.model(feats, masks)
@@ -160,9 +162,9 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             self.sched.step()
             pr.step += 1
-            if on_step:
+            if on_step and (pr.step % self.log_every == 0 or pr.step == 1):
                 on_step({"step": pr.step, "epoch": pr.epoch, "time": time.time(), "loss": float(loss.detach()),
-                         "lr": self.sched.get_last_lr()[0], **parts})  # fmt: skip
+                         "lr": self.sched.get_last_lr()[0], **{k: float(v) for k, v in parts.items()}})  # fmt: skip
             if checkpoint and should_checkpoint and should_checkpoint():
                 checkpoint()
         pr.epoch += 1
@@ -210,6 +212,55 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"])
+
+
+def prefetch(
+    tables: Iterable[pa.Table], dims: dict[str, int], device: Any, depth: int = 2
+) -> Iterator[Any]:
+    """Convert the next batches (Arrow -> tensors -> device) in a thread while the current
+    one trains: on a GPU the host-side preparation otherwise leaves it idle a third of the time."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
+    def work() -> None:
+        try:
+            for t in tables:
+                if not put(to_tensors(t, dims, device)):
+                    return
+            put(_END)
+        except BaseException as e:  # hand the error to the consumer
+            put(_Failed(e))
+
+    th = threading.Thread(target=work, daemon=True, name="mmpipe-prefetch")
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()  # the consumer stopped early (max_steps): let the thread end
+        th.join(timeout=10)
+
+
+_END = object()
+
+
+@dataclass
+class _Failed:
+    error: BaseException
 
 
 def save_state(state: dict[str, Any]) -> bytes:

@@ -205,7 +205,7 @@ def info_nce(a: Tensor, b: Tensor, scale: Tensor, both: Tensor) -> Tensor:
 def fusion_loss(
     model: FusionModel, out: dict[str, Any], mask: Feats, labels: Tensor | None,
     w_contrastive: float, w_classify: float,
-) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
+) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
     """Contrastive loss over every modality pair plus classification: the multi-task loss."""
     parts: dict[str, Tensor] = {}
     mods = model.mods
@@ -225,4 +225,6 @@ def fusion_loss(
         ce = F.cross_entropy(out["logits"][known], labels[known]) if known.any() else con * 0.0
         parts["ce"] = ce
         loss = loss + w_classify * ce
-    return loss, {k: float(v.detach()) for k, v in parts.items()}
+    # Detached tensors, not floats: reading a value waits for the GPU, so callers do it only
+    # when they log.
+    return loss, {k: v.detach() for k, v in parts.items()}
