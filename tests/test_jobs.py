@@ -75,7 +75,9 @@ def test_train_job_refuses_a_bad_config_and_the_shipped_one_validates(tmp_path, 
     err = capsys.readouterr().err
     assert "fusion" in err and "'mid'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
-    cfg.write_text(f"train:\n  data: {tmp_path}\n  output: {tmp_path}/o\n  epochs: 3\n  learning_rate: 1\n")
+    cfg.write_text(
+        f"train:\n  data: {tmp_path}\n  output: {tmp_path}/o\n  epochs: 3\n  learning_rate: 1\n"
+    )
     assert train_main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "unknown field 'learning_rate'" in err and "lr" in err
