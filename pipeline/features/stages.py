@@ -23,6 +23,12 @@ from schemas import FEATURE_REJECTS_SCHEMA, features_schema
 MODALITIES = ("image", "text", "audio")
 
 
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value) if isinstance(value, str) else None
+
+
 def _errors(batch: Batch, n: int) -> list[tuple[str, str] | None]:
     """The first failing modality of each row as (stage, message), else None."""
     out: list[tuple[str, str] | None] = [None] * n
@@ -261,7 +267,8 @@ class FeatureWriter(Stage):
             arr = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~present))
             cols[f"{m}_emb"] = arr
         meta = batch.get("meta")
-        cols["meta"] = [None] * len(ok) if meta is None else [meta[i] for i in ok]
+        # An all-null column reaches us from Ray's numpy conversion as NaN floats: keep strings only.
+        cols["meta"] = [None] * len(ok) if meta is None else [_text(meta[i]) for i in ok]
         for m in MODALITIES:
             mask = batch.get(f"{m}_mask")
             cols[f"has_{m}"] = (
