@@ -149,3 +149,22 @@ def test_a_pickle_checkpoint_is_refused():
 
     with pytest.raises(UserError, match="checkpoint refused"):
         load_state(buf.getvalue())
+
+
+@pytest.mark.parametrize("preset", ["cnn_lstm", "attn_conv"])
+def test_classic_presets_train_and_take_missing_text(preset):
+    from pipeline.train.presets import ClassicFusion
+
+    torch.manual_seed(0)
+    model = ClassicFusion(preset, 3, d=16, embed_dim=8)
+    ids = torch.randint(1000, 2000, (6, 10))
+    ids[:, 7:] = 0  # padding
+    ids[5] = 0  # row 5 has no caption at all
+    feats = {"image": torch.randn(6, 3, 32, 32), "text": ids}
+    mask = {"image": torch.ones(6, dtype=torch.bool), "text": torch.tensor([True] * 5 + [False])}
+    out = model(feats, mask)
+    assert torch.isfinite(out["fused"]).all() and out["logits"].shape == (6, 3)
+    loss, _ = fusion_loss(model, out, mask, torch.tensor([0, 1, 2, 0, 1, 2]), 1.0, 1.0)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing

@@ -13,6 +13,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--output", "-o", required=True, help="the run directory (local or URL)")
     p.add_argument("--config", help="YAML file with train fields (CLI options override it)")
     p.add_argument("--fusion", help="early|mid|late|gated|bilinear")
+    p.add_argument(
+        "--preset", help="cnn_lstm|attn_conv: a classic model trained end to end; DATA is a build"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -47,9 +50,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pipeline.train.config import load_train_config
     from pipeline.train.job import run_train
 
-    overrides = {"data": args.data, "output": args.output, "fusion": args.fusion, "epochs": args.epochs,
-                 "batch_size": args.batch_size, "lr": args.lr, "workers": args.workers, "seed": args.seed,
-                 "max_steps": args.max_steps}  # fmt: skip
+    overrides = {"data": args.data, "output": args.output, "fusion": args.fusion, "preset": args.preset,
+                 "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "workers": args.workers,
+                 "seed": args.seed, "max_steps": args.max_steps}  # fmt: skip
     cfg = load_train_config(overrides, args.config)
     run_train(cfg, address=args.address, resume=args.resume, quiet=args.quiet)
     return 0

@@ -17,6 +17,11 @@ class TrainConfig(BaseModel):
     data: str  # an `mmpipe features` output directory
     output: str  # the run directory
     fusion: Literal["early", "mid", "late", "gated", "bilinear"] = "mid"
+    # A classic image-text model trained end to end from the shards instead of a fusion model
+    # on features: `data` is then a build output (or tar pattern).
+    preset: Literal["cnn_lstm", "attn_conv"] | None = None
+    image_size: int = Field(64, ge=16, le=512)  # presets: the square crop they see
+    max_text_tokens: int = Field(32, ge=4, le=512)  # presets: token ids per caption
     modalities: list[Modality] | None = None  # None: every modality the features hold
     label_field: str | None = "label"  # a key of each sample's metadata; None: no classifier
     d_model: int = Field(256, ge=8, le=8192)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,16 @@ def load_run(run_dir: str) -> tuple[Any, dict[str, Any]]:
             f"{run_dir} holds no trained model (model.json, model.pt); run mmpipe train first"
         )
     info = json.loads(read_bytes(join(run_dir, "model.json")))
-    model = FusionModel(info["dims"], info["fusion"], d=info["d_model"], embed_dim=info["embed_dim"],
-                        n_classes=len(info["classes"]) if info.get("label_field") else 0, dropout=0.0)  # fmt: skip
+    n_classes = len(info["classes"]) if info.get("label_field") else 0
+    if info.get("preset"):
+        from pipeline.train.presets import ClassicFusion
+
+        model: Any = ClassicFusion(
+            info["preset"], n_classes, d=info["d_model"], embed_dim=info["embed_dim"], dropout=0.0
+        )
+    else:
+        model = FusionModel(info["dims"], info["fusion"], d=info["d_model"], embed_dim=info["embed_dim"],
+                            n_classes=n_classes, dropout=0.0)  # fmt: skip
     state = torch.load(
         io.BytesIO(read_bytes(join(run_dir, "model.pt"))), map_location="cpu", weights_only=True
     )
@@ -45,23 +54,16 @@ def embed_rows(
     """Stream one split of a features directory through the model; keep only the outputs."""
     import torch
 
-    fs_ = open_features(data, list(info["dims"]), None)
-    stage = SplitLabel(split, fraction, info["classes"], info.get("label_field"))
     dims = info["dims"]
-    cols = ["key", "meta", *(f"{m}_emb" for m in dims), *(f"has_{m}" for m in dims)]
     acc: dict[str, list[Any]] = {"keys": [], "labels": [], "attrs": [], "fused": [], "logits": [],
                                  **{f"emb_{m}": [] for m in dims}, **{f"has_{m}": [] for m in dims},
                                  **{f"logits_only_{m}": [] for m in dims}}  # fmt: skip
     with torch.no_grad():
-        for table in iter_tables(fs_.files, cols, rows=1024):
-            t: Any = stage(table)
-            if t.num_rows == 0:
-                continue
-            feats, masks, labels = to_tensors(t, dims, "cpu")
+        for keys, metas, feats, masks, labels in _batches(info, data, split, fraction):
             out = model(feats, masks)
-            acc["keys"] += t.column("key").to_pylist()
+            acc["keys"] += keys
             acc["labels"].append(labels.numpy())
-            acc["attrs"] += [_attrs(m) for m in t.column("meta").to_pylist()]
+            acc["attrs"] += [_attrs(m) for m in metas]
             acc["fused"].append(out["fused"].numpy())
             for m in dims:
                 acc[f"emb_{m}"].append(out["emb"][m].numpy())
@@ -76,6 +78,40 @@ def embed_rows(
     return {
         k: (np.concatenate(v) if v and isinstance(v[0], np.ndarray) else v) for k, v in acc.items()
     }
+
+
+def _batches(
+    info: dict[str, Any], data: str, split: str, fraction: float
+) -> Iterator[tuple[Any, ...]]:
+    """(keys, metas, inputs, masks, labels) of one split: features rows, or for an end-to-end
+    preset the shards preprocessed as in training."""
+    dims, label_field = info["dims"], info.get("label_field")
+    if info.get("preset"):
+        from pipeline.features.job import resolve_shards
+        from pipeline.train.presets import E2EPreprocess, e2e_tensors, iter_e2e
+
+        stage = E2EPreprocess(
+            split,
+            fraction,
+            info["classes"],
+            label_field,
+            info["image_size"],
+            info["max_text_tokens"],
+        )
+        for b in iter_e2e(resolve_shards(data), stage):
+            yield ([str(k) for k in b["key"]], list(b["meta"]), *e2e_tensors(b, dims, "cpu"))
+        return
+    fs_ = open_features(data, list(dims), None)
+    split_stage = SplitLabel(split, fraction, info["classes"], label_field)
+    cols = ["key", "meta", *(f"{m}_emb" for m in dims), *(f"has_{m}" for m in dims)]
+    for table in iter_tables(fs_.files, cols, rows=1024):
+        t: Any = split_stage(table)
+        if t.num_rows:
+            yield (
+                t.column("key").to_pylist(),
+                t.column("meta").to_pylist(),
+                *to_tensors(t, dims, "cpu"),
+            )
 
 
 def _attrs(meta: str | None) -> tuple[Any, ...] | None:

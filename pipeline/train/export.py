@@ -34,7 +34,14 @@ def example_inputs(info: dict[str, Any], n: int = 4) -> tuple[Any, ...]:
 
     g = torch.Generator().manual_seed(0)
     mods = [m for m in ("image", "text", "audio") if m in info["dims"]]  # the model's order
-    feats = [torch.randn(n, info["dims"][m], generator=g) for m in mods]
+    if info.get("preset"):  # end-to-end: normalised pixels and token ids
+        s, length = info["image_size"], info["max_text_tokens"]
+        feats = [
+            torch.randn(n, 3, s, s, generator=g),
+            torch.randint(1000, 2000, (n, length), generator=g),
+        ]
+    else:
+        feats = [torch.randn(n, info["dims"][m], generator=g) for m in mods]
     masks = [torch.rand(n, generator=g) > 0.3 for _ in mods]
     for mk in masks:
         mk[0] = True

@@ -89,16 +89,17 @@ def train_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     every = cfg.checkpoint_every_steps
+    fmt = "numpy" if cfg.preset else "pyarrow"  # presets carry pixel tensors
     while tr.progress.epoch < cfg.epochs and not tr.progress.done:
         batches = train_shard.iter_batches(
-            batch_size=cfg.batch_size, batch_format="pyarrow", drop_last=True,
+            batch_size=cfg.batch_size, batch_format=fmt, drop_last=True,
             local_shuffle_buffer_size=cfg.batch_size * 8, local_shuffle_seed=cfg.seed * 100003 + tr.progress.epoch,
         )  # fmt: skip
         t0 = time.perf_counter()
         tr.train_epoch(batches, on_step=log.step,
                        should_checkpoint=lambda: bool(every) and tr.progress.step % every == 0,  # type: ignore[operator]
                        checkpoint=lambda: report({"kind": "step"}))  # fmt: skip
-        tot = tr.evaluate(val_shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow"))
+        tot = tr.evaluate(val_shard.iter_batches(batch_size=cfg.batch_size, batch_format=fmt))
         if world > 1:
             t = torch.tensor(
                 [tot["loss"], tot["rows"], tot["correct"], tot["labelled"]], device=device
@@ -174,7 +175,12 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
     # Workers may run in another directory: local paths travel absolute.
     cfg = cfg.model_copy(update={k: os.path.abspath(v) for k, v in
                                  (("data", cfg.data), ("output", cfg.output)) if not is_remote(v)})  # fmt: skip
-    fs_ = open_features(cfg.data, cfg.modalities, cfg.label_field)
+    if cfg.preset:
+        from pipeline.train.presets import e2e_split, open_shards
+
+        fs_ = open_shards(cfg.data, cfg.label_field, cfg.image_size, cfg.max_text_tokens)
+    else:
+        fs_ = open_features(cfg.data, cfg.modalities, cfg.label_field)
     if cfg.label_field and not fs_.classes and cfg.w_classify > 0:
         raise UserError(f"train config: label_field {cfg.label_field!r} is in no sample's metadata; "
                         "set label_field: null to train without a classifier")  # fmt: skip
@@ -205,8 +211,11 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
             raise UserError(
                 "train config: gpus is 'on' but the Ray cluster has no GPU; use auto or off"
             )
-        train_ds = ray_split(fs_, "train", cfg.val_fraction, cfg.label_field)
-        val_ds = ray_split(fs_, "val", cfg.val_fraction, cfg.label_field)
+        if cfg.preset:
+            train_ds, val_ds = e2e_split(fs_, "train", cfg), e2e_split(fs_, "val", cfg)
+        else:
+            train_ds = ray_split(fs_, "train", cfg.val_fraction, cfg.label_field)
+            val_ds = ray_split(fs_, "val", cfg.val_fraction, cfg.label_field)
         if cfg.cache_data:
             # Features are compact: keep both splits in the object store (it spills to disk
             # when full) so that epochs re-read blocks instead of re-running the pipeline.
@@ -243,7 +252,9 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
     buf = io.BytesIO()
     torch.save(state["model"], buf)
     write_bytes_atomic(join(out, MODEL_FILE), buf.getvalue())
-    model_info = {"fusion": cfg.fusion, "dims": fs_.dims, "d_model": cfg.d_model, "embed_dim": cfg.embed_dim,
+    model_info = {"fusion": cfg.preset or cfg.fusion, "preset": cfg.preset, "image_size": cfg.image_size,
+                  "max_text_tokens": cfg.max_text_tokens, "dims": fs_.dims, "d_model": cfg.d_model,
+                  "embed_dim": cfg.embed_dim,
                   "classes": fs_.classes, "label_field": cfg.label_field, "dropout": cfg.dropout,
                   "model_sha256": hashlib.sha256(buf.getvalue()).hexdigest(), "lineage": lineage(cfg, fs_)}  # fmt: skip
     write_bytes_atomic(

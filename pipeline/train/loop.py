@@ -36,7 +36,13 @@ class Progress:
     done: bool = False
 
 
-def build_model(cfg: TrainConfig, dims: dict[str, int], n_classes: int) -> FusionModel:
+def build_model(cfg: TrainConfig, dims: dict[str, int], n_classes: int) -> Any:
+    """A FusionModel on features, or a classic end-to-end preset (cfg.preset) on shards."""
+    if cfg.preset:
+        from pipeline.train.presets import ClassicFusion
+
+        return ClassicFusion(cfg.preset, n_classes if cfg.label_field else 0, d=cfg.d_model,
+                             embed_dim=cfg.embed_dim, dropout=cfg.dropout)  # fmt: skip
     return FusionModel(dims, cfg.fusion, d=cfg.d_model, embed_dim=cfg.embed_dim,
                        n_classes=n_classes if cfg.label_field else 0, dropout=cfg.dropout)  # fmt: skip
 
@@ -99,6 +105,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.progress = Progress()
         self.log_every = cfg.log_every_steps
+        if cfg.preset:
+            from pipeline.train.presets import e2e_tensors
+
+            self.convert: Any = e2e_tensors
+        else:
+            self.convert = to_tensors
 
     def _lr_factor(self, step: int) -> float:
         c = self.cfg
@@ -140,7 +152,9 @@ class Trainer:
         c, pr = self.cfg, self.progress
         self.model.train()
         skip = pr.epoch_batches  # consumed before the checkpoint we resumed from
-        ready = prefetch((t for i, t in enumerate(batches) if i >= skip), self.dims, self.device)
+        ready = prefetch(
+            (t for i, t in enumerate(batches) if i >= skip), self.dims, self.device, self.convert
+        )
         for i, (feats, masks, labels) in enumerate(ready, start=skip):
             if c.max_steps is not None and pr.step >= c.max_steps:
                 break
@@ -177,7 +191,7 @@ class Trainer:
         self.model.eval()
         tot = {"loss": 0.0, "rows": 0.0, "correct": 0.0, "labelled": 0.0}
         for table in batches:
-            feats, masks, labels = to_tensors(table, self.dims, self.device)
+            feats, masks, labels = self.convert(table, self.dims, self.device)
             with self._autocast():
                 out = self.core(feats, masks)
                 loss, _ = fusion_loss(self.core, out, masks, labels, c.w_contrastive, c.w_classify)
@@ -215,7 +229,11 @@ class Trainer:
 
 
 def prefetch(
-    tables: Iterable[pa.Table], dims: dict[str, int], device: Any, depth: int = 2
+    tables: Iterable[Any],
+    dims: dict[str, int],
+    device: Any,
+    convert: Any = to_tensors,
+    depth: int = 2,
 ) -> Iterator[Any]:
     """Convert the next batches (Arrow -> tensors -> device) in a thread while the current
     one trains: on a GPU the host-side preparation otherwise leaves it idle a third of the time."""
@@ -234,7 +252,7 @@ def prefetch(
     def work() -> None:
         try:
             for t in tables:
-                if not put(to_tensors(t, dims, device)):
+                if not put(convert(t, dims, device)):
                     return
             put(_END)
         except BaseException as e:  # hand the error to the consumer

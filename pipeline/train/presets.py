@@ -1,0 +1,222 @@
+"""Classic image-text baselines trained end to end from the shards: CNN + LSTM, conv + self-attention."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.preprocess.image import ImagePreprocess, normalize_uint8
+from pipeline.preprocess.text import TextTokenize
+from pipeline.stage import Stage
+from pipeline.train.data import is_val, label_of
+
+PRESETS = ("cnn_lstm", "attn_conv")
+VOCAB = 30522  # the MiniLM (BERT uncased) word pieces the tokenizer emits
+
+
+class E2EPreprocess(Stage):
+    """Shard samples -> one split's rows with uint8 pixels, token ids, masks and labels."""
+
+    name = "e2e_preprocess"
+    batch_format: ClassVar[str] = "numpy"
+
+    def __init__(self, split: str, fraction: float, classes: list[str], label_field: str | None,
+                 image_size: int, max_tokens: int) -> None:  # fmt: skip
+        super().__init__()
+        self.split, self.fraction, self.label_field = split, fraction, label_field
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.image_size, self.max_tokens = image_size, max_tokens
+
+    def setup(self) -> None:
+        from pipeline.preprocess.image import PRESETS as IMG
+        from pipeline.preprocess.image import ImagePreset
+
+        base = IMG["imagenet"]
+        # A small square crop: the textbook models are trained from scratch on CPU.
+        IMG[f"e2e{self.image_size}"] = ImagePreset(
+            self.image_size, self.image_size, base.mean, base.std
+        )
+        self.image = ImagePreprocess(f"e2e{self.image_size}", dtype="uint8")
+        self.text = TextTokenize("minilm", max_length=self.max_tokens)
+
+    def __call__(self, batch: Any) -> Any:
+        self.ensure_setup()
+        keys = [str(k) for k in batch["key"]]
+        keep = np.array(
+            [is_val(k, self.fraction) == (self.split == "val") for k in keys], dtype=bool
+        )
+        sub = {k: np.asarray(v, dtype=object)[keep] if k in ("image", "text", "meta") else np.asarray(v)[keep]
+               for k, v in batch.items()}  # fmt: skip
+        sub = self.text(self.image(sub))
+        metas = [
+            m if isinstance(m, str) else None for m in sub.get("meta", [None] * len(sub["key"]))
+        ]
+        labels = [
+            self.index.get(label_of(m, self.label_field) or "", -1) if self.label_field else -1
+            for m in metas
+        ]
+        return {"key": sub["key"], "meta": np.asarray(metas, dtype=object), "pixel_values": sub["pixel_values"],
+                "input_ids": sub["input_ids"], "has_image": sub["image_mask"], "has_text": sub["text_mask"],
+                "label": np.asarray(labels, dtype=np.int64)}  # fmt: skip
+
+
+def e2e_tensors(batch: Any, dims: dict[str, int], device: Any) -> tuple[dict, dict, Tensor]:
+    """A numpy (or Arrow) batch of E2EPreprocess rows -> (inputs, masks, labels) on device."""
+    if isinstance(batch, pa.Table):
+        batch = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in batch.column_names}
+    pix = torch.from_numpy(np.stack(batch["pixel_values"]) if batch["pixel_values"].dtype == object
+                           else np.asarray(batch["pixel_values"]))  # fmt: skip
+    ids = torch.from_numpy(np.asarray(np.stack(list(batch["input_ids"])), dtype=np.int64))
+    feats = {"image": normalize_uint8(pix.to(device), "imagenet"), "text": ids.to(device)}
+    masks = {
+        m: torch.from_numpy(np.asarray(batch[f"has_{m}"], dtype=bool)).to(device)
+        for m in ("image", "text")
+    }
+    return feats, masks, torch.from_numpy(np.array(batch["label"], dtype=np.int64)).to(device)
+
+
+class _CNN(nn.Module):
+    """Four conv blocks (conv, batch norm, ReLU, 2x2 max pool): the textbook image encoder."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for a, b in itertools.pairwise(chans):
+            layers += [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
+        self.body = nn.Sequential(*layers)
+        self.out_dim = chans[-1]
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, C, h, w] feature map
+        return self.body(x)
+
+
+class ClassicFusion(nn.Module):
+    """``cnn_lstm``: CNN image encoder + LSTM over token embeddings, concatenated, then a fully
+    connected classifier. ``attn_conv``: a conv stem whose positions go through self-attention,
+    and token embeddings through self-attention, concatenated. Both expose the FusionModel
+    interface (per-modality and fused embeddings, logits), so training, eval and the report
+    treat them like any other model."""
+
+    def __init__(
+        self, preset: str, n_classes: int, d: int = 128, embed_dim: int = 64, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
+        self.preset, self.mods = preset, ["image", "text"]
+        self.fusion_kind, self.n_classes = preset, n_classes
+        self.cnn = _CNN()
+        self.tok = nn.Embedding(VOCAB, d, padding_idx=0)
+        if preset == "cnn_lstm":
+            self.lstm = nn.LSTM(d, d // 2, batch_first=True, bidirectional=True)
+        else:
+            self.pos = nn.Parameter(torch.randn(128, d) * 0.02)
+            self.img_in = nn.Linear(self.cnn.out_dim, d)
+            self.img_pos = nn.Parameter(torch.randn(64, d) * 0.02)
+            self.img_attn = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 4, 2 * d, dropout, batch_first=True), 1,
+                                                  enable_nested_tensor=False)  # fmt: skip
+            self.txt_attn = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 4, 2 * d, dropout, batch_first=True), 1,
+                                                  enable_nested_tensor=False)  # fmt: skip
+        img_dim = self.cnn.out_dim if preset == "cnn_lstm" else d
+        self.img_proj, self.txt_proj = nn.Linear(img_dim, d), nn.Linear(d, d)
+        self.head = nn.Sequential(nn.Linear(2 * d + 2, d), nn.ReLU(), nn.Dropout(dropout))
+        self.embed = nn.ModuleDict(
+            {"image": nn.Linear(d, embed_dim), "text": nn.Linear(d, embed_dim)}
+        )
+        self.fused_embed = nn.Linear(d, embed_dim)
+        self.classifier = nn.Linear(d, n_classes) if n_classes else None
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def _image(self, x: Tensor) -> Tensor:
+        fmap = self.cnn(x)
+        if self.preset == "cnn_lstm":
+            return self.img_proj(fmap.mean(dim=(2, 3)))
+        tokens = self.img_in(fmap.flatten(2).transpose(1, 2))  # [B, h*w, d]
+        tokens = tokens + self.img_pos[: tokens.shape[1]]
+        return self.img_proj(self.img_attn(tokens).mean(1))
+
+    def _text(self, ids: Tensor) -> Tensor:
+        pad = ids == 0
+        e = self.tok(ids)
+        keep = (~pad).unsqueeze(-1).float()
+        if self.preset == "cnn_lstm":
+            out, _ = self.lstm(e)
+        else:
+            pad = pad.clone()
+            pad[:, 0] = False  # never a fully padded row (a missing text): attention needs one key
+            out = self.txt_attn(e + self.pos[: e.shape[1]], src_key_padding_mask=pad)
+        return self.txt_proj((out * keep).sum(1) / keep.sum(1).clamp_min(1.0))
+
+    def forward(self, feats: dict[str, Tensor], mask: dict[str, Tensor]) -> dict[str, Any]:
+        hi, ht = self._image(feats["image"]), self._text(feats["text"])
+        mi, mt = mask["image"].float().unsqueeze(1), mask["text"].float().unsqueeze(1)
+        fused = self.head(torch.cat([hi * mi, ht * mt, mi, mt], dim=1))  # concatenation, then FC
+        out: dict[str, Any] = {"emb": {"image": F.normalize(self.embed["image"](hi), dim=-1),
+                                       "text": F.normalize(self.embed["text"](ht), dim=-1)},
+                               "fused": F.normalize(self.fused_embed(fused), dim=-1)}  # fmt: skip
+        if self.classifier is not None:
+            out["logits"] = self.classifier(fused)
+        return out
+
+
+def iter_e2e(urls: list[str], stage: E2EPreprocess, rows: int = 256) -> Iterator[dict[str, Any]]:
+    """Stream preprocessed rows of the shards without Ray (evaluation, tests)."""
+    from pipeline.features.reader import read_shard
+
+    for url in urls:
+        for table in read_shard(url, frozenset(), rows, 1 << 28):
+            batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+            out = stage(batch)
+            if len(out["key"]):
+                yield out
+
+
+def open_shards(data: str, label_field: str | None, image_size: int, max_tokens: int) -> Any:
+    """The FeatureSet-like description of a build output for end-to-end training: its tars,
+    lineage (the SHA-256 of build.json) and label vocabulary (one streaming pass)."""
+    import hashlib
+
+    from pipeline.features.job import resolve_shards
+    from pipeline.features.reader import read_shard
+    from pipeline.io.fs import exists, join, read_bytes
+    from pipeline.train.data import FeatureSet
+
+    urls = resolve_shards(data)
+    manifest = join(data, "build.json")
+    raw = read_bytes(manifest) if exists(manifest) else "\n".join(urls).encode()
+    classes: set[str] = set()
+    if label_field:
+        for url in urls:
+            for t in read_shard(url, frozenset(), 4096, 1 << 28):
+                classes.update(
+                    x for x in (label_of(m, label_field) for m in t.column("meta").to_pylist()) if x
+                )
+    return FeatureSet(root=data, files=urls, dims={"image": 0, "text": 0},
+                      fingerprint=hashlib.sha256(raw).hexdigest()[:16], manifest_sha256=hashlib.sha256(raw).hexdigest(),
+                      preprocessing={"image_size": image_size, "max_text_tokens": max_tokens, "tokenizer": "minilm",
+                                     "image_preset": "imagenet"},
+                      classes=sorted(classes))  # fmt: skip
+
+
+def e2e_split(fs_: Any, split: str, cfg: Any) -> Any:
+    """One split of the shards as a Ray Dataset of preprocessed rows (read tasks, one per tar)."""
+    import ray.data
+
+    from pipeline.features.reader import make_shard_datasource
+
+    ds = ray.data.read_datasource(
+        make_shard_datasource(fs_.files, {}, 256, 64 << 20), override_num_blocks=len(fs_.files)
+    )
+    stage = E2EPreprocess(
+        split, cfg.val_fraction, fs_.classes, cfg.label_field, cfg.image_size, cfg.max_text_tokens
+    )
+    return ds.map_batches(stage, batch_format="numpy", batch_size=None)
