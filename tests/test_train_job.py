@@ -97,18 +97,20 @@ def test_classic_preset_trains_end_to_end_from_the_shards(feats, tmp_path):
     from pipeline.train.evaluate import run_eval
     from pipeline.train.export import export_torchscript
 
-    build, out = feats.parent / "b", tmp_path / "r"
-    cfg = tcfg(
-        build, out, preset="attn_conv", workers=1, epochs=2, image_size=32, max_text_tokens=16
-    )
-    report = run_train(cfg, quiet=True)
-    assert report["progress"]["epoch"] == 2
-    info = json.loads((out / "model.json").read_text())
-    assert info["preset"] == "attn_conv" and info["lineage"]["preprocessing"]["image_size"] == 32
-    ev = run_eval(str(out), str(build), quiet=True)
-    assert set(ev["retrieval"]) == {"image->text", "text->image"} and ev["fusion"] == "attn_conv"
-    assert {"fused", "image_only", "text_only"} <= set(ev["accuracy"])
-    assert Path(export_torchscript(str(out))).exists()
+    build = feats.parent / "b"
+    for preset in ("attn_conv", "finetune"):  # from scratch; pretrained encoders fine-tuned
+        out = tmp_path / preset
+        cfg = tcfg(
+            build, out, preset=preset, workers=1, epochs=2, image_size=32, max_text_tokens=16
+        )
+        report = run_train(cfg, quiet=True)
+        assert report["progress"]["epoch"] == 2
+        info = json.loads((out / "model.json").read_text())
+        assert info["preset"] == preset and info["lineage"]["preprocessing"]["image_size"] == 32
+        ev = run_eval(str(out), str(build), quiet=True)
+        assert set(ev["retrieval"]) == {"image->text", "text->image"} and ev["fusion"] == preset
+        assert {"fused", "image_only", "text_only"} <= set(ev["accuracy"])
+        assert Path(export_torchscript(str(out))).exists()
 
 
 def test_a_killed_worker_restarts_from_the_checkpoint(feats, tmp_path):

@@ -168,3 +168,22 @@ def test_classic_presets_train_and_take_missing_text(preset):
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, missing
+
+
+def test_finetune_trains_the_upper_encoder_layers_and_keeps_the_lower_frozen():
+    from pipeline.train.presets import FinetuneFusion
+
+    torch.manual_seed(0)
+    model = FinetuneFusion("early", 3, d=16, embed_dim=8, dropout=0.0, freeze_fraction=0.8)
+    img = list(model.image_enc.parameters())
+    before = [p.detach().clone() for p in img]
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    feats = {"image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
+             "text": torch.randint(1000, 2000, (4, 8))}  # fmt: skip
+    mask = {"image": torch.ones(4, dtype=torch.bool), "text": torch.ones(4, dtype=torch.bool)}
+    loss, _ = fusion_loss(model, model(feats, mask), mask, torch.tensor([0, 1, 2, 0]), 1.0, 1.0)
+    loss.backward()
+    opt.step()
+    cut = int(len(img) * 0.8)
+    assert all(torch.equal(a, p) for a, p in zip(before[:cut], img[:cut]))  # frozen lower layers
+    assert any(not torch.equal(a, p) for a, p in zip(before[cut:], img[cut:]))  # tuned upper ones

@@ -19,7 +19,10 @@ class TrainConfig(BaseModel):
     fusion: Literal["early", "mid", "late", "gated", "bilinear"] = "mid"
     # A classic image-text model trained end to end from the shards instead of a fusion model
     # on features: `data` is then a build output (or tar pattern).
-    preset: Literal["cnn_lstm", "attn_conv"] | None = None
+    # "finetune": the features stage's pretrained image and text encoders under `fusion`,
+    # trained end to end with the lower `freeze_fraction` of each encoder frozen.
+    preset: Literal["cnn_lstm", "attn_conv", "finetune"] | None = None
+    freeze_fraction: float = Field(0.8, ge=0.0, le=1.0)
     image_size: int = Field(64, ge=16, le=512)  # presets: the square crop they see
     max_text_tokens: int = Field(32, ge=4, le=512)  # presets: token ids per caption
     modalities: list[Modality] | None = None  # None: every modality the features hold

@@ -32,10 +32,15 @@ def load_run(run_dir: str) -> tuple[Any, dict[str, Any]]:
         )
     info = json.loads(read_bytes(join(run_dir, "model.json")))
     n_classes = len(info["classes"]) if info.get("label_field") else 0
-    if info.get("preset"):
+    if info.get("preset") == "finetune":
+        from pipeline.train.presets import FinetuneFusion
+
+        model: Any = FinetuneFusion(info["fusion_type"], n_classes, d=info["d_model"], embed_dim=info["embed_dim"],
+                                    dropout=0.0, freeze_fraction=1.0)  # fmt: skip
+    elif info.get("preset"):
         from pipeline.train.presets import ClassicFusion
 
-        model: Any = ClassicFusion(
+        model = ClassicFusion(
             info["preset"], n_classes, d=info["d_model"], embed_dim=info["embed_dim"], dropout=0.0
         )
     else:

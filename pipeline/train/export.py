@@ -37,7 +37,7 @@ def example_inputs(info: dict[str, Any], n: int = 4) -> tuple[Any, ...]:
     if info.get("preset"):  # end-to-end: normalised pixels and token ids
         s, length = info["image_size"], info["max_text_tokens"]
         feats = [
-            torch.randn(n, 3, s, s, generator=g),
+            torch.randint(0, 256, (n, 3, s, s), generator=g).to(torch.uint8),  # raw pixels
             torch.randint(1000, 2000, (n, length), generator=g),
         ]
     else:

@@ -252,7 +252,8 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
     buf = io.BytesIO()
     torch.save(state["model"], buf)
     write_bytes_atomic(join(out, MODEL_FILE), buf.getvalue())
-    model_info = {"fusion": cfg.preset or cfg.fusion, "preset": cfg.preset, "image_size": cfg.image_size,
+    model_info = {"fusion": cfg.preset or cfg.fusion, "preset": cfg.preset, "fusion_type": cfg.fusion,
+                  "image_size": cfg.image_size,
                   "max_text_tokens": cfg.max_text_tokens, "dims": fs_.dims, "d_model": cfg.d_model,
                   "embed_dim": cfg.embed_dim,
                   "classes": fs_.classes, "label_field": cfg.label_field, "dropout": cfg.dropout,

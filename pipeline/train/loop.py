@@ -38,6 +38,12 @@ class Progress:
 
 def build_model(cfg: TrainConfig, dims: dict[str, int], n_classes: int) -> Any:
     """A FusionModel on features, or a classic end-to-end preset (cfg.preset) on shards."""
+    if cfg.preset == "finetune":
+        from pipeline.train.presets import FinetuneFusion
+
+        return FinetuneFusion(cfg.fusion, n_classes if cfg.label_field else 0, d=cfg.d_model,
+                              embed_dim=cfg.embed_dim, dropout=cfg.dropout,
+                              freeze_fraction=cfg.freeze_fraction)  # fmt: skip
     if cfg.preset:
         from pipeline.train.presets import ClassicFusion
 

@@ -18,7 +18,7 @@ from pipeline.preprocess.text import TextTokenize
 from pipeline.stage import Stage
 from pipeline.train.data import is_val, label_of
 
-PRESETS = ("cnn_lstm", "attn_conv")
+PRESETS = ("cnn_lstm", "attn_conv")  # from scratch; "finetune" adapts the features encoders
 VOCAB = 30522  # the MiniLM (BERT uncased) word pieces the tokenizer emits
 
 
@@ -75,7 +75,8 @@ def e2e_tensors(batch: Any, dims: dict[str, int], device: Any) -> tuple[dict, di
     pix = torch.from_numpy(np.stack(batch["pixel_values"]) if batch["pixel_values"].dtype == object
                            else np.asarray(batch["pixel_values"]))  # fmt: skip
     ids = torch.from_numpy(np.asarray(np.stack(list(batch["input_ids"])), dtype=np.int64))
-    feats = {"image": normalize_uint8(pix.to(device), "imagenet"), "text": ids.to(device)}
+    # uint8 on the wire; each model normalises for its own image preset.
+    feats = {"image": pix.to(device), "text": ids.to(device)}
     masks = {
         m: torch.from_numpy(np.asarray(batch[f"has_{m}"], dtype=bool)).to(device)
         for m in ("image", "text")
@@ -137,6 +138,8 @@ class ClassicFusion(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def _image(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            x = normalize_uint8(x, "imagenet")
         fmap = self.cnn(x)
         if self.preset == "cnn_lstm":
             return self.img_proj(fmap.mean(dim=(2, 3)))
@@ -220,3 +223,37 @@ def e2e_split(fs_: Any, split: str, cfg: Any) -> Any:
         split, cfg.val_fraction, fs_.classes, cfg.label_field, cfg.image_size, cfg.max_text_tokens
     )
     return ds.map_batches(stage, batch_format="numpy", batch_size=None)
+
+
+class FinetuneFusion(nn.Module):
+    """The features stage's pretrained encoders (EfficientNet-Lite0, MiniLM), fine-tuned end
+    to end under a FusionModel; the lower ``freeze_fraction`` of each encoder's parameter
+    tensors (from the input side) stay frozen."""
+
+    def __init__(self, fusion: str, n_classes: int, *, d: int, embed_dim: int, dropout: float,
+                 freeze_fraction: float, image_weights: str = "default") -> None:  # fmt: skip
+        super().__init__()
+        from pipeline.models.encoders import image_encoder, text_encoder
+        from pipeline.train.model import FusionModel
+
+        img, txt = image_encoder("efficientnet_lite0", image_weights), text_encoder("minilm")
+        self.image_enc, self.text_enc, self.image_preset = (
+            img.model,
+            txt.model,
+            img.preset or "imagenet",
+        )
+        for enc in (self.image_enc, self.text_enc):
+            params = list(enc.parameters())
+            for p in params[: int(len(params) * freeze_fraction)]:
+                p.requires_grad_(False)
+        self.head = FusionModel({"image": img.dim, "text": txt.dim}, fusion, d=d, embed_dim=embed_dim,
+                                n_classes=n_classes, dropout=dropout)  # fmt: skip
+        self.mods, self.fusion_kind, self.n_classes = self.head.mods, fusion, n_classes
+        self.logit_scale = self.head.logit_scale
+
+    def forward(self, feats: dict[str, Tensor], mask: dict[str, Tensor]) -> dict[str, Any]:
+        x, ids = feats["image"], feats["text"]
+        if x.dtype == torch.uint8:
+            x = normalize_uint8(x, self.image_preset)
+        h = {"image": self.image_enc(x), "text": self.text_enc(ids, (ids != 0).long())}
+        return self.head(h, mask)
