@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.io.fs import exists, is_remote, join, list_files, write_bytes_atomic
+from pipeline.io.fs import exists, is_remote, join, list_files, read_bytes, write_bytes_atomic
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import FeatureSet, open_features, ray_split
 
@@ -126,8 +126,6 @@ class MetricsLog:
         self.lines: list[str] = []
         self.tb: Any = None
         if enabled and exists(self.url):  # a resumed run appends to what is there
-            from pipeline.io.fs import read_bytes
-
             self.lines = read_bytes(self.url).decode().splitlines()
         if enabled and not is_remote(run_dir):
             try:
@@ -187,7 +185,7 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
     out, fp = cfg.output, fingerprint(cfg, fs_)
     report_url = join(out, "train.json")
     if exists(report_url):
-        report = json.loads(open_bytes(report_url))
+        report = json.loads(read_bytes(report_url))
         if report.get("fingerprint") == fp:
             if not quiet:
                 print(f"train: already complete in {out}; nothing to do", file=sys.stderr)
@@ -272,9 +270,3 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
         print(f"train: {cfg.fusion} fusion, {state['progress']['step']} steps, val_loss {m.get('val_loss'):.4f}, "
               f"val_acc {m.get('val_acc')}, in {report['seconds']}s -> {out}", file=sys.stderr)  # fmt: skip
     return report
-
-
-def open_bytes(url: str) -> bytes:
-    from pipeline.io.fs import read_bytes
-
-    return read_bytes(url)
