@@ -60,18 +60,22 @@ def open_features(
     ]
     if not files:
         raise UserError(f"train: {root} holds no feature rows")
-    classes: set[str] = set()
-    if label_field:
-        for table in iter_tables(files, ["meta"]):
-            classes.update(
-                x for x in (label_of(m, label_field) for m in table.column("meta").to_pylist()) if x
-            )
+    classes = label_vocabulary(iter_tables(files, ["meta"]), label_field)
     return FeatureSet(
         root=root, files=files, dims=dims, fingerprint=str(report.get("fingerprint")),
         manifest_sha256=hashlib.sha256(raw).hexdigest(),
         preprocessing={"config": report.get("config"), "encoders": report.get("encoders")},
         classes=sorted(classes),
     )  # fmt: skip
+
+
+def label_vocabulary(tables: Iterator[pa.Table], field: str | None) -> set[str]:
+    """Every label value in the ``meta`` column of the tables (one streaming pass)."""
+    found: set[str] = set()
+    if field:
+        for t in tables:
+            found.update(x for x in (label_of(m, field) for m in t.column("meta").to_pylist()) if x)
+    return found
 
 
 def label_of(meta: str | None, field: str) -> str | None:
@@ -121,15 +125,19 @@ class SplitLabel(Stage):
         self.split, self.fraction, self.label_field = split, fraction, label_field
         self.index = {c: i for i, c in enumerate(classes)}
 
-    def __call__(self, batch: Any) -> Any:  # a pyarrow Table in, a pyarrow Table out
-        keys = batch.column("key").to_pylist()
+    def keep(self, keys: list[str]) -> np.ndarray:
+        """The rows of this split."""
         want = self.split == "val"
-        keep = np.array([is_val(k, self.fraction) == want for k in keys], dtype=bool)
-        table = batch.filter(pa.array(keep))
-        labels = [-1] * table.num_rows
-        if self.label_field:
-            metas = table.column("meta").to_pylist()
-            labels = [self.index.get(label_of(m, self.label_field) or "", -1) for m in metas]
+        return np.array([is_val(str(k), self.fraction) == want for k in keys], dtype=bool)
+
+    def labels(self, metas: list[str | None]) -> list[int]:
+        if not self.label_field:
+            return [-1] * len(metas)
+        return [self.index.get(label_of(m, self.label_field) or "", -1) for m in metas]
+
+    def __call__(self, batch: Any) -> Any:  # a pyarrow Table in, a pyarrow Table out
+        table = batch.filter(pa.array(self.keep(batch.column("key").to_pylist())))
+        labels = self.labels(table.column("meta").to_pylist())
         return table.append_column("label", pa.array(labels, pa.int64()))
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from pipeline.preprocess.image import ImagePreprocess, normalize_uint8
 from pipeline.preprocess.text import TextTokenize
 from pipeline.stage import Stage
-from pipeline.train.data import is_val, label_of
+from pipeline.train.data import SplitLabel, label_vocabulary
 
 PRESETS = ("cnn_lstm", "attn_conv")  # from scratch; "finetune" adapts the features encoders
 VOCAB = 30522  # the MiniLM (BERT uncased) word pieces the tokenizer emits
@@ -31,8 +31,9 @@ class E2EPreprocess(Stage):
     def __init__(self, split: str, fraction: float, classes: list[str], label_field: str | None,
                  image_size: int, max_tokens: int) -> None:  # fmt: skip
         super().__init__()
-        self.split, self.fraction, self.label_field = split, fraction, label_field
-        self.index = {c: i for i, c in enumerate(classes)}
+        self.split_label = SplitLabel(
+            split, fraction, classes, label_field
+        )  # the same split and labels
         self.image_size, self.max_tokens = image_size, max_tokens
 
     def setup(self) -> None:
@@ -49,20 +50,14 @@ class E2EPreprocess(Stage):
 
     def __call__(self, batch: Any) -> Any:
         self.ensure_setup()
-        keys = [str(k) for k in batch["key"]]
-        keep = np.array(
-            [is_val(k, self.fraction) == (self.split == "val") for k in keys], dtype=bool
-        )
+        keep = self.split_label.keep(list(batch["key"]))
         sub = {k: np.asarray(v, dtype=object)[keep] if k in ("image", "text", "meta") else np.asarray(v)[keep]
                for k, v in batch.items()}  # fmt: skip
         sub = self.text(self.image(sub))
         metas = [
             m if isinstance(m, str) else None for m in sub.get("meta", [None] * len(sub["key"]))
         ]
-        labels = [
-            self.index.get(label_of(m, self.label_field) or "", -1) if self.label_field else -1
-            for m in metas
-        ]
+        labels = self.split_label.labels(metas)
         return {"key": sub["key"], "meta": np.asarray(metas, dtype=object), "pixel_values": sub["pixel_values"],
                 "input_ids": sub["input_ids"], "has_image": sub["image_mask"], "has_text": sub["text_mask"],
                 "label": np.asarray(labels, dtype=np.int64)}  # fmt: skip
@@ -196,13 +191,8 @@ def open_shards(data: str, label_field: str | None, image_size: int, max_tokens:
     urls = resolve_shards(data)
     manifest = join(data, "build.json")
     raw = read_bytes(manifest) if exists(manifest) else "\n".join(urls).encode()
-    classes: set[str] = set()
-    if label_field:
-        for url in urls:
-            for t in read_shard(url, frozenset(), 4096, 1 << 28):
-                classes.update(
-                    x for x in (label_of(m, label_field) for m in t.column("meta").to_pylist()) if x
-                )
+    tables = (t for url in urls for t in read_shard(url, frozenset(), 4096, 1 << 28))
+    classes = label_vocabulary(tables, label_field)
     return FeatureSet(root=data, files=urls, dims={"image": 0, "text": 0},
                       fingerprint=hashlib.sha256(raw).hexdigest()[:16], manifest_sha256=hashlib.sha256(raw).hexdigest(),
                       preprocessing={"image_size": image_size, "max_text_tokens": max_tokens, "tokenizer": "minilm",
