@@ -161,9 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_features(sub)
     _add_sample_corpus(sub)
+    from pipeline.embed.cli import add_commands as add_embed
     from pipeline.train.cli import add_commands
 
     add_commands(sub)
+    add_embed(sub)
     return parser
 
 

@@ -151,7 +151,11 @@ def map_stages(ds: Any, stages: list[Stage], batch_size: int | None = None) -> A
             ds = ds.map_batches(
                 _ActorStage,
                 fn_constructor_args=(stage,),
-                compute=ActorPoolStrategy(size=res.actors),
+                compute=(
+                    ActorPoolStrategy(min_size=res.actors, max_size=res.max_actors)
+                    if res.max_actors and res.max_actors > res.actors
+                    else ActorPoolStrategy(size=res.actors)
+                ),
                 **common,
             )
         else:

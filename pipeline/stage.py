@@ -22,6 +22,8 @@ class Resources:
     num_gpus: float = 0.0
     actors: int = 0
     memory: int | None = None
+    # > actors: the pool grows up to this many while the cluster has room (autoscaling).
+    max_actors: int | None = None
 
 
 class Stage:

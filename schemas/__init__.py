@@ -10,18 +10,32 @@ from schemas.build import (
     STAGED_SCHEMA,
     with_schema_metadata,
 )
+from schemas.embeddings import (
+    EMBED_REJECTS_SCHEMA,
+    EMBED_SCHEMA_VERSION,
+    LEDGER_SCHEMA,
+    MANIFEST_SCHEMA,
+    check_record,
+    embeddings_schema,
+)
 from schemas.features import FEATURE_REJECTS_SCHEMA, FEATURES_SCHEMA_VERSION, features_schema
 
 __all__ = [
     "BUILD_REPORT_SCHEMA",
     "BUILD_SCHEMA_VERSION",
+    "EMBED_REJECTS_SCHEMA",
+    "EMBED_SCHEMA_VERSION",
     "FEATURES_SCHEMA_VERSION",
     "FEATURE_REJECTS_SCHEMA",
     "INDEX_SCHEMA",
+    "LEDGER_SCHEMA",
+    "MANIFEST_SCHEMA",
     "REJECTS_SCHEMA",
     "SCHEMA_KEY",
     "SCHEMA_VERSION_KEY",
     "STAGED_SCHEMA",
+    "check_record",
+    "embeddings_schema",
     "features_schema",
     "with_schema_metadata",
 ]

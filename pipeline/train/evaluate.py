@@ -24,13 +24,23 @@ def load_run(run_dir: str) -> tuple[Any, dict[str, Any]]:
     """The trained FusionModel (weights_only) and its model.json."""
     import torch
 
-    from pipeline.train.model import FusionModel
-
     if not exists(join(run_dir, "model.json")) or not exists(join(run_dir, "model.pt")):
         raise UserError(
             f"{run_dir} holds no trained model (model.json, model.pt); run mmpipe train first"
         )
     info = json.loads(read_bytes(join(run_dir, "model.json")))
+    model = build_model(info)
+    state = torch.load(
+        io.BytesIO(read_bytes(join(run_dir, "model.pt"))), map_location="cpu", weights_only=True
+    )
+    model.load_state_dict(state)
+    return model.eval(), info
+
+
+def build_model(info: dict[str, Any]) -> Any:
+    """The untrained architecture that ``model.json`` describes (weights are loaded after)."""
+    from pipeline.train.model import FusionModel
+
     n_classes = len(info["classes"]) if info.get("label_field") else 0
     if info.get("preset") == "finetune":
         from pipeline.train.presets import FinetuneFusion
@@ -46,11 +56,7 @@ def load_run(run_dir: str) -> tuple[Any, dict[str, Any]]:
     else:
         model = FusionModel(info["dims"], info["fusion"], d=info["d_model"], embed_dim=info["embed_dim"],
                             n_classes=n_classes, dropout=0.0)  # fmt: skip
-    state = torch.load(
-        io.BytesIO(read_bytes(join(run_dir, "model.pt"))), map_location="cpu", weights_only=True
-    )
-    model.load_state_dict(state)
-    return model.eval(), info
+    return model
 
 
 def embed_rows(

@@ -158,6 +158,47 @@ class MetricsLog:
                     self.tb.add_scalar(f"val/{k}", v, row["step"])
 
 
+def write_model(out: str, cfg: TrainConfig, fs_: FeatureSet, weights: dict[str, Any]) -> str:
+    """Write ``model.pt`` (a plain state dict) and ``model.json`` (architecture, classes, lineage).
+
+    Everything that loads a model (eval, export, embed) reads these two files; returns the
+    weights' SHA-256, which embed records as the model version.
+    """
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(weights, buf)
+    write_bytes_atomic(join(out, MODEL_FILE), buf.getvalue())
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()
+    model_info = {"fusion": cfg.preset or cfg.fusion, "preset": cfg.preset, "fusion_type": cfg.fusion,
+                  "image_size": cfg.image_size,
+                  "max_text_tokens": cfg.max_text_tokens, "dims": fs_.dims, "d_model": cfg.d_model,
+                  "embed_dim": cfg.embed_dim,
+                  "classes": fs_.classes, "label_field": cfg.label_field, "dropout": cfg.dropout,
+                  "model_sha256": digest, "lineage": lineage(cfg, fs_)}  # fmt: skip
+    write_bytes_atomic(
+        join(out, "model.json"), json.dumps(model_info, indent=2, default=str).encode()
+    )
+    return digest
+
+
+def train_in_process(cfg: TrainConfig) -> str:
+    """Train a features model in this process, without Ray, and write the run's model files.
+
+    For tests, benchmarks and debugging; ``run_train`` is the job. Returns the weights' SHA-256.
+    """
+    from pipeline.train.data import local_split
+    from pipeline.train.loop import fit_local
+
+    fs_ = open_features(cfg.data, cfg.modalities, cfg.label_field)
+    train = local_split(fs_, "train", cfg.val_fraction, cfg.label_field)
+    val = local_split(fs_, "val", cfg.val_fraction, cfg.label_field)
+    tr = fit_local(cfg, train, val, fs_.dims, len(fs_.classes))
+    return write_model(cfg.output, cfg, fs_, tr.core.state_dict())
+
+
 def _has_checkpoints(run_path: str) -> bool:
     return exists(run_path) and any("checkpoint_" in f for f in list_files(run_path))
 
@@ -165,7 +206,6 @@ def _has_checkpoints(run_path: str) -> bool:
 def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = False,
               quiet: bool = False, fail_at_step: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Train; write ``model.pt``, ``model.json``, ``metrics.jsonl`` and ``train.json`` (last)."""
-    import torch
 
     from pipeline.runner import ray_session
 
@@ -245,20 +285,7 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
                 state = load_state(f.read())
             with open(os.path.join(d, "meta.json")) as f:
                 meta = json.load(f)
-    import io
-
-    buf = io.BytesIO()
-    torch.save(state["model"], buf)
-    write_bytes_atomic(join(out, MODEL_FILE), buf.getvalue())
-    model_info = {"fusion": cfg.preset or cfg.fusion, "preset": cfg.preset, "fusion_type": cfg.fusion,
-                  "image_size": cfg.image_size,
-                  "max_text_tokens": cfg.max_text_tokens, "dims": fs_.dims, "d_model": cfg.d_model,
-                  "embed_dim": cfg.embed_dim,
-                  "classes": fs_.classes, "label_field": cfg.label_field, "dropout": cfg.dropout,
-                  "model_sha256": hashlib.sha256(buf.getvalue()).hexdigest(), "lineage": lineage(cfg, fs_)}  # fmt: skip
-    write_bytes_atomic(
-        join(out, "model.json"), json.dumps(model_info, indent=2, default=str).encode()
-    )
+    write_model(out, cfg, fs_, state["model"])
     report = {"fingerprint": fp, "metrics": meta["metrics"], "progress": state["progress"],
               "train_rows": train_rows, "model": MODEL_FILE, "checkpoint": result.checkpoint.path,
               "seconds": round(time.perf_counter() - t0, 2), "workers": cfg.workers, "gpu": use_gpu}  # fmt: skip

@@ -1,0 +1,1 @@
+"""Embed and refresh: bulk inference to versioned Parquet embeddings, and search over them."""

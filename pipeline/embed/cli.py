@@ -1,0 +1,93 @@
+"""The `mmpipe embed|refresh|search|index` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _common(p: Any) -> None:
+    p.add_argument("--model", help="a run directory of mmpipe train, or its TorchScript export")
+    p.add_argument("--output", "-o", help="the embeddings store (local or URL)")
+    p.add_argument("--config", help="YAML file with embed fields (CLI options override it)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--actors", help="encoder+model actors, or 'auto' to follow free resources")
+    p.add_argument("--device", help="auto|cpu|cuda")
+    p.add_argument("--storage", help="float32|float16")
+    p.add_argument("--keep-versions", type=int, help="complete versions kept (default 3)")
+    p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
+    p.add_argument("--quiet", "-q", action="store_true")
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("embed", help="embed shards with a trained model into a new Parquet version")
+    p.add_argument("shards", nargs="?", help="a build output folder, or a tar glob/brace pattern")
+    _common(p)
+    p.set_defaults(func=_cmd_embed, kind="embed")
+
+    p = sub.add_parser("refresh", help="the nightly job: embed only what is new since latest")
+    p.add_argument("--shards", help="a build output folder, or a tar glob/brace pattern")
+    _common(p)
+    p.set_defaults(func=_cmd_embed, kind="refresh")
+
+    p = sub.add_parser("search", help="top-k keys for a text, image or audio query")
+    p.add_argument("store", help="an embeddings store written by embed/refresh")
+    p.add_argument("--text")
+    p.add_argument("--image", help="an image file or URL")
+    p.add_argument("--audio", help="an audio file or URL")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--column", default="fused", choices=["fused", "image", "text", "audio", "all"],
+                   help="which embeddings to search (default fused)")  # fmt: skip
+    p.add_argument("--model", help="default: the model that embedded the store")
+    p.add_argument("--exact", action="store_true", help="ignore an ANN index")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("index", help="build an HNSW index (usearch) for the latest version")
+    p.add_argument("store")
+    p.add_argument("--column", action="append", help="fused|image|text|audio (default all)")
+    p.add_argument("--dtype", default="f16", choices=["f32", "f16", "i8"])
+    p.set_defaults(func=_cmd_index)
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from pipeline.embed.config import load_embed_config
+    from pipeline.embed.job import run_embed
+
+    overrides = {"shards": args.shards, "model": args.model, "output": args.output,
+                 "batch_size": args.batch_size, "device": args.device, "storage": args.storage,
+                 "keep_versions": args.keep_versions,
+                 "actors": (args.actors if args.actors in (None, "auto") else _int(args.actors))}  # fmt: skip
+    cfg = load_embed_config(overrides, args.config)
+    run_embed(cfg, incremental=args.kind == "refresh", kind=args.kind, address=args.address,
+              quiet=args.quiet)  # fmt: skip
+    return 0
+
+
+def _int(v: str) -> Any:
+    return int(v) if v.isdigit() else v  # a bad value is named by the config validation
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from pipeline.embed.search import search
+
+    res = search(args.store, model=args.model, text=args.text, image=args.image, audio=args.audio,
+                 k=args.k, column=args.column, exact=args.exact)  # fmt: skip
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    print(f"{res['version']} ({res['method']}):")
+    for rank, hit in enumerate(res["hits"], 1):
+        extra = " ".join(f"{k}={v}" for k, v in hit.get("meta", {}).items())
+        print(f"{rank:3d}  {hit['score']:.4f}  {hit['column']:<6} {hit['key']}  {extra}".rstrip())
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from pipeline.embed.search import build_index
+
+    res = build_index(args.store, args.column, args.dtype)
+    print(f"index: {res['version']}: {res['columns']}", file=sys.stderr)
+    return 0

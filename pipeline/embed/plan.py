@@ -1,0 +1,200 @@
+"""What a run must do: compare the shards' index and the model with the store's latest version.
+
+Each shard gets one action: ``carry`` (unchanged: its file is linked into the new version),
+``merge`` (some samples new or changed: embed those, keep the rest from the old file) or
+``embed`` (everything: a new shard, a new model, or shards without an index). Only shards whose
+digest changed are read row by row, so planning a refresh costs one pass over the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.features.reader import shard_stem
+from pipeline.io.fs import exists, get_fs, join, list_files
+
+_MOD = 1 << 128
+
+
+@dataclass
+class ShardInput:
+    url: str
+    digest: str
+    count: int | None  # samples in the index; None without one
+    row_groups: list[int] = field(default_factory=list)  # of the index, holding its rows
+
+
+@dataclass
+class ShardPlan:
+    shard: str
+    url: str
+    digest: str
+    action: str  # carry | merge | embed
+    # The base version's entry for this shard (manifest "files" item), when it had one.
+    prev: dict[str, Any] | None = None
+    skip: frozenset[str] = frozenset()  # keys not to embed: kept from the base, or staged
+    kept: int = 0
+    row_groups: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    shards: list[ShardPlan]
+    index_url: str | None
+    base: str | None
+    reason: str  # first | incremental | new_model | new_layout | full
+    deleted: dict[str, int]  # base shards gone from the input -> their rows
+    target: str = ""
+
+    @property
+    def noop(self) -> bool:
+        return (
+            bool(self.base) and not self.deleted and all(s.action == "carry" for s in self.shards)
+        )
+
+
+def _row_hash(key: str, content: str | None) -> int:
+    h = hashlib.sha256(f"{key}\0{content or ''}".encode()).digest()
+    return int.from_bytes(h[:16], "big")
+
+
+def scan_input(spec: str) -> tuple[str | None, dict[str, ShardInput]]:
+    """The input's shards with a digest each. With a build's index the digest covers every
+    (key, content_hash) of the shard and is order-free (a sum of row hashes), so it is computed
+    in one streaming pass; bare tars are compared by size and modification time or ETag."""
+    from pipeline.features.job import resolve_shards
+
+    urls = resolve_shards(spec)
+    by_stem = {shard_stem(u): u for u in urls}
+    index = join(spec, "index.parquet")
+    if exists(join(spec, "build.json")) and exists(index):
+        sums: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        groups: dict[str, list[int]] = {}
+        for rg, table in _row_groups(index, ["key", "shard", "content_hash"]):
+            keys = table.column("key").to_pylist()
+            hashes = table.column("content_hash").to_pylist()
+            for k, h, s in zip(keys, hashes, table.column("shard").to_pylist()):
+                stem = shard_stem(s)
+                sums[stem] = (sums.get(stem, 0) + _row_hash(k, h)) % _MOD
+                counts[stem] = counts.get(stem, 0) + 1
+                if not groups.setdefault(stem, []) or groups[stem][-1] != rg:
+                    groups[stem].append(rg)
+        return index, {
+            stem: ShardInput(url, f"{sums.get(stem, 0):032x}:{counts.get(stem, 0)}",
+                             counts.get(stem, 0), groups.get(stem, []))
+            for stem, url in by_stem.items()
+        }  # fmt: skip
+    out = {}
+    for stem, url in by_stem.items():
+        fs, path = get_fs(url)
+        info = fs.info(path)
+        stamp = (
+            info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+        )
+        out[stem] = ShardInput(url, f"file:{info.get('size')}:{stamp}", None)
+    return None, out
+
+
+def _row_groups(url: str, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        for rg in range(pf.num_row_groups):
+            yield rg, pf.read_row_group(rg, columns=columns)
+
+
+def index_hashes(index_url: str, stem: str, row_groups: list[int]) -> dict[str, str]:
+    """key -> content_hash of one shard, read from only the index row groups that hold it."""
+    fs, path = get_fs(index_url)
+    out: dict[str, str] = {}
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        for rg in row_groups:
+            t = pf.read_row_group(rg, columns=["key", "shard", "content_hash"])
+            for k, h, s in zip(
+                t.column("key").to_pylist(),
+                t.column("content_hash").to_pylist(),
+                t.column("shard").to_pylist(),
+            ):
+                if shard_stem(s) == stem:
+                    out[k] = h
+    return out
+
+
+def read_keys(url: str) -> dict[str, str | None]:
+    """key -> content_hash of an embeddings or rejects file."""
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        t = pq.read_table(f, columns=["key", "content_hash"])
+    return dict(zip(t.column("key").to_pylist(), t.column("content_hash").to_pylist()))
+
+
+def previous_keys(vdir: str, prev: dict[str, Any]) -> dict[str, str | None]:
+    """key -> content_hash of a base version's shard: its rows and its rejects."""
+    found = read_keys(join(vdir, prev["path"])) if prev["rows"] else {}
+    if prev["rejected"]:
+        found.update(read_keys(join(vdir, rejects_path(prev["shard"]))))
+    return found
+
+
+def rejects_path(stem: str) -> str:
+    return f"rejects/{stem}.parquet"
+
+
+def staged_keys(root: str) -> dict[str, frozenset[str]]:
+    """Keys already embedded (or rejected) per shard by an interrupted run of the same target."""
+    found: dict[str, set[str]] = {}
+    for kind in ("parts", "rejects"):
+        base = join(root, kind)
+        if not exists(base):
+            continue
+        for rel in list_files(base):
+            stem = rel.split("/", 1)[0]
+            found.setdefault(stem, set()).update(read_keys(join(base, rel)))
+    return {s: frozenset(k) for s, k in found.items()}
+
+
+def make_plan(shards: dict[str, ShardInput], index_url: str | None, base: str | None,
+              base_manifest: dict[str, Any] | None, vdir: str | None, model_version: str,
+              layout: str, incremental: bool) -> Plan:  # fmt: skip
+    """Decide each shard's action against the base version (None: the first version)."""
+    old = {f["shard"]: f for f in (base_manifest or {}).get("files", [])}
+    bm = base_manifest or {}
+    same_model = bm.get("model_version") == model_version
+    same = same_model and bm.get("layout") == layout
+    if base_manifest is None:
+        reason = "first"
+    elif not same_model:
+        reason = "new_model"
+    elif not same:
+        reason = "new_layout"
+    else:
+        reason = "incremental" if incremental else "full"
+    plans = []
+    for stem, si in sorted(shards.items()):
+        prev = old.get(stem)
+        sp = ShardPlan(stem, si.url, si.digest, "embed", prev=prev, row_groups=si.row_groups)
+        if prev is not None and same:
+            if prev["digest"] == si.digest:
+                sp.action = "carry"  # the same (key, content) multiset: the old file is exact
+            elif incremental and index_url is not None and vdir is not None:
+                sp.action = "merge"
+                now = index_hashes(index_url, stem, si.row_groups)
+                old_keys = previous_keys(vdir, prev)
+                sp.skip = frozenset(
+                    k for k, h in old_keys.items() if h is not None and now.get(k) == h
+                )
+                sp.kept = len(sp.skip)
+        plans.append(sp)
+    deleted = {s: int(f["rows"]) + int(f["rejected"]) for s, f in old.items() if s not in shards}
+    blob = "|".join([model_version, layout, base or "", *(f"{p.shard}={p.digest}" for p in plans)])
+    return Plan(
+        plans, index_url, base, reason, deleted, hashlib.sha256(blob.encode()).hexdigest()[:16]
+    )

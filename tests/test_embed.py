@@ -1,0 +1,267 @@
+"""mmpipe embed/refresh/search/index on a local Ray: values, schema, readers, refresh diffs, kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.build.job import run_build
+from pipeline.config import BuildConfig
+from pipeline.embed.config import load_embed_config
+from pipeline.embed.job import run_embed
+from pipeline.embed.search import build_index, search
+from pipeline.embed.store import data_files, read_latest, read_ledger, read_manifest
+from pipeline.errors import UserError
+from pipeline.features.config import load_features_config
+from pipeline.features.job import run_features
+from pipeline.sample_corpus import write_corpus
+from pipeline.train.config import load_train_config
+from pipeline.train.data import fsl_to_numpy
+from pipeline.train.evaluate import load_run
+from pipeline.train.job import train_in_process
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _manifest(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A 60-sample corpus built into 3 shards, its features, and a model trained on them."""
+    root = tmp_path_factory.mktemp("ecorpus")
+    write_corpus(str(root / "c"), n=60, seed=5, broken=False)
+    run_build(BuildConfig(input=str(root / "c" / "manifest.jsonl"), output=str(root / "b1"),
+                          shard_samples=20), quiet=True)  # fmt: skip
+    fcfg = load_features_config({"shards": str(root / "b1"), "output": str(root / "f"), "batch_size": 16,
+                                 "audio": {"name": "audio_cnn", "weights": "random"}, "audio_frames": 100,
+                                 "actor_num_cpus": 0.5})  # fmt: skip
+    run_features(fcfg, quiet=True)
+    tcfg = {"data": str(root / "f"), "epochs": 30, "batch_size": 16, "d_model": 32, "embed_dim": 16}
+    train_in_process(load_train_config({**tcfg, "output": str(root / "run")}))
+    train_in_process(load_train_config({**tcfg, "output": str(root / "run2"), "seed": 1}))
+    return root
+
+
+def ecfg(world: Path, out: Path, **kw):
+    base = {"shards": str(world / "b1"), "model": str(world / "run"), "output": str(out),
+            "batch_size": 8, "actor_num_cpus": 0.5, "metadata_fields": ["label", "color"]}  # fmt: skip
+    base.update(kw)
+    return load_embed_config(base)
+
+
+@pytest.fixture(scope="module")
+def store(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "emb"
+    report = run_embed(ecfg(world, out), incremental=False, kind="embed", quiet=True)
+    return out, report
+
+
+def read_version(out: Path) -> pa.Table:
+    return pa.concat_tables(pq.read_table(f) for f in data_files(str(out))).sort_by("key")
+
+
+def test_embeddings_equal_a_direct_call_of_the_model(world, store):
+    out, report = store
+    assert report["version"] == "v000001" and report["rows"] == 60 and report["embedded"] == 60
+    table = read_version(out)
+    model, info = load_run(str(world / "run"))
+    feats = pq.read_table(sorted((world / "f" / "parts").rglob("*.parquet"))).sort_by("key")
+    assert table["key"].to_pylist() == feats["key"].to_pylist()
+    x, m = {}, {}
+    for mod, d in info["dims"].items():
+        arr, valid = fsl_to_numpy(feats[f"{mod}_emb"], d)
+        has = np.asarray(feats[f"has_{mod}"].to_numpy(zero_copy_only=False), bool) & valid
+        x[mod], m[mod] = torch.from_numpy(arr), torch.from_numpy(has)
+    with torch.no_grad():
+        direct = model(x, m)
+    got, _ = fsl_to_numpy(table["fused_emb"], 16)
+    np.testing.assert_allclose(got, direct["fused"].numpy(), atol=2e-4)
+    for mod in info["dims"]:
+        got, valid = fsl_to_numpy(table[f"{mod}_emb"], 16)
+        np.testing.assert_allclose(got[valid], direct["emb"][mod].numpy()[valid], atol=2e-4)
+    # Plain Arrow types and what a reader needs in the file metadata.
+    schema = pq.read_schema(data_files(str(out))[0])
+    assert schema.field("fused_emb").type == pa.list_(pa.float32(), 16)
+    meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+    assert meta["mmpipe.dim"] == "16" and meta["mmpipe.normalization"] == "l2"
+    assert meta["mmpipe.model_version"] == report["model_version"]
+    manifest = read_manifest(str(out), "v000001")
+    assert (
+        sum(f["rows"] for f in manifest["files"]) == 60
+        and (out / "versions/v000001/_SUCCESS").exists()
+    )
+    assert read_latest(str(out)) == "v000001"
+
+
+def test_files_read_with_duckdb_polars_and_pandas(store):
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    out, _ = store
+    glob = str(out / "versions" / "v000001" / "*.parquet")
+    rows = duckdb.sql(
+        f"SELECT key, label, len(fused_emb) AS d, list_dot_product(fused_emb, fused_emb) AS n "
+        f"FROM read_parquet('{glob}') ORDER BY key"
+    ).fetchall()
+    assert len(rows) == 60 and all(d == 16 and abs(n - 1) < 1e-4 and lab for _, lab, d, n in rows)
+    df = pl.read_parquet(glob)
+    assert df.shape[0] == 60 and str(df.schema["fused_emb"]).startswith("Array(Float32")
+    assert len(pd.read_parquet(data_files(str(out))[0])["image_emb"].iloc[0]) == 16
+
+
+def test_search_returns_the_paired_item_first_exact_and_with_the_index(world, store):
+    out, _ = store
+    rows = {r["key"]: r for r in _manifest(world / "c" / "manifest.jsonl")}
+    for key in ("s000003", "s000031", "s000057"):
+        r = rows[key]
+        res = search(str(out), text=r["text"], image=str(world / "c" / r["image"]),
+                     audio=str(world / "c" / r["audio"]), k=3, exact=True)  # fmt: skip
+        assert res["hits"][0]["key"] == key and res["hits"][0]["score"] > 0.999
+        assert res["hits"][0]["meta"]["label"] == r["label"]
+    build_index(str(out))
+    r = rows["s000031"]
+    res = search(str(out), text=r["text"], image=str(world / "c" / r["image"]),
+                 audio=str(world / "c" / r["audio"]), k=3)  # fmt: skip
+    assert res["method"] == "index" and res["hits"][0]["key"] == "s000031"
+    # Text alone against the image column: cross-modal, the top hit shows the same class.
+    res = search(str(out), text=r["text"], k=5, column="image", exact=True)
+    assert [h["column"] for h in res["hits"]] == ["image"] * 5
+    # The shared space: a caption's nearest image is mostly of its class (chance is 1/6).
+    table = read_version(out)
+    t, _ = fsl_to_numpy(table["text_emb"], 16)
+    i, _ = fsl_to_numpy(table["image_emb"], 16)
+    labels = np.asarray(table["label"].to_pylist())
+    assert (labels[(t @ i.T).argmax(1)] == labels).mean() > 0.5
+
+
+def test_refresh_embeds_only_what_changed(world, store, tmp_path):
+    out, _ = store
+    rows = _manifest(world / "c" / "manifest.jsonl")
+    changed = {"s000002", "s000011"}
+    new_rows = [
+        dict(r, text=r["text"] + " (edited)") if r["key"] in changed else r for r in rows[:55]
+    ]
+    added = [
+        dict(rows[i % 55], key=f"n{i:04d}", text=f"new sample {i}: " + rows[i % 55]["text"])
+        for i in range(25)
+    ]
+    _write_manifest(world / "c" / "manifest2.jsonl", new_rows + added)
+    run_build(BuildConfig(input=str(world / "c" / "manifest2.jsonl"), output=str(tmp_path / "b2"),
+                          shard_samples=20), quiet=True)  # fmt: skip
+    before = read_version(out)
+    rec = run_embed(ecfg(world, out, shards=str(tmp_path / "b2")), quiet=True)
+    assert (rec["version"], rec["reason"]) == ("v000002", "incremental")
+    assert (rec["added"], rec["changed"], rec["removed"]) == (25, 2, 5)
+    assert rec["embedded"] == 27 and rec["shards_carried"] == 1 and rec["rows"] == 80
+    after = read_version(out)
+    index = pq.read_table(tmp_path / "b2" / "index.parquet")
+    assert sorted(after["key"].to_pylist()) == sorted(index["key"].to_pylist())
+    old = dict(zip(before["key"].to_pylist(), before["fused_emb"].to_pylist()))
+    new = dict(zip(after["key"].to_pylist(), after["fused_emb"].to_pylist()))
+    for k in old:
+        if k in new and k not in changed:
+            assert new[k] == old[k]  # kept bit for bit, never recomputed
+    assert all(new[k] != old[k] for k in changed)
+    # Nothing new: no version, no ledger line, no file touched.
+    listing = sorted(p for p in out.rglob("*"))
+    again = run_embed(ecfg(world, out, shards=str(tmp_path / "b2")), quiet=True)
+    assert again["noop"] and sorted(p for p in out.rglob("*")) == listing
+    assert [r["version"] for r in read_ledger(str(out))] == ["v000001", "v000002"]
+
+
+def test_a_new_model_reembeds_everything_and_old_versions_are_pruned(world, tmp_path):
+    out = tmp_path / "emb"
+    run_embed(ecfg(world, out, keep_versions=1), quiet=True)
+    rec = run_embed(ecfg(world, out, model=str(world / "run2"), keep_versions=1), quiet=True)
+    assert rec["reason"] == "new_model" and rec["embedded"] == 60 and rec["shards_carried"] == 0
+    assert rec["unchanged"] == 60 and rec["added"] == rec["removed"] == 0
+    assert sorted(p.name for p in (out / "versions").iterdir()) == ["v000002"]
+    assert set(read_version(out)["model_version"].to_pylist()) == {rec["model_version"]}
+
+
+def test_a_killed_refresh_leaves_latest_valid_and_the_rerun_completes(world, ray_local, tmp_path):
+    out = tmp_path / "emb"
+    run_embed(ecfg(world, out), quiet=True)
+    cfg_file = tmp_path / "refresh.yaml"
+    cfg_file.write_text(
+        json.dumps(
+            {"embed": ecfg(world, out, model=str(world / "run2"), batch_size=2).model_dump()}
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    address = ray_local.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.nightly_refresh", "--config", str(cfg_file),
+                             "--address", address], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list((out / "_staging").glob("*/parts/*/*.parquet")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the refresh ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert read_latest(str(out)) == "v000001"
+    assert len(read_version(out)) == 60  # latest still names a complete, readable version
+    rec = run_embed(ecfg(world, out, model=str(world / "run2"), batch_size=2), quiet=True)
+    assert rec["version"] == "v000002" and rec["resumed"] > 0 and rec["rows"] == 60
+    keys = read_version(out)["key"].to_pylist()
+    assert len(keys) == len(set(keys)) == 60
+
+
+def test_recover_publishes_a_committed_version_and_drops_partial_ones(tmp_path):
+    from pipeline.embed.store import recover, set_latest
+
+    for v in ("v000001", "v000002", "v000003"):
+        (tmp_path / "versions" / v).mkdir(parents=True)
+    (tmp_path / "versions" / "v000001" / "_SUCCESS").write_text("")
+    (tmp_path / "versions" / "v000002" / "_SUCCESS").write_text("")  # killed before `latest` moved
+    set_latest(str(tmp_path), "v000001")
+    assert recover(str(tmp_path)) == "v000002" and read_latest(str(tmp_path)) == "v000002"
+    assert not (tmp_path / "versions" / "v000003").exists()
+
+
+def test_bad_config_pickled_weights_and_presets_are_one_line_errors(world, tmp_path, capsys):
+    from jobs.embed_bulk import main
+
+    cfg = tmp_path / "e.yaml"
+    fields = {
+        "shards": str(world / "b1"),
+        "model": str(world / "run"),
+        "output": str(tmp_path / "o"),
+    }
+    cfg.write_text(json.dumps({"embed": {**fields, "storage": "fp8"}}))
+    assert main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "storage" in err and "float16" in err and "Traceback" not in err
+    with pytest.raises(UserError, match="metadata_fields"):
+        ecfg(world, tmp_path / "o", metadata_fields=["key"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.json").write_text((world / "run" / "model.json").read_text())
+    torch.save({"x": torch.nn.Linear(2, 2)}, bad / "model.pt")  # a pickled module, not tensors
+    with pytest.raises(UserError, match="weights_only"):
+        run_embed(ecfg(world, tmp_path / "o", model=str(bad)), quiet=True)
+    info = json.loads((world / "run" / "model.json").read_text())
+    (bad / "model.json").write_text(json.dumps(dict(info, preset="cnn_lstm")))
+    with pytest.raises(UserError, match="preset"):
+        run_embed(ecfg(world, tmp_path / "o", model=str(bad)), quiet=True)
