@@ -26,7 +26,7 @@ setup: $(BIN)/.synced  ## create .venv from the hashed lock
 lock:  ## re-resolve requirements.lock from pyproject.toml (no URLs are written)
 	$(UV) pip compile pyproject.toml --all-extras --generate-hashes -q -o requirements.lock --python-version 3.11
 
-demo: setup  ## sample corpus -> build -> features -> train -> eval -> report, on a local Ray
+demo: setup  ## sample corpus -> build -> features -> train -> eval -> report -> embed -> search, on a local Ray
 	rm -rf $(DEMO_DIR)
 	$(BIN)/mmpipe sample-corpus $(DEMO_DIR)/corpus --n $(DEMO_N)
 	$(BIN)/mmpipe build $(DEMO_DIR)/corpus/manifest.jsonl --output $(DEMO_DIR)/build \
@@ -38,6 +38,12 @@ demo: setup  ## sample corpus -> build -> features -> train -> eval -> report, o
 		--data $(DEMO_DIR)/features --output $(DEMO_DIR)/run
 	$(BIN)/mmpipe report $(DEMO_DIR)/run
 	$(BIN)/mmpipe export $(DEMO_DIR)/run
+	$(BIN)/python -m jobs.embed_bulk --config jobs/configs/embed.yaml \
+		--shards $(DEMO_DIR)/build --model $(DEMO_DIR)/run --output $(DEMO_DIR)/embeddings
+	$(BIN)/mmpipe refresh --shards $(DEMO_DIR)/build --model $(DEMO_DIR)/run --output $(DEMO_DIR)/embeddings
+	$(BIN)/mmpipe index $(DEMO_DIR)/embeddings
+	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a large red circle in the center" --column image -k 5
+	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a small blue star, top left" --column all -k 5
 
 test: setup  ## lint, type-check and run the test suite
 	$(MAKE) --no-print-directory lint

@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     add_embed(sub)
+    from pipeline.submit.cli import add_commands as add_submit
+
+    add_submit(sub)
     return parser
 
 

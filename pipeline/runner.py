@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +40,10 @@ def ray_session(
     import ray
 
     started = False
+    # Inside a job submitted through the Jobs API, RAY_ADDRESS names the cluster to join and
+    # the job's runtime_env already applies (a second one would conflict with it).
+    in_job = not address and bool(os.environ.get("RAY_ADDRESS"))
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {
             "log_to_driver": not quiet,
@@ -48,7 +53,8 @@ def ray_session(
         saved = dict(os.environ)
         if address:
             kwargs["address"] = address
-            kwargs["runtime_env"] = {"env_vars": worker_env()}
+            if not in_job:
+                kwargs["runtime_env"] = {"env_vars": worker_env()}
         else:
             # The embedded Ray lives only for this command and listens on loopback only;
             # token auth would write a credential into the user's home for nothing.
@@ -122,9 +128,17 @@ class _ActorStage:
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
-        self.stage.ensure_setup()
+        self.error: UserError | None = None
+        try:
+            self.stage.ensure_setup()
+        except UserError as e:
+            # Raised from __init__ it would reach the driver as a bare ActorDiedError; from
+            # the first batch it arrives as a task error that `stream` unwraps to one line.
+            self.error = e
 
     def __call__(self, batch: Batch) -> Batch:
+        if self.error is not None:
+            raise self.error
         return self.stage(batch)
 
 
@@ -173,7 +187,11 @@ def unwrap(err: BaseException) -> BaseException:
         cause = getattr(cur, "cause", None)
         cur = cause if isinstance(cause, BaseException) else cur.__cause__
         seen += 1
-    return err
+    # Ray Data re-raises a UDF's exception as UserCodeException without its cause; the
+    # original survives only in the text of the remote traceback.
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # Ray colours its tracebacks
+    found = re.findall(r"pipeline\.errors\.UserError: ([^\n]+)", text)
+    return UserError(found[-1].strip()) if found else err
 
 
 def stream(ds: Any) -> Iterator[Any]:

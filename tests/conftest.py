@@ -87,3 +87,29 @@ def ray_local(s3_endpoint):
              runtime_env={"env_vars": worker_env()})  # fmt: skip
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def world(ray_local, tmp_path_factory):
+    """A 60-sample corpus built into 3 shards, its features, and two models trained on them
+    in-process (embed, refresh and submit tests share them)."""
+    from pipeline.build.job import run_build
+    from pipeline.config import BuildConfig
+    from pipeline.features.config import load_features_config
+    from pipeline.features.job import run_features
+    from pipeline.sample_corpus import write_corpus
+    from pipeline.train.config import load_train_config
+    from pipeline.train.job import train_in_process
+
+    root = tmp_path_factory.mktemp("ecorpus")
+    write_corpus(str(root / "c"), n=60, seed=5, broken=False)
+    run_build(BuildConfig(input=str(root / "c" / "manifest.jsonl"), output=str(root / "b1"),
+                          shard_samples=20), quiet=True)  # fmt: skip
+    fcfg = load_features_config({"shards": str(root / "b1"), "output": str(root / "f"), "batch_size": 16,
+                                 "audio": {"name": "audio_cnn", "weights": "random"}, "audio_frames": 100,
+                                 "actor_num_cpus": 0.5})  # fmt: skip
+    run_features(fcfg, quiet=True)
+    tcfg = {"data": str(root / "f"), "epochs": 30, "batch_size": 16, "d_model": 32, "embed_dim": 16}
+    train_in_process(load_train_config({**tcfg, "output": str(root / "run")}))
+    train_in_process(load_train_config({**tcfg, "output": str(root / "run2"), "seed": 1}))
+    return root

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,13 +24,8 @@ from pipeline.embed.job import run_embed
 from pipeline.embed.search import build_index, search
 from pipeline.embed.store import data_files, read_latest, read_ledger, read_manifest
 from pipeline.errors import UserError
-from pipeline.features.config import load_features_config
-from pipeline.features.job import run_features
-from pipeline.sample_corpus import write_corpus
-from pipeline.train.config import load_train_config
 from pipeline.train.data import fsl_to_numpy
 from pipeline.train.evaluate import load_run
-from pipeline.train.job import train_in_process
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,23 +37,6 @@ def _manifest(path: Path) -> list[dict]:
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A 60-sample corpus built into 3 shards, its features, and a model trained on them."""
-    root = tmp_path_factory.mktemp("ecorpus")
-    write_corpus(str(root / "c"), n=60, seed=5, broken=False)
-    run_build(BuildConfig(input=str(root / "c" / "manifest.jsonl"), output=str(root / "b1"),
-                          shard_samples=20), quiet=True)  # fmt: skip
-    fcfg = load_features_config({"shards": str(root / "b1"), "output": str(root / "f"), "batch_size": 16,
-                                 "audio": {"name": "audio_cnn", "weights": "random"}, "audio_frames": 100,
-                                 "actor_num_cpus": 0.5})  # fmt: skip
-    run_features(fcfg, quiet=True)
-    tcfg = {"data": str(root / "f"), "epochs": 30, "batch_size": 16, "d_model": 32, "embed_dim": 16}
-    train_in_process(load_train_config({**tcfg, "output": str(root / "run")}))
-    train_in_process(load_train_config({**tcfg, "output": str(root / "run2"), "seed": 1}))
-    return root
 
 
 def ecfg(world: Path, out: Path, **kw):
@@ -262,6 +241,12 @@ def test_bad_config_pickled_weights_and_presets_are_one_line_errors(world, tmp_p
     with pytest.raises(UserError, match="weights_only"):
         run_embed(ecfg(world, tmp_path / "o", model=str(bad)), quiet=True)
     info = json.loads((world / "run" / "model.json").read_text())
+    shutil.copy(world / "run" / "model.pt", bad / "model.pt")
+    lineage = json.loads(json.dumps(info["lineage"]))
+    lineage["preprocessing"]["encoders"]["text"]["weights"] = "0" * 64  # trained on other weights
+    (bad / "model.json").write_text(json.dumps(dict(info, lineage=lineage)))
+    with pytest.raises(UserError, match=r"text encoder here .* differs"):
+        run_embed(ecfg(world, tmp_path / "o2", model=str(bad)), quiet=True)
     (bad / "model.json").write_text(json.dumps(dict(info, preset="cnn_lstm")))
     with pytest.raises(UserError, match="preset"):
         run_embed(ecfg(world, tmp_path / "o", model=str(bad)), quiet=True)

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,7 +17,6 @@ from pipeline.embed.config import EmbedConfig
 from pipeline.embed.model import (
     EmbeddingModel,
     ModelRef,
-    check_encoders,
     features_config,
     image_preset,
     resolve_model,
@@ -98,7 +98,7 @@ def run_embed(cfg: EmbedConfig, *, incremental: bool = True, kind: str = "refres
     schema = file_schema(ref, cfg)
     counts = _execute(cfg, ref, plan, staging, staged, base_dir, version_dir(out, version), schema,
                       address, quiet, kind)  # fmt: skip
-    entries, write_s = counts.pop("entries"), counts.pop("write_s")
+    entries, write_s, timings = counts.pop("entries"), counts.pop("write_s"), counts.pop("timings")
     removed = sum(plan.deleted.values())
     manifest = {"schema_version": EMBED_SCHEMA_VERSION, "version": version, "model_id": ref.model_id,
                 "model_version": ref.version, "model_path": ref.weights_url, "layout": layout,
@@ -132,7 +132,7 @@ def run_embed(cfg: EmbedConfig, *, incremental: bool = True, kind: str = "refres
               f"~{record['changed']} -{record['removed']}, {record['embedded']} embedded, "
               f"{record['shards_carried']} shards carried, {record['rejected']} rejected, {secs}s"
               + (f"; pruned {', '.join(pruned)}" if pruned else ""), file=sys.stderr)  # fmt: skip
-    return {**record, "noop": False, "manifest": manifest}
+    return {**record, "noop": False, "manifest": manifest, "timings": timings}
 
 
 def _execute(cfg: EmbedConfig, ref: ModelRef, plan: Plan, staging: str, staged: dict[str, frozenset[str]],
@@ -142,23 +142,43 @@ def _execute(cfg: EmbedConfig, ref: ModelRef, plan: Plan, staging: str, staged: 
     from pipeline.runner import map_stages, ray_session, stream
 
     work = [p for p in plan.shards if p.action != "carry"]
-    counts: dict[str, Any] = {"rows": 0, "rejected": 0, "write_s": 0.0}
+    counts: dict[str, Any] = {"rows": 0, "rejected": 0, "write_s": 0.0, "marks": []}
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
     with ray_session(address):
         import ray.data
 
+        timings["ray_start_s"] = time.perf_counter() - t
         if work:
+            t = time.perf_counter()
             _embed(cfg, ref, work, staging, staged, counts, quiet, kind)
-        items = [{"plan": json.dumps({"shard": p.shard, "action": p.action, "digest": p.digest,
-                                      "prev": p.prev, "skip": sorted(p.skip),
-                                      "row_groups": p.row_groups})} for p in plan.shards]  # fmt: skip
+            timings["embed_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         merge = MergeShard(staging, base_dir, vdir, plan.index_url, schema, cfg.row_group_mb)
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64)))
-        entries = []
-        for table in stream(map_stages(ds, [merge])):
-            entries += table.to_pylist()
+        # Unchanged shards are links (server-side copies on object stores): threads here, no
+        # tasks. Shards with new rows are merged by tasks, in parallel across the cluster.
+        carried = [p for p in plan.shards if p.action == "carry"]
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            entries = list(pool.map(merge.merge, (_item(p) for p in carried)))
+        if work:
+            items = [{"plan": json.dumps(_item(p))} for p in work]
+            ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64)))
+            for table in stream(map_stages(ds, [merge])):
+                entries += table.to_pylist()
+        timings["merge_s"] = time.perf_counter() - t
+    marks = counts.pop("marks")
+    if len(marks) > 1:  # rows/s from the first batch out to the last: start-up excluded
+        (ta, ra), (tb, rb) = marks[0], marks[-1]
+        timings["steady_rows_per_s"] = (rb - ra) / max(1e-9, tb - ta)
+    counts["timings"] = {k: round(v, 3) for k, v in timings.items()}
     counts["entries"] = entries
     counts["write_s"] += sum(e["write_s"] for e in entries)
     return counts
+
+
+def _item(p: Any) -> dict[str, Any]:
+    return {"shard": p.shard, "action": p.action, "digest": p.digest, "prev": p.prev,
+            "skip": sorted(p.skip), "row_groups": p.row_groups}  # fmt: skip
 
 
 def _embed(cfg: EmbedConfig, ref: ModelRef, work: list[Any], staging: str,
@@ -167,7 +187,7 @@ def _embed(cfg: EmbedConfig, ref: ModelRef, work: list[Any], staging: str,
 
     from pipeline.embed.stages import EmbedStage, EmbedWriter
     from pipeline.features.reader import make_shard_datasource
-    from pipeline.features.stages import FeaturePreprocess, encoder_info
+    from pipeline.features.stages import FeaturePreprocess
     from pipeline.runner import map_stages, stream
 
     fcfg = features_config(
@@ -175,8 +195,7 @@ def _embed(cfg: EmbedConfig, ref: ModelRef, work: list[Any], staging: str,
         actor_num_cpus=cfg.actor_num_cpus, preprocess_num_cpus=cfg.preprocess_num_cpus,
         device=cfg.device, amp=cfg.amp, max_block_bytes=cfg.max_block_bytes,
     )  # fmt: skip
-    # On the driver, before any task: the same encoders as in training, and loadable weights.
-    check_encoders(ref, encoder_info(fcfg))
+    # On the driver, before any task: loadable weights (the encoders are checked in the actors).
     EmbeddingModel(ref, "cpu")
     has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
     gpus = 1.0 if (cfg.device != "cpu" and has_gpu) else 0.0
@@ -205,6 +224,7 @@ def _embed(cfg: EmbedConfig, ref: ModelRef, work: list[Any], staging: str,
         counts["rows"] += int(summary.column("rows").to_numpy().sum())
         counts["rejected"] += int(summary.column("rejects").to_numpy().sum())
         counts["write_s"] += float(summary.column("write_s").to_numpy().sum())
+        counts["marks"].append((time.perf_counter(), counts["rows"] + counts["rejected"]))
         if not quiet and time.perf_counter() - last > 5:
             last = time.perf_counter()
             print(

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from pipeline.embed.model import EmbeddingModel, ModelRef
+from pipeline.embed.model import EmbeddingModel, ModelRef, check_encoders
 from pipeline.features.config import FeaturesConfig
 from pipeline.features.stages import EncodeStage, _autocast, _text
 from pipeline.io.fs import join
@@ -42,6 +42,10 @@ class EmbedStage(Stage):
 
     def setup(self) -> None:
         self.encode.ensure_setup()
+        # Checked here, where the encoders are loaded anyway: loading them on the driver as
+        # well cost ~10 s per run on 2 CPUs (docs/benchmarks.md).
+        check_encoders(self.ref, {m: {"encoder": e.encoder_id, "weights": e.weights_id, "dim": e.dim}
+                                  for m, e in self.encode.encoders.items()})  # fmt: skip
         self.device = self.encode.device
         self.model = EmbeddingModel(self.ref, self.device)
 
