@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, is_storage_error, storage_message
+from pipeline.redact import redact
 
 
 def guarded(prog: str, run: Callable[[], object]) -> int:
@@ -13,6 +14,11 @@ def guarded(prog: str, run: Callable[[], object]) -> int:
     try:
         run()
     except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {redact(str(e))}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not is_storage_error(e):
+            raise
+        print(f"{prog}: error: storage: {redact(storage_message(e))}", file=sys.stderr)
+        return 1
     return 0

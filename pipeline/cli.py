@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, is_storage_error, storage_message
+from pipeline.redact import redact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,8 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
     except UserError as e:
-        print(f"mmpipe: error: {e}", file=sys.stderr)
+        print(f"mmpipe: error: {redact(str(e))}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not is_storage_error(e):
+            raise  # a bug: the traceback is what we need to see
+        print(f"mmpipe: error: storage: {redact(storage_message(e))}; rerun to resume once the store "
+              "answers", file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt:
         print("mmpipe: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -52,3 +52,22 @@ class SampleError(Exception):
         self.reason = reason
         self.message = message
         self.modality = modality
+
+
+def is_storage_error(e: BaseException) -> bool:
+    """An I/O failure of a filesystem or object store (after its retries), not a bug."""
+    if isinstance(e, OSError):
+        return True
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return False
+    return isinstance(e, (BotoCoreError, ClientError))
+
+
+def storage_message(e: BaseException) -> str:
+    """One line: the error's type and first line, without a remote traceback."""
+    text = str(e).strip().splitlines()
+    # A RayTaskError's text starts with the task's name; the cause's line is the last one.
+    line = text[-1] if text else ""
+    return f"{type(e).__name__}: {line}"[:500]

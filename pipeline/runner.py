@@ -26,7 +26,13 @@ _READY: dict[str, Stage] = {}
 def worker_env() -> dict[str, str]:
     env = {} if os.environ.get("MMPIPE_ALLOCATOR_ENV", "1") == "0" else dict(ALLOCATOR_ENV)
     # Workers must reach the same object store endpoint as the driver (tests, MinIO, moto).
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL"):
+    # MMPIPE_FAULT: the reliability tests' fault injection (pipeline/faults.py) reaches workers.
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "FSSPEC_S3_ENDPOINT_URL",
+        "MMPIPE_FAULT",
+    ):
         if name in os.environ:
             env[name] = os.environ[name]
     return env
@@ -63,6 +69,9 @@ def ray_session(
             # runtime_env, which costs ~2 s of worker start-up on a 2-core machine.
             os.environ.update(worker_env())
             kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+            store_mb = os.environ.get("MMPIPE_OBJECT_STORE_MB")
+            if store_mb:  # a small store: what spilling does to a job (tests, sizing)
+                kwargs["object_store_memory"] = int(store_mb) * 1024 * 1024
         try:
             ray.init(**kwargs)
         except ConnectionError as e:
@@ -78,6 +87,21 @@ def ray_session(
     finally:
         if started:
             ray.shutdown()
+
+
+def object_store_stats() -> dict[str, float]:
+    """MiB spilled to and restored from disk so far, cluster-wide (shown in job summaries)."""
+    try:
+        from ray._private.internal_api import memory_summary
+
+        text = memory_summary(stats_only=True)
+    except Exception:  # the stats API is private: a change in it must not fail a job
+        return {}
+    out = {}
+    for name in ("Spilled", "Restored"):
+        m = re.search(rf"{name} (\d+) MiB", text)
+        out[f"{name.lower()}_mib"] = float(m.group(1)) if m else 0.0
+    return out
 
 
 def _small_cluster() -> bool:
@@ -191,7 +215,17 @@ def unwrap(err: BaseException) -> BaseException:
     # original survives only in the text of the remote traceback.
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # Ray colours its tracebacks
     found = re.findall(r"pipeline\.errors\.UserError: ([^\n]+)", text)
-    return UserError(found[-1].strip()) if found else err
+    if found:
+        return UserError(found[-1].strip())
+    # An I/O failure inside a task (a full disk, a store that stayed down after its retries)
+    # comes back the same way; surface it as the OSError it was, for one clear line.
+    io_errors = re.findall(
+        r"^\s*(?:\w+\.)*(\w*Error): (\[Errno \d+\][^\n]*)", text, flags=re.MULTILINE
+    )
+    if io_errors:
+        name, msg = io_errors[-1]
+        return OSError(f"{name}: {msg.strip()}")
+    return err
 
 
 def stream(ds: Any) -> Iterator[Any]:

@@ -20,3 +20,13 @@ def test_reason_table_matches_enum():
 
 def test_report_schema_covers_every_config_field():
     assert {f.name for f in BUILD_CONFIG_TYPE} == set(BuildConfig.model_fields)
+
+
+def test_every_test_named_in_the_reliability_doc_exists():
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    refs = set(re.findall(r"`(test_\w+\.py)(?:::(test_\w+?))?(?:\.\.\.)?`", text))
+    assert len(refs) >= 10
+    for module, name in refs:
+        source = (ROOT / "tests" / module).read_text()
+        if name:
+            assert f"def {name}" in source, f"{module}::{name} is cited but does not exist"

@@ -12,9 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import BuildConfig
+from pipeline.faults import maybe_fail
 from pipeline.io.fs import atomic_open, exists, join
 from pipeline.io.parquet import read_table, to_table, write_table
 from pipeline.io.tar import TarShardWriter
+from pipeline.redact import redact
 from pipeline.stage import Batch, Resources, Stage
 from pipeline.stages.fetch import FetchStage
 from pipeline.stages.keys import KeyStage
@@ -100,7 +102,7 @@ class ChunkWriter:
                     **common,
                     "reason": row["reason"],
                     "modality": row.get("modality"),
-                    "message": row.get("message") or row["reason"],
+                    "message": redact(row.get("message") or row["reason"]),
                 }
             )
             return
@@ -222,6 +224,7 @@ class BuildChunkStage(Stage):
             done = read_table(meta_url)
             return summarize(chunk_id, done, 0, True, time.perf_counter() - t0)
         writer = ChunkWriter(self.work_dir, chunk_id, self.cfg.shard_samples, self.cfg.shard_bytes)
+        maybe_fail("build_chunk")  # reliability tests: this worker dies mid-chunk
         fetch, rest = self.stages[0], self.stages[1:]
 
         def fetched(off: int) -> dict[str, Any]:

@@ -92,7 +92,10 @@ def make_report(
 
 
 def write_report(url: str, report: dict[str, Any]) -> None:
-    write_bytes_atomic(url, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    from pipeline.redact import redact_obj
+
+    text = json.dumps(redact_obj(report), indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(url, text.encode())
 
 
 def summary_lines(report: dict[str, Any], noop: bool = False) -> list[str]:

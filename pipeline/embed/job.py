@@ -33,6 +33,7 @@ from pipeline.embed.store import (
     version_dir,
 )
 from pipeline.io.fs import exists, get_fs, is_remote, join, remove_tree, write_bytes_atomic
+from pipeline.redact import redact_obj
 from schemas.embeddings import EMBED_SCHEMA_VERSION, embeddings_schema
 
 
@@ -110,7 +111,7 @@ def run_embed(cfg: EmbedConfig, *, incremental: bool = True, kind: str = "refres
                           for e in sorted(entries, key=lambda e: e["shard"])]}  # fmt: skip
     # The resolved config next to the files it produced (credentials never live in it).
     write_bytes_atomic(join(version_dir(out, version), "config.json"),
-                       json.dumps(cfg.model_dump(), indent=1).encode())  # fmt: skip
+                       json.dumps(redact_obj(cfg.model_dump()), indent=1).encode())  # fmt: skip
     commit_version(out, version, manifest)
     set_latest(out, version)
     secs = round(time.perf_counter() - t0, 2)

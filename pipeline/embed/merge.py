@@ -11,7 +11,6 @@ import time
 import uuid
 from typing import Any, ClassVar
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -139,8 +138,11 @@ class MergeShard(Stage):
                 "content_hash",
                 pc.coalesce(staged_hash, filled.column("content_hash")),
             )
-        order = np.argsort(np.asarray(table.column("key").to_pylist(), dtype=object), kind="stable")
-        return table.take(pa.array(order))
+        keys = table.column("key").to_pylist()
+        # One row per key even if a retried batch was staged twice under another grouping.
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        order = sorted(first.values(), key=lambda i: keys[i])
+        return table.take(pa.array(order, pa.int64()))
 
     def _write(self, url: str, table: pa.Table, schema: pa.Schema) -> int:
         """One file, row groups of ~row_group_mb, committed atomically; returns its size."""

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.embed.model import EmbeddingModel, ModelRef, check_encoders
+from pipeline.faults import maybe_fail
 from pipeline.features.config import FeaturesConfig
 from pipeline.features.stages import EncodeStage, _autocast, _text
 from pipeline.io.fs import join
@@ -53,6 +54,7 @@ class EmbedStage(Stage):
         import torch
 
         self.ensure_setup()
+        maybe_fail("embed_actor")  # reliability tests: the actor's process dies mid-batch
         batch = self.encode(batch)
         n = len(batch["key"])
         feats, masks = {}, {}

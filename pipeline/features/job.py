@@ -13,6 +13,7 @@ from pipeline.features.config import FeaturesConfig
 from pipeline.features.reader import make_shard_datasource, shard_stem
 from pipeline.features.stages import EncodeStage, FeaturePreprocess, FeatureWriter, encoder_info
 from pipeline.io.fs import exists, expand_inputs, get_fs, join, list_files, write_bytes_atomic
+from pipeline.redact import redact_obj
 from pipeline.runner import map_stages, ray_session, stream
 from schemas import FEATURES_SCHEMA_VERSION
 
@@ -127,7 +128,7 @@ def run_features(
     report = {
         "schema_version": FEATURES_SCHEMA_VERSION,
         "fingerprint": fp,
-        "config": cfg.model_dump(),
+        "config": redact_obj(cfg.model_dump()),
         "encoders": info,
         "counts": counts,
         "parts": parts,

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from pipeline.faults import maybe_fail
 from pipeline.features.config import FeaturesConfig
 from pipeline.io.fs import join
 from pipeline.io.parquet import write_table
@@ -75,6 +76,7 @@ class FeaturePreprocess(Stage):
         return Resources(num_cpus=self.cfg.preprocess_num_cpus)
 
     def __call__(self, batch: Batch) -> Batch:
+        maybe_fail("preprocess")  # reliability tests: this worker dies mid-batch
         for part in self.parts:
             batch = part(batch)
         for raw in ("image", "audio", "text"):

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.config import BuildConfig
-from pipeline.errors import UserError
+from pipeline.errors import Reason, SampleError, UserError
 from pipeline.ingest import readers
 from pipeline.ingest.rows import InputRow, ManifestLayout
 from pipeline.ingest.scan import WHOLE_FILE, Span, scan_csv, scan_jsonl, scan_parquet, scan_tar
@@ -242,7 +242,38 @@ def iter_chunks(unit: ReadUnit, cfg: BuildConfig) -> Iterator[pa.Table]:
         yield chunk_table(rows, unit.chunk_id)
 
 
+def _encodable(s: str | None) -> bool:
+    if s is None:
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _safe(row: InputRow) -> InputRow:
+    """A row whose strings Arrow cannot store (lone surrogates from JSON escapes such as
+    "\ud800", or undecodable bytes) becomes a malformed_row reject instead of failing the chunk
+    (found by tests/test_fuzz.py)."""
+    texts = [row.source_key, row.error_message] + [
+        v
+        for p in row.parts
+        for v in (p.get("name"), p.get("ref"))
+        if isinstance(v, str) or v is None
+    ]
+    if all(_encodable(t) for t in texts) and _encodable(row.source_file):
+        return row
+    bad = InputRow(source_file=row.source_file.encode("utf-8", "backslashreplace").decode(),
+                   source_row=row.source_row)  # fmt: skip
+    bad.fail(
+        SampleError(Reason.MALFORMED_ROW, "a value is not valid Unicode (lone surrogate)", "row")
+    )
+    return bad
+
+
 def chunk_table(rows: list[InputRow], chunk_id: str) -> pa.Table:
+    rows = [_safe(r) for r in rows]
     cols: dict[str, list[Any]] = {
         "chunk_id": [chunk_id] * len(rows),
         "chunk_rows": [len(rows)] * len(rows),

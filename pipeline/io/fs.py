@@ -40,6 +40,13 @@ def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
         # No single URL may hang a worker: connect and total read are both bounded.
         kwargs["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=60, sock_connect=10)}
+    elif scheme_of(url) in ("s3", "s3a"):
+        # Bounded retries with exponential backoff and jitter (botocore "standard" mode) and
+        # bounded waits: a throttling or flaky store is retried, a dead one fails in minutes,
+        # not hours. MMPIPE_S3_MAX_ATTEMPTS tunes the bound.
+        attempts = int(os.environ.get("MMPIPE_S3_MAX_ATTEMPTS", "5"))
+        kwargs["config_kwargs"] = {"retries": {"max_attempts": attempts, "mode": "standard"},
+                                   "connect_timeout": 10, "read_timeout": 60}  # fmt: skip
     return url_to_fs(url, **kwargs)
 
 

@@ -72,6 +72,9 @@ class FetchStage(Stage):
         except (IsADirectoryError, PermissionError, OSError) as e:
             _fail(part, Reason.FETCH_ERROR, f"{ref}: {type(e).__name__}: {e}")
             return
+        except ValueError as e:  # a NUL or a lone surrogate in the path (found by fuzzing)
+            _fail(part, Reason.DISALLOWED_REF, f"{ref!r}: not a usable path ({e})")
+            return
         part["data"] = data
 
     def _read_remote(self, parts: list[dict[str, Any]]) -> None:

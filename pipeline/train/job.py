@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.io.fs import exists, is_remote, join, list_files, read_bytes, write_bytes_atomic
+from pipeline.redact import redact_obj
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import FeatureSet, open_features, ray_split
 
@@ -207,7 +208,7 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
               quiet: bool = False, fail_at_step: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Train; write ``model.pt``, ``model.json``, ``metrics.jsonl`` and ``train.json`` (last)."""
 
-    from pipeline.runner import ray_session
+    from pipeline.runner import object_store_stats, ray_session
 
     t0 = time.perf_counter()
     # Workers may run in another directory: local paths travel absolute.
@@ -237,7 +238,9 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
     if _has_checkpoints(join(storage, RUN_NAME)) and not resume:
         raise UserError(f"{out} has checkpoints of an unfinished run; pass --resume to continue it, "
                         "or choose another --output")  # fmt: skip
-    write_bytes_atomic(join(out, "config.json"), json.dumps(cfg.model_dump(), indent=2).encode())
+    write_bytes_atomic(
+        join(out, "config.json"), json.dumps(redact_obj(cfg.model_dump()), indent=2).encode()
+    )
     with ray_session(address):
         import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -275,6 +278,7 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
             datasets={"train": train_ds, "val": val_ds},
         )  # fmt: skip
         result = trainer.fit()
+        store = object_store_stats()  # the splits live in the object store: did they spill?
         if result.error is not None:
             raise result.error
         assert result.checkpoint is not None, "training reported no checkpoint"
@@ -288,12 +292,15 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
     write_model(out, cfg, fs_, state["model"])
     report = {"fingerprint": fp, "metrics": meta["metrics"], "progress": state["progress"],
               "train_rows": train_rows, "model": MODEL_FILE, "checkpoint": result.checkpoint.path,
-              "seconds": round(time.perf_counter() - t0, 2), "workers": cfg.workers, "gpu": use_gpu}  # fmt: skip
+              "seconds": round(time.perf_counter() - t0, 2), "workers": cfg.workers, "gpu": use_gpu,
+              "object_store": store}  # fmt: skip
     write_bytes_atomic(
         report_url, json.dumps(report, indent=2, default=str).encode()
     )  # commit, last
     if not quiet:
         m = meta["metrics"]
         print(f"train: {cfg.fusion} fusion, {state['progress']['step']} steps, val_loss {m.get('val_loss'):.4f}, "
-              f"val_acc {m.get('val_acc')}, in {report['seconds']}s -> {out}", file=sys.stderr)  # fmt: skip
+              f"val_acc {m.get('val_acc')}, in {report['seconds']}s -> {out}"
+              + (f"; object store spilled {store['spilled_mib']:.0f} MiB" if store.get("spilled_mib") else ""),
+              file=sys.stderr)  # fmt: skip
     return report

@@ -1,0 +1,29 @@
+"""Fault injection for the reliability tests: a worker process dies at a chosen point, once."""
+
+from __future__ import annotations
+
+import os
+
+# "<point>:<n>:<marker>": the n-th call of maybe_fail(point), counted across every process of
+# the run, kills its process with os._exit (no cleanup, no exception: as an OOM kill or a lost
+# node does). The marker file makes the fault fire once, so Ray's retry of the same work runs.
+ENV = "MMPIPE_FAULT"
+
+
+def maybe_fail(point: str) -> None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    name, n, marker = spec.split(":", 2)
+    if name != point or os.path.exists(marker):
+        return
+    # O_APPEND writes of one byte are atomic: the file's size counts calls across processes.
+    fd = os.open(f"{marker}.count", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+    if os.path.getsize(f"{marker}.count") >= int(n):
+        with open(marker, "w") as f:
+            f.write(f"{point} {os.getpid()}\n")
+        os._exit(137)

@@ -1,0 +1,111 @@
+"""Real faults in real Ray runs: a worker or the driver dies, and no sample is lost or duplicated."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.build.job import run_build
+from pipeline.config import BuildConfig
+from pipeline.sample_corpus import write_corpus
+from tests.conftest import stop_process
+from tests.test_build import check_invariant
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(
+    args: list[str], ray_local, fault: str | None, tmp_path: Path
+) -> subprocess.CompletedProcess:
+    """``mmpipe ARGS`` as its own driver on the session's Ray, with a fault armed for its workers."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if fault:
+        env["MMPIPE_FAULT"] = f"{fault}:{tmp_path / 'fault'}"
+    address = ray_local.get_runtime_context().gcs_address
+    return subprocess.run([sys.executable, "-m", "pipeline", *args, "--address", address, "-q"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def _fired(tmp_path: Path) -> bool:
+    return (tmp_path / "fault").exists()
+
+
+def test_a_worker_killed_mid_build_loses_and_duplicates_nothing(ray_local, tmp_path):
+    info = write_corpus(str(tmp_path / "c"), n=60, seed=7)
+    out = tmp_path / "out"
+    res = _run(["build", str(tmp_path / "c" / "manifest.jsonl"), "--output", str(out),
+                "--shard-samples", "10"], ray_local, "build_chunk:2", tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _fired(tmp_path)  # a chunk task's process really died (os._exit), and was retried
+    index, _ = check_invariant(out, info["rows"])
+    keys = index["key"].to_pylist()
+    assert len(keys) == len(set(keys))
+
+
+def test_the_driver_killed_mid_build_then_a_rerun_completes(tmp_path):
+    info = write_corpus(str(tmp_path / "c"), n=120, seed=8)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipeline", "build", str(tmp_path / "c" / "manifest.jsonl"), "--output",
+           str(out), "--shard-samples", "3", "--ray-num-cpus", "2", "-q"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, start_new_session=True, stderr=subprocess.DEVNULL
+    )
+    chunks = out / "_work" / "chunks"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if chunks.exists() and len(list(chunks.glob("*.parquet"))) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the build ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # no handler runs: the driver and its local Ray vanish
+        proc.wait(timeout=30)
+    finally:
+        stop_process(proc)
+    assert not (out / "build.json").exists() and not (out / "index.parquet").exists()
+    rep = run_build(BuildConfig(input=str(tmp_path / "c" / "manifest.jsonl"), output=str(out),
+                                shard_samples=3), quiet=True)  # fmt: skip
+    assert rep["chunks"]["resumed"] >= 1
+    index, _ = check_invariant(out, info["rows"])
+    assert len(set(index["key"].to_pylist())) == index.num_rows
+    assert not list(out.rglob(".*tmp-*"))
+
+
+def test_a_worker_killed_mid_features_loses_and_duplicates_nothing(ray_local, world, tmp_path):
+    out = tmp_path / "f"
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(json.dumps({"features": {"audio": {"name": "audio_cnn", "weights": "random"},
+                                            "audio_frames": 100, "actor_num_cpus": 0.5, "batch_size": 8}}))  # fmt: skip
+    res = _run(["features", str(world / "b1"), "--output", str(out), "--config", str(cfg)], ray_local,
+               "preprocess:3", tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _fired(tmp_path)
+    keys = pq.read_table(sorted((out / "parts").rglob("*.parquet")), columns=["key"])[
+        "key"
+    ].to_pylist()
+    expected = pq.read_table(world / "b1" / "index.parquet")["key"].to_pylist()
+    assert sorted(keys) == sorted(expected)  # every sample once
+
+
+def test_an_embed_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, world, tmp_path):
+    out = tmp_path / "emb"
+    res = _run(["embed", str(world / "b1"), "--model", str(world / "run"), "--output", str(out),
+                "--batch-size", "8"], ray_local, "embed_actor:3", tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _fired(tmp_path)
+    latest = (out / "latest").read_text().strip()
+    keys = pq.read_table(sorted((out / "versions" / latest).glob("*.parquet")), columns=["key"])[
+        "key"
+    ].to_pylist()
+    expected = pq.read_table(world / "b1" / "index.parquet")["key"].to_pylist()
+    assert sorted(keys) == sorted(expected)
