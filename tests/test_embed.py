@@ -250,3 +250,41 @@ def test_bad_config_pickled_weights_and_presets_are_one_line_errors(world, tmp_p
     (bad / "model.json").write_text(json.dumps(dict(info, preset="cnn_lstm")))
     with pytest.raises(UserError, match="preset"):
         run_embed(ecfg(world, tmp_path / "o", model=str(bad)), quiet=True)
+
+
+def test_the_torchscript_export_embeds_the_same_and_float16_reads_everywhere(
+    world, store, tmp_path
+):
+    import duckdb
+    import polars as pl
+
+    from pipeline.train.export import export_torchscript
+
+    ts = export_torchscript(str(world / "run"), str(tmp_path / "model.torchscript.pt"))
+    run_dir = (
+        tmp_path / "run_ts"
+    )  # an export inside a run directory: model.json says how to preprocess
+    run_dir.mkdir()
+    shutil.copy(world / "run" / "model.json", run_dir / "model.json")
+    shutil.copy(ts, run_dir / "model.torchscript.pt")
+    out = tmp_path / "emb16"
+    rec = run_embed(
+        ecfg(world, out, model=str(run_dir / "model.torchscript.pt"), storage="float16"), quiet=True
+    )
+    assert rec["rows"] == 60
+    half = read_version(out)
+    assert half.schema.field("fused_emb").type == pa.list_(pa.float16(), 16)
+    full = read_version(store[0])
+    a, _ = fsl_to_numpy(full["fused_emb"], 16)
+    b = np.asarray(
+        half["fused_emb"].combine_chunks().values.to_numpy(zero_copy_only=False), np.float32
+    )
+    np.testing.assert_allclose(
+        b.reshape(-1, 16), a, atol=2e-3
+    )  # TorchScript = eager, to fp16 precision
+    glob = str(out / "versions" / rec["version"] / "*.parquet")
+    norms = duckdb.sql(
+        f"SELECT list_dot_product(fused_emb, fused_emb) FROM read_parquet('{glob}')"
+    ).fetchall()
+    assert len(norms) == 60 and all(abs(n - 1) < 1e-2 for (n,) in norms)
+    assert str(pl.read_parquet(glob).schema["fused_emb"]).startswith("Array(Float16")
