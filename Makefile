@@ -40,10 +40,11 @@ demo: setup  ## sample corpus -> build -> features -> train -> eval -> report ->
 	$(BIN)/mmpipe export $(DEMO_DIR)/run
 	$(BIN)/python -m jobs.embed_bulk --config jobs/configs/embed.yaml \
 		--shards $(DEMO_DIR)/build --model $(DEMO_DIR)/run --output $(DEMO_DIR)/embeddings
-	$(BIN)/mmpipe refresh --shards $(DEMO_DIR)/build --model $(DEMO_DIR)/run --output $(DEMO_DIR)/embeddings
+	$(BIN)/python -m jobs.nightly_refresh --config jobs/configs/refresh.yaml \
+		--shards $(DEMO_DIR)/build --model $(DEMO_DIR)/run --output $(DEMO_DIR)/embeddings
 	$(BIN)/mmpipe index $(DEMO_DIR)/embeddings
 	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a large red circle in the center" --column image -k 5
-	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a small blue star, top left" --column all -k 5
+	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a small blue star, top left" --column image -k 5
 
 test: setup  ## lint, type-check and run the test suite
 	$(MAKE) --no-print-directory lint

@@ -42,7 +42,11 @@ def test_interrupted_build_resumes_to_identical_output(tmp_path):
             if chunks.exists() and len(list(chunks.glob("*.parquet"))) >= 3:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, "the build ended before it could be interrupted"
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            pytest.fail(
+                f"the build ended (rc {proc.returncode}) before it could be interrupted: {err[-2000:]}"
+            )
         os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: the driver stops and shuts its Ray down
         proc.wait(timeout=60)
     finally:

@@ -60,10 +60,29 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                  "batch_size": args.batch_size, "device": args.device, "storage": args.storage,
                  "keep_versions": args.keep_versions,
                  "actors": (args.actors if args.actors in (None, "auto") else _int(args.actors))}  # fmt: skip
+    if args.kind == "refresh" and not args.config and args.output:
+        # A refresh continues the store as it was configured (storage, metadata fields, model
+        # id): without this, a bare `mmpipe refresh` would see a new layout and re-embed all.
+        overrides = {
+            **_store_config(args.output),
+            **{k: v for k, v in overrides.items() if v is not None},
+        }
     cfg = load_embed_config(overrides, args.config)
     run_embed(cfg, incremental=args.kind == "refresh", kind=args.kind, address=args.address,
               quiet=args.quiet)  # fmt: skip
     return 0
+
+
+def _store_config(out: str) -> dict[str, Any]:
+    from pipeline.embed.store import read_latest, version_dir
+    from pipeline.io.fs import exists, join, read_bytes
+
+    latest = read_latest(out)
+    url = join(version_dir(out, latest), "config.json") if latest else None
+    if not url or not exists(url):
+        return {}
+    keep = ("storage", "metadata_fields", "model_id", "row_group_mb", "keep_versions")
+    return {k: v for k, v in json.loads(read_bytes(url)).items() if k in keep}
 
 
 def _int(v: str) -> Any:
