@@ -92,9 +92,12 @@ def ray_session(
 def object_store_stats() -> dict[str, float]:
     """MiB spilled to and restored from disk so far, cluster-wide (shown in job summaries)."""
     try:
+        import ray
         from ray._private.internal_api import memory_summary
 
-        text = memory_summary(stats_only=True)
+        # Our own cluster's address: with several Ray instances on one host (tests, a laptop
+        # with a second job), "auto" discovery refuses to choose.
+        text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     except Exception:  # the stats API is private: a change in it must not fail a job
         return {}
     out = {}
