@@ -30,7 +30,7 @@ def bare_loop(manifest: Path, limit: int) -> float:
     """Images/s of one process doing the same decode, resize, encode and tar write."""
     from PIL import Image
 
-    from pipeline.stages.image import ImageOptions, resample_filter, target_size
+    from pipeline.validate.image import ImageOptions, resample_filter, target_size
 
     rows = [json.loads(line) for line in manifest.read_text().splitlines()[:limit]]
     opts = ImageOptions(resize=SIZE, resize_mode="keep_ratio", image_format="jpg", quality=QUALITY)
@@ -97,36 +97,49 @@ def run_mmpipe(manifest: Path, out: Path, n_cpus: int) -> dict:
     import ray
 
     from pipeline.build import job
-    from pipeline.build.report import Progress
+    from pipeline.build.report import ProgressLine
     from pipeline.config import BuildConfig
 
     marks: list[tuple[float, int]] = []
-    orig = Progress.update
+    orig = ProgressLine.update
 
-    def update(self: Progress, summary) -> None:  # record when each chunk finished
+    def update(self: ProgressLine, summary) -> None:  # record when each chunk finished
         orig(self, summary)
         marks.append((time.perf_counter(), self.rows))
 
-    Progress.update = update  # type: ignore[method-assign]
+    ProgressLine.update = update  # type: ignore[method-assign]
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    cfg = BuildConfig(input=str(manifest), output=str(out), resize=SIZE, resize_mode="keep_ratio",
-                      image_format="jpg", image_quality=QUALITY,
-        fetch_concurrency=FETCH_CONCURRENCY, shard_samples=500)  # fmt: skip
+    cfg = BuildConfig(
+        input=str(manifest),
+        output=str(out),
+        resize=SIZE,
+        resize_mode="keep_ratio",
+        image_format="jpg",
+        image_quality=QUALITY,
+        fetch_concurrency=FETCH_CONCURRENCY,
+        shard_samples=500,
+    )
     t0 = time.perf_counter()
     with RssMonitor() as mon:
         report = job.run_build(cfg, ray_num_cpus=n_cpus, quiet=True)
     wall = time.perf_counter() - t0
-    Progress.update = orig  # type: ignore[method-assign]
+    ProgressLine.update = orig  # type: ignore[method-assign]
     assert not ray.is_initialized()
     # Steady state: from the first finished chunk to the last, excluding start-up and the tail.
     (ta, ra), (tb, rb) = marks[0], marks[-1]
     steady = (rb - ra) / (tb - ta) if tb > ta else float("nan")
     return {
-        "rows": report["counts"]["input_rows"], "written": report["counts"]["written"], "wall_s": wall,
-        "startup_s": report["timings_s"]["startup"], "first_chunk_s": ta - t0, "steady_ips": steady,
-        "end_to_end_ips": report["counts"]["input_rows"] / wall, "peak_driver_mb": mon.driver / 2**20,
-        "peak_worker_mb": mon.worker / 2**20, "peak_workers_total_mb": mon.total / 2**20,
-    }  # fmt: skip
+        "rows": report["counts"]["input_rows"],
+        "written": report["counts"]["written"],
+        "wall_s": wall,
+        "startup_s": report["timings_s"]["startup"],
+        "first_chunk_s": ta - t0,
+        "steady_ips": steady,
+        "end_to_end_ips": report["counts"]["input_rows"] / wall,
+        "peak_driver_mb": mon.driver / 2**20,
+        "peak_worker_mb": mon.worker / 2**20,
+        "peak_workers_total_mb": mon.total / 2**20,
+    }
 
 
 def run_img2dataset(url_parquet: Path, out: Path, n_proc: int, threads: int = 32) -> dict:
@@ -175,8 +188,11 @@ def bare_in_subprocess(manifest: Path, limit: int, allocator: bool) -> float:
         env.update(ALLOCATOR_ENV)
     out = subprocess.run(
         [sys.executable, __file__, "--bare-only", str(manifest), "--bare-n", str(limit)],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -240,8 +256,10 @@ def main() -> None:
     if not args.skip_img2dataset:
         server = subprocess.Popen(
             [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "8765", "-d", str(corpus)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             time.sleep(1.0)
             pq_urls, js_urls = url_list(corpus, args.n, "http://127.0.0.1:8765")

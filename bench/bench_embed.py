@@ -25,8 +25,12 @@ import numpy as np
 from bench.corpus import cores
 
 WORK = Path(__file__).resolve().parent / "_work" / "embed"
-FEATURES = {"batch_size": 32, "audio": {"name": "audio_cnn", "weights": "random"}, "audio_frames": 100,
-            "actor_num_cpus": 0.5}  # fmt: skip
+FEATURES = {
+    "batch_size": 32,
+    "audio": {"name": "audio_cnn", "weights": "random"},
+    "audio_frames": 100,
+    "actor_num_cpus": 0.5,
+}
 
 
 def prepare(n: int) -> Path:
@@ -43,12 +47,21 @@ def prepare(n: int) -> Path:
     if (root / "run" / "model.json").exists():
         return root
     write_corpus(str(root / "c"), n=n, seed=11, broken=False)
-    run_build(BuildConfig(input=str(root / "c" / "manifest.jsonl"), output=str(root / "b"),
-                          shard_samples=100), quiet=True)  # fmt: skip
-    run_features(load_features_config({**FEATURES, "shards": str(root / "b"), "output": str(root / "f")}),
-                 quiet=True)  # fmt: skip
-    train_in_process(load_train_config({"data": str(root / "f"), "output": str(root / "run"), "epochs": 10,
-                                        "batch_size": 64}))  # fmt: skip
+    run_build(
+        BuildConfig(
+            input=str(root / "c" / "manifest.jsonl"), output=str(root / "b"), shard_samples=100
+        ),
+        quiet=True,
+    )
+    run_features(
+        load_features_config({**FEATURES, "shards": str(root / "b"), "output": str(root / "f")}),
+        quiet=True,
+    )
+    train_in_process(
+        load_train_config(
+            {"data": str(root / "f"), "output": str(root / "run"), "epochs": 10, "batch_size": 64}
+        )
+    )
     return root
 
 
@@ -57,14 +70,14 @@ def _bare(urls: list[str], run: str, out: str, start_at: float, q) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.embed.model import features_config, image_preset, resolve_model
+    from pipeline.embed.model import resolve_model
     from pipeline.embed.stages import EmbedStage, EmbedWriter
-    from pipeline.features.reader import read_shard
     from pipeline.features.stages import FeaturePreprocess
+    from pipeline.io.shards import read_shard
 
     ref = resolve_model(run)
-    fcfg = features_config(ref, shards="-", output=out, batch_size=32, actor_num_cpus=1.0)
-    pre, emb = FeaturePreprocess(fcfg, image_preset(ref)), EmbedStage(fcfg, ref)
+    fcfg = ref.features_config(shards="-", output=out, batch_size=32, actor_num_cpus=1.0)
+    pre, emb = FeaturePreprocess(fcfg, ref.image_preset), EmbedStage(fcfg, ref)
     writer = EmbedWriter(out, ref, "float32", [])
 
     def batches(url: str):
@@ -86,8 +99,10 @@ def bare_on_cores(urls: list[str], run: str, n_cores: int) -> float:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     start_at = time.time() + 25.0  # after every process has loaded its models
-    procs = [ctx.Process(target=_bare, args=(urls[i::n_cores], run, str(WORK / f"bare{i}"), start_at, q))
-             for i in range(n_cores)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_bare, args=(urls[i::n_cores], run, str(WORK / f"bare{i}"), start_at, q))
+        for i in range(n_cores)
+    ]
     for p in procs:
         p.start()
     results = [q.get(timeout=1800) for _ in procs]
@@ -111,8 +126,14 @@ def grow(root: Path, extra: int) -> Path:
     (root / "c" / f"manifest_plus{extra}.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in rows + new)
     )
-    run_build(BuildConfig(input=str(root / "c" / f"manifest_plus{extra}.jsonl"), output=str(out),
-                          shard_samples=100), quiet=True)  # fmt: skip
+    run_build(
+        BuildConfig(
+            input=str(root / "c" / f"manifest_plus{extra}.jsonl"),
+            output=str(out),
+            shard_samples=100,
+        ),
+        quiet=True,
+    )
     return out
 
 
@@ -142,8 +163,13 @@ def noop_store(run: Path, n: int) -> tuple[Path, Path]:
     for s in shards:
         (build / s).write_bytes(b"\0" * 1024)
     keys = [f"k{i:09d}" for i in range(n)]
-    index = pa.table({"key": keys, "shard": [shards[i // per] for i in range(n)],
-                      "content_hash": [f"{hash((k, 7)) & (2**64 - 1):016x}" for k in keys]})  # fmt: skip
+    index = pa.table(
+        {
+            "key": keys,
+            "shard": [shards[i // per] for i in range(n)],
+            "content_hash": [f"{hash((k, 7)) & (2**64 - 1):016x}" for k in keys],
+        }
+    )
     pq.write_table(index, build / "index.parquet", row_group_size=per)
     (build / "build.json").write_text("{}")
     ref = resolve_model(str(run))
@@ -159,20 +185,44 @@ def noop_store(run: Path, n: int) -> tuple[Path, Path]:
         x = rng.normal(size=(sl.num_rows, ref.dim)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         vec = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), ref.dim)
-        cols = {"key": sl["key"], "shard": [stem] * sl.num_rows, "content_hash": sl["content_hash"],
-                "model_id": [ref.model_id] * sl.num_rows, "model_version": [ref.version] * sl.num_rows,
-                **{f"has_{m}": [True] * sl.num_rows for m in ("image", "text", "audio")},
-                **{f"{m}_emb": vec for m in (*ref.modalities, "fused")},
-                "created_at": pa.array([0] * sl.num_rows, pa.timestamp("us", tz="UTC"))}  # fmt: skip
+        cols = {
+            "key": sl["key"],
+            "shard": [stem] * sl.num_rows,
+            "content_hash": sl["content_hash"],
+            "model_id": [ref.model_id] * sl.num_rows,
+            "model_version": [ref.version] * sl.num_rows,
+            **{f"has_{m}": [True] * sl.num_rows for m in ("image", "text", "audio")},
+            **{f"{m}_emb": vec for m in (*ref.modalities, "fused")},
+            "created_at": pa.array([0] * sl.num_rows, pa.timestamp("us", tz="UTC")),
+        }
         os.makedirs(vdir, exist_ok=True)
         pq.write_table(pa.table(cols, schema=schema), os.path.join(vdir, f"{stem}.parquet"))
-        files.append({"path": f"{stem}.parquet", "shard": stem, "rows": sl.num_rows, "rejected": 0,
-                      "bytes": os.path.getsize(os.path.join(vdir, f"{stem}.parquet")),
-                      "digest": found[stem].digest})  # fmt: skip
-    manifest = {"schema_version": 1, "version": "v000001", "model_id": ref.model_id,
-                "model_version": ref.version, "model_path": ref.weights_url, "layout": layout_of(ref, cfg),
-                "dim": ref.dim, "storage": "float32", "normalization": "l2", "preprocessing": ref.preprocessing,
-                "created_at": "2026-01-01T00:00:00+00:00", "rows": n, "rejected": 0, "files": files}  # fmt: skip
+        files.append(
+            {
+                "path": f"{stem}.parquet",
+                "shard": stem,
+                "rows": sl.num_rows,
+                "rejected": 0,
+                "bytes": os.path.getsize(os.path.join(vdir, f"{stem}.parquet")),
+                "digest": found[stem].digest,
+            }
+        )
+    manifest = {
+        "schema_version": 1,
+        "version": "v000001",
+        "model_id": ref.model_id,
+        "model_version": ref.version,
+        "model_path": ref.weights_url,
+        "layout": layout_of(ref, cfg),
+        "dim": ref.dim,
+        "storage": "float32",
+        "normalization": "l2",
+        "preprocessing": ref.preprocessing,
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "rows": n,
+        "rejected": 0,
+        "files": files,
+    }
     commit_version(str(store), "v000001", manifest)
     set_latest(str(store), "v000001")
     return build, store
@@ -188,7 +238,7 @@ def main() -> None:
 
     from pipeline.embed.config import load_embed_config
     from pipeline.embed.job import run_embed
-    from pipeline.features.job import resolve_shards
+    from pipeline.io.shards import resolve_shards
     from pipeline.runner import ray_session
 
     n_cores = cores()
@@ -202,15 +252,25 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     # Two encoder+model actors of one thread each, beside the preprocessing tasks: on 2 CPUs
     # one actor left the preprocessing core idle half the time (docs/benchmarks.md).
-    cfg = dict(shards=str(root / "b"), model=str(root / "run"), output=str(out), batch_size=32,
-               actor_num_cpus=0.5, actors=args.actors)  # fmt: skip
+    cfg = dict(
+        shards=str(root / "b"),
+        model=str(root / "run"),
+        output=str(out),
+        batch_size=32,
+        actor_num_cpus=0.5,
+        actors=args.actors,
+    )
     with ray_session(None):
         assert ray.is_initialized()  # Ray is up before timing: its start-up is not ours
         t0 = time.perf_counter()
         full = run_embed(load_embed_config(cfg), incremental=False, kind="embed", quiet=True)
         wall = time.perf_counter() - t0
-        results["full"] = {"rows": full["rows"], "wall_s": round(wall, 2), **full["timings"],
-                           "write_seconds": full["write_seconds"]}  # fmt: skip
+        results["full"] = {
+            "rows": full["rows"],
+            "wall_s": round(wall, 2),
+            **full["timings"],
+            "write_seconds": full["write_seconds"],
+        }
         results["embed_ratio_steady"] = round(full["timings"]["steady_rows_per_s"] / bare, 3)
         results["embed_ratio_wall"] = round(full["rows"] / wall / bare, 3)
         results["write_share_of_wall"] = round(full["write_seconds"] / wall, 4)
@@ -219,14 +279,29 @@ def main() -> None:
             t0 = time.perf_counter()
             rec = run_embed(load_embed_config({**cfg, "shards": str(grown)}), quiet=True)
             secs = round(time.perf_counter() - t0, 2)
-            results[f"refresh_plus{extra}"] = {"embedded": rec["embedded"], "wall_s": secs,
-                                               "shards_carried": rec["shards_carried"], **rec["timings"]}  # fmt: skip
+            results[f"refresh_plus{extra}"] = {
+                "embedded": rec["embedded"],
+                "wall_s": secs,
+                "shards_carried": rec["shards_carried"],
+                **rec["timings"],
+            }
             # Back to the base corpus for the next size: a refresh that removes the extra rows.
             run_embed(load_embed_config(cfg), quiet=True)
     build, store = noop_store(root / "run", args.noop_rows)
     t0 = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).with_name("mmpipe")), "refresh", "--shards", str(build),
-                    "--model", str(root / "run"), "--output", str(store)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("mmpipe")),
+            "refresh",
+            "--shards",
+            str(build),
+            "--model",
+            str(root / "run"),
+            "--output",
+            str(store),
+        ],
+        check=True,
+    )
     results["noop_refresh_s"] = {
         "rows": args.noop_rows,
         "wall_s": round(time.perf_counter() - t0, 2),

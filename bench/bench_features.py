@@ -49,7 +49,7 @@ def _wav_clips() -> list[bytes]:
 
 
 def _shard_images(url: str) -> list[bytes]:
-    from pipeline.features.reader import read_shard
+    from pipeline.io.shards import read_shard
 
     tables = read_shard(url, frozenset(), 10**9, 1 << 40)
     return [r for t in tables for r in t.column("image").to_pylist()]
@@ -115,14 +115,16 @@ def warm_workers(stage, rows: list[dict]) -> None:
     from pipeline.runner import map_stages
 
     ds = ray.data.from_items(rows, override_num_blocks=max(2, cores() * 2))
-    for _ in map_stages(ds, [stage], batch_size=64).iter_batches(batch_size=None):
+    for _ in map_stages(ds, [stage], columns=list(rows[0]), batch_size=64).iter_batches(
+        batch_size=None
+    ):
         pass
 
 
 def bench_readers(urls: list[str]) -> dict:
     import ray.data
 
-    from pipeline.features.reader import make_shard_datasource
+    from pipeline.io.shards import make_shard_datasource
 
     out = {}
     t0 = time.perf_counter()
@@ -146,8 +148,8 @@ def bench_image(urls: list[str], n_cores: int) -> dict:
     # Each bare process reads and preprocesses its share of the shards the Ray run reads.
     bare = bare_on_cores("image", ["|".join(urls[i::n_cores]) for i in range(n_cores)], 0, n_cores)
     from pipeline.features.config import FeaturesConfig
-    from pipeline.features.reader import make_shard_datasource
     from pipeline.features.stages import FeaturePreprocess
+    from pipeline.io.shards import SAMPLE_SCHEMA, make_shard_datasource
     from pipeline.runner import map_stages
 
     cfg = FeaturesConfig(shards="x", output="y", text=None, batch_size=64)
@@ -158,7 +160,9 @@ def bench_image(urls: list[str], n_cores: int) -> dict:
         FeaturePreprocess(cfg, "imagenet"),
         [{"key": str(i), "shard": "w", "image": images[i]} for i in range(256)],
     )
-    ds = map_stages(ds, [FeaturePreprocess(cfg, "imagenet")], batch_size=64)
+    ds = map_stages(
+        ds, [FeaturePreprocess(cfg, "imagenet")], columns=SAMPLE_SCHEMA.names, batch_size=64
+    )
     ips, rows = steady(ds.select_columns(["key"]))
     return {"bare_all_cores": bare, "ray_steady": ips, "ratio": ips / bare, "rows": rows}
 
@@ -189,11 +193,18 @@ def bench_encoder(n: int, n_cores: int) -> dict:
             enc.model(x)
     bare = (n // 64) * 64 / (time.perf_counter() - t0)
     image = EncoderConfig(name="resnet18", weights="random")
-    cfg = FeaturesConfig(shards="x", output="y", text=None, batch_size=64, actors=1, image=image,
-                         actor_num_cpus=float(n_cores))  # fmt: skip
+    cfg = FeaturesConfig(
+        shards="x",
+        output="y",
+        text=None,
+        batch_size=64,
+        actors=1,
+        image=image,
+        actor_num_cpus=float(n_cores),
+    )
     ds = ray.data.range_tensor(n, shape=(3, 224, 224), override_num_blocks=max(1, n // 64))
     ds = ds.map_batches(_to_pixels, batch_size=64, num_cpus=0.1)
-    ds = map_stages(ds, [EncodeStage(cfg)], batch_size=64)
+    ds = map_stages(ds, [EncodeStage(cfg)], columns=["key", "pixel_values"], batch_size=64)
     ips, rows = steady(ds.select_columns(["key"]))
     return {
         "bare_threads": n_cores,
@@ -222,7 +233,7 @@ def bench_logmel(n: int, n_cores: int) -> dict:
     items = [{"key": str(i), "shard": "s", "audio": clips[i % 64]} for i in range(n)]
     warm_workers(FeaturePreprocess(cfg), items[:512])
     ds = ray.data.from_items(items, override_num_blocks=max(2, n // 256))
-    ds = map_stages(ds, [FeaturePreprocess(cfg)], batch_size=64)
+    ds = map_stages(ds, [FeaturePreprocess(cfg)], columns=list(items[0]), batch_size=64)
     ips, rows = steady(ds)
     return {"bare_all_cores": bare, "ray_steady": ips, "ratio": ips / bare, "rows": rows}
 
@@ -247,8 +258,10 @@ def main() -> None:
     with ray_session(None, num_cpus=n_cores + 1):
         if args.only in (None, "readers"):
             results["readers"] = r = bench_readers(urls)
-            print(f"readers over {r['rows']} samples: read_webdataset {r['read_webdataset_s']:.1f}s, "
-                  f"shard reader {r['shard_reader_s']:.1f}s")  # fmt: skip
+            print(
+                f"readers over {r['rows']} samples: read_webdataset {r['read_webdataset_s']:.1f}s, "
+                f"shard reader {r['shard_reader_s']:.1f}s"
+            )
         if args.only in (None, "image"):
             results["image"] = r = bench_image(urls, n_cores)
             print(

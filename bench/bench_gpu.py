@@ -119,13 +119,23 @@ def main() -> None:
     gpu = ImagePreprocess("imagenet", device="cuda", dtype="uint8")
     gpu_u8, mask, _ = gpu.tensors(jpegs[:64])
     diff = np.abs(gpu_u8.cpu().numpy().astype(np.int16) - cpu_u8.astype(np.int16))
-    res["decode_gpu_vs_cpu_uint8"] = {"mean_abs": float(diff.mean()), "p99_abs": float(np.percentile(diff, 99)),
-                                      "all_decoded": bool(mask.all())}  # fmt: skip
+    res["decode_gpu_vs_cpu_uint8"] = {
+        "mean_abs": float(diff.mean()),
+        "p99_abs": float(np.percentile(diff, 99)),
+        "all_decoded": bool(mask.all()),
+    }
 
     # 2. The encoder actor class on the GPU (bf16 autocast, channels_last) against fp32 on CPU.
-    cfg = FeaturesConfig(shards="x", output="y", image=EncoderConfig(name="resnet50", weights="random"),
-                         text=None, audio=EncoderConfig(name="audio_cnn", weights="random"),
-                         device="cuda", amp="bf16", actor_num_cpus=4)  # fmt: skip
+    cfg = FeaturesConfig(
+        shards="x",
+        output="y",
+        image=EncoderConfig(name="resnet50", weights="random"),
+        text=None,
+        audio=EncoderConfig(name="audio_cnn", weights="random"),
+        device="cuda",
+        amp="bf16",
+        actor_num_cpus=4,
+    )
     torch.manual_seed(0)
     st = EncodeStage(cfg, gpus=1.0)
     st.ensure_setup()
@@ -140,8 +150,12 @@ def main() -> None:
     mel_cpu = log_mel(waves, lm_cfg, fb)
     mel_gpu = log_mel(waves.cuda(), lm_cfg, fb.cuda()).cpu()
     res["log_mel_gpu_vs_cpu_max_abs"] = float((mel_gpu - mel_cpu).abs().max())
-    batch = {"key": np.arange(64).astype(str), "pixel_values": cpu_u8, "log_mel": mel_cpu.numpy(),
-             "error": np.array([""] * 64, dtype=object)}  # fmt: skip
+    batch = {
+        "key": np.arange(64).astype(str),
+        "pixel_values": cpu_u8,
+        "log_mel": mel_cpu.numpy(),
+        "error": np.array([""] * 64, dtype=object),
+    }
     out = st(dict(batch))
     with torch.inference_mode():
         ref_img = cpu_models["image"](normalize_uint8(torch.from_numpy(cpu_u8), "imagenet")).numpy()
@@ -152,14 +166,22 @@ def main() -> None:
             (np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min()
         )
 
-    res["encode_bf16_gpu_vs_fp32_cpu_min_cosine"] = {"image": cos(out["image_emb"], ref_img),
-                                                     "audio": cos(out["audio_emb"], ref_aud)}  # fmt: skip
+    res["encode_bf16_gpu_vs_fp32_cpu_min_cosine"] = {
+        "image": cos(out["image_emb"], ref_img),
+        "audio": cos(out["audio_emb"], ref_aud),
+    }
     # The in-actor decode path (what image_decode=gpu runs) against pixels decoded on CPU.
     dec = EncodeStage(cfg, gpus=1.0, decode_preset="imagenet")
     dec.ensure_setup()
     dec.encoders = st.encoders  # the same weights as above
-    out2 = dec({"key": batch["key"], "image": list(jpegs[:64]), "log_mel": mel_cpu.numpy(),
-                "error": batch["error"].copy()})  # fmt: skip
+    out2 = dec(
+        {
+            "key": batch["key"],
+            "image": list(jpegs[:64]),
+            "log_mel": mel_cpu.numpy(),
+            "error": batch["error"].copy(),
+        }
+    )
     res["encode_from_gpu_decode_vs_cpu_decode_min_cosine"] = cos(
         out2["image_emb"], out["image_emb"]
     )
@@ -187,8 +209,14 @@ def main() -> None:
         for i in range(0, n, b):
             gpu.tensors(jpegs[i : i + b])
 
-    loader = torch.utils.data.DataLoader(_CpuDecode(jpegs[:n], b), batch_size=None, num_workers=args.workers,
-                                         pin_memory=True, persistent_workers=True, prefetch_factor=4)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        _CpuDecode(jpegs[:n], b),
+        batch_size=None,
+        num_workers=args.workers,
+        pin_memory=True,
+        persistent_workers=True,
+        prefetch_factor=4,
+    )
 
     def cpu_decode():
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):

@@ -34,11 +34,24 @@ def build(n: int) -> dict:
     remove_tree(str(out))
     t0 = time.perf_counter()
     with RssMonitor() as mon:
-        report = run_build(BuildConfig(input=str(corpus / "manifest.jsonl"), output=str(out),
-                                       shard_samples=1000, resize=224, image_format="jpg"), quiet=True)  # fmt: skip
-    return {"rows": report["counts"]["input_rows"], "written": report["counts"]["written"],
-            "wall_s": round(time.perf_counter() - t0, 1), "peak_driver_mb": round(mon.driver / 2**20),
-            "peak_worker_mb": round(mon.worker / 2**20), "peak_workers_total_mb": round(mon.total / 2**20)}  # fmt: skip
+        report = run_build(
+            BuildConfig(
+                input=str(corpus / "manifest.jsonl"),
+                output=str(out),
+                shard_samples=1000,
+                resize=224,
+                image_format="jpg",
+            ),
+            quiet=True,
+        )
+    return {
+        "rows": report["counts"]["input_rows"],
+        "written": report["counts"]["written"],
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "peak_driver_mb": round(mon.driver / 2**20),
+        "peak_worker_mb": round(mon.worker / 2**20),
+        "peak_workers_total_mb": round(mon.total / 2**20),
+    }
 
 
 def main() -> None:

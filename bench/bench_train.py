@@ -52,8 +52,12 @@ def synthetic_features(root: Path, rows: int, n_classes: int = 6, seed: int = 0)
         name = f"parts/s/{p:04d}.parquet"
         pq.write_table(pa.table(cols, schema=features_schema(DIMS)), root / name)
         parts.append(name)
-    report = {"fingerprint": "synthetic", "parts": parts, "config": {},
-              "encoders": {m: {"dim": d, "encoder": f"{m}:synthetic"} for m, d in DIMS.items()}}  # fmt: skip
+    report = {
+        "fingerprint": "synthetic",
+        "parts": parts,
+        "config": {},
+        "encoders": {m: {"dim": d, "encoder": f"{m}:synthetic"} for m, d in DIMS.items()},
+    }
     (root / "features.json").write_text(json.dumps(report))
     (root / "_SUCCESS").write_text("")
 
@@ -79,8 +83,14 @@ def bench_cpu(args: argparse.Namespace) -> dict:
     data = WORK / f"train_feats_{args.rows}"
     synthetic_features(data, args.rows)
     threads = args.threads
-    common = dict(data=str(data), batch_size=args.batch, epochs=args.epochs, early_stop_patience=None,
-                  val_fraction=0.05, fusion=args.fusion)  # fmt: skip
+    common = dict(
+        data=str(data),
+        batch_size=args.batch,
+        epochs=args.epochs,
+        early_stop_patience=None,
+        val_fraction=0.05,
+        fusion=args.fusion,
+    )
     # Plain loop: this process, `threads` intra-op threads, batches from an in-memory table.
     torch.set_num_threads(threads)
     fs_ = open_features(str(data), None, "label")
@@ -97,8 +107,15 @@ def bench_cpu(args: argparse.Namespace) -> dict:
     run_train(cfg, quiet=True)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     ray_sps = steps_per_s(rows)
-    return {"rows": args.rows, "batch": args.batch, "threads": threads, "fusion": args.fusion,
-            "plain_steps_per_s": bare, "ray_train_steps_per_s": ray_sps, "ratio": ray_sps / bare}  # fmt: skip
+    return {
+        "rows": args.rows,
+        "batch": args.batch,
+        "threads": threads,
+        "fusion": args.fusion,
+        "plain_steps_per_s": bare,
+        "ray_train_steps_per_s": ray_sps,
+        "ratio": ray_sps / bare,
+    }
 
 
 def bench_gpu(args: argparse.Namespace) -> dict:
@@ -122,9 +139,18 @@ def bench_gpu(args: argparse.Namespace) -> dict:
     }
     for fusion in ("mid", "early"):  # log_every_steps=50: metric reads wait for the GPU
         for amp in ("bf16", "off"):
-            cfg = TrainConfig(data=str(data), output="/unused", batch_size=args.batch, epochs=1, amp=amp,
-                              fusion=fusion, early_stop_patience=None, d_model=512, embed_dim=256,
-                              log_every_steps=50)  # fmt: skip
+            cfg = TrainConfig(
+                data=str(data),
+                output="/unused",
+                batch_size=args.batch,
+                epochs=1,
+                amp=amp,
+                fusion=fusion,
+                early_stop_patience=None,
+                d_model=512,
+                embed_dim=256,
+                log_every_steps=50,
+            )
             tr = Trainer(cfg, fs_.dims, len(fs_.classes), train.num_rows // args.batch, "cuda")
             batches = [
                 train.slice(i, args.batch)
@@ -141,8 +167,11 @@ def bench_gpu(args: argparse.Namespace) -> dict:
                 to_tensors(b, fs_.dims, "cuda")
             torch.cuda.synchronize()
             prep = time.perf_counter() - t1
-            res[f"{fusion}_{amp}"] = {"steps_per_s": len(batches) / dt, "samples_per_s": len(batches) * args.batch / dt,
-                                      "batch_prep_share": prep / dt}  # fmt: skip
+            res[f"{fusion}_{amp}"] = {
+                "steps_per_s": len(batches) / dt,
+                "samples_per_s": len(batches) * args.batch / dt,
+                "batch_prep_share": prep / dt,
+            }
             del tr
     assert pa
     return res

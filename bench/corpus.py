@@ -21,8 +21,14 @@ def _make(args: tuple[str, int, int]) -> None:
         rng = np.random.default_rng(i)
         # Smooth gradients, a few shapes and mild grain: compresses like a photo (~40-70 KB).
         yy, xx = np.mgrid[0:480, 0:640]
-        base = np.stack([(xx * rng.uniform(0.1, 0.4) + yy * rng.uniform(0.1, 0.4) + rng.uniform(0, 120)) % 256
-                         for _ in range(3)], axis=-1)  # fmt: skip
+        base = np.stack(
+            [
+                (xx * rng.uniform(0.1, 0.4) + yy * rng.uniform(0.1, 0.4) + rng.uniform(0, 120))
+                % 256
+                for _ in range(3)
+            ],
+            axis=-1,
+        )
         im = Image.fromarray(base.astype(np.uint8), "RGB")
         d = ImageDraw.Draw(im)
         for _ in range(6):

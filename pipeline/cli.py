@@ -111,14 +111,12 @@ def _add_features(sub: Any) -> None:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
+    from pipeline.config import options
     from pipeline.features.config import load_features_config
     from pipeline.features.job import run_features
 
-    overrides = {
-        "shards": args.shards, "output": args.output, "batch_size": args.batch_size, "actors": args.actors,
-        "actor_num_cpus": args.actor_num_cpus, "device": args.device,
-    }  # fmt: skip
-    cfg = load_features_config(overrides, args.config)
+    names = ("shards", "output", "batch_size", "actors", "actor_num_cpus", "device")
+    cfg = load_features_config(options(args, names), args.config)
     run_features(cfg, address=args.address, quiet=args.quiet)
     return 0
 
@@ -184,8 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if not is_storage_error(e):
             raise  # a bug: the traceback is what we need to see
-        print(f"mmpipe: error: storage: {redact(storage_message(e))}; rerun to resume once the store "
-              "answers", file=sys.stderr)  # fmt: skip
+        print(
+            f"mmpipe: error: storage: {redact(storage_message(e))}; rerun to resume once the store "
+            "answers",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("mmpipe: interrupted; rerun the same command to resume", file=sys.stderr)

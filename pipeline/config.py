@@ -1,15 +1,14 @@
-"""Typed, validated build configuration, loaded from CLI options and/or YAML."""
+"""Config loading for every job (YAML plus CLI options, one-line errors) and the build config."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import UserError
+from pipeline.fingerprint import fingerprint
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -33,6 +32,8 @@ class BuildConfig(BaseModel):
     """Everything that decides what ``mmpipe build`` writes. Field names match the YAML keys."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    section: ClassVar[str] = "build"  # its mapping in a job's YAML
+    label: ClassVar[str] = "config"  # how its errors begin
 
     input: str
     output: str
@@ -91,25 +92,50 @@ class BuildConfig(BaseModel):
         fields = self.model_dump(exclude={"output", "fetch_concurrency", "num_cpus"})
         # A schema bump changes the fingerprint, so staged chunks are never reused across it.
         fields["_schema_version"] = BUILD_SCHEMA_VERSION
-        blob = json.dumps(fields, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return fingerprint(fields)
 
 
-def _explain(err: ValidationError, known: Any = None) -> str:
-    """Turn pydantic's report into one line that names the field, the value and the fix.
-    ``known`` is the model class whose fields an unknown-field message lists."""
+Config = TypeVar("Config", bound=BaseModel)
+
+
+def explain(err: ValidationError, model: type[BaseModel]) -> str:
+    """Turn pydantic's report into one line that names the field, the value and the fix."""
+    label = getattr(model, "label", "config")
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "config"
+    field = ".".join(str(p) for p in first["loc"])
     value = first.get("input")
     msg = first["msg"]
     ctx = first.get("ctx") or {}
+    if not field:  # a check across fields (a model validator): its own message says it all
+        return f"{label}: {msg.removeprefix('Value error, ')}"
     if first["type"] == "literal_error" and "expected" in ctx:
         msg = f"allowed: {ctx['expected']}"
     elif first["type"] == "extra_forbidden":
-        allowed = ", ".join(sorted((known or BuildConfig).model_fields))
-        return f"config: unknown field {field!r}; known fields: {allowed}"
+        allowed = ", ".join(sorted(model.model_fields))
+        return f"{label}: unknown field {field!r}; known fields: {allowed}"
     flag = "--" + field.replace("_", "-")
-    return f"config: {field} ({flag}) = {value!r} is invalid: {msg}"
+    return f"{label}: {field} ({flag}) = {value!r} is invalid: {msg}"
+
+
+def load_config(
+    model: type[Config], overrides: dict[str, Any], yaml_path: str | None = None
+) -> Config:
+    """Merge the YAML file's mapping for ``model.section`` (or the whole file) with the CLI
+    options given, and validate: the one loader every job and ``mmpipe submit`` use.
+
+    Raises:
+        UserError: with one line naming the bad field, its value and what is allowed.
+    """
+    data = merged_section(overrides, yaml_path, getattr(model, "section", ""))
+    try:
+        return model(**data)
+    except ValidationError as e:
+        raise UserError(explain(e, model)) from None
+
+
+def options(args: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The CLI options ``names`` as config overrides (an option not given is None: not set)."""
+    return {name: getattr(args, name, None) for name in names}
 
 
 def merged_section(
@@ -125,16 +151,8 @@ def merged_section(
 
 
 def load_build_config(overrides: dict[str, Any], yaml_path: str | None = None) -> BuildConfig:
-    """Merge a YAML file (if given) with CLI overrides and validate.
-
-    Raises:
-        UserError: with one line naming the bad field, its value and what is allowed.
-    """
-    data = merged_section(overrides, yaml_path, "build")
-    try:
-        return BuildConfig(**data)
-    except ValidationError as e:
-        raise UserError(_explain(e)) from None
+    """``load_config`` for the build."""
+    return load_config(BuildConfig, overrides, yaml_path)
 
 
 def load_yaml(path: str) -> dict[str, Any]:

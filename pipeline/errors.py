@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -71,3 +73,24 @@ def storage_message(e: BaseException) -> str:
     # A RayTaskError's text starts with the task's name; the cause's line is the last one.
     line = text[-1] if text else ""
     return f"{type(e).__name__}: {line}"[:500]
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A row that a model stage could not use: which stage, which documented reason, and why.
+
+    It travels between stages as one JSON string per row (the ``error`` column), empty for
+    rows that are fine, so that Arrow and numpy batches carry it like any other column.
+    """
+
+    stage: str
+    reason: Reason
+    message: str
+
+    def to_json(self) -> str:
+        return json.dumps([self.stage, self.reason.value, self.message])
+
+    @classmethod
+    def from_json(cls, text: str) -> Reject:
+        stage, reason, message = json.loads(text)
+        return cls(stage, Reason(reason), message)

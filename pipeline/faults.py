@@ -1,4 +1,8 @@
-"""Fault injection for the reliability tests: a worker process dies at a chosen point, once."""
+"""Fault injection for the reliability tests: a worker process dies at a chosen point, once.
+
+The only test-only hook in the package: build chunks, preprocessing tasks, embed actors and
+training steps all call ``maybe_fail`` at their point.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,14 @@ import os
 ENV = "MMPIPE_FAULT"
 
 
-def maybe_fail(point: str) -> None:
-    spec = os.environ.get(ENV)
+def spec(point: str, n: int, marker: str) -> str:
+    """The fault ``maybe_fail(point)`` fires at its n-th call, once (``marker`` records it)."""
+    return f"{point}:{n}:{marker}"
+
+
+def maybe_fail(point: str, armed: str | None = None) -> None:
+    """Kill this process if the fault armed in ``armed`` (else ``$MMPIPE_FAULT``) is due here."""
+    spec = armed or os.environ.get(ENV)
     if not spec:
         return
     name, n, marker = spec.split(":", 2)

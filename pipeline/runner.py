@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.stage import Batch, Stage
+from pipeline.stage import Batch, Stage, check_plan
 
 # glibc/Pillow settings measured on our 2-core VMs (docs/benchmarks.md): large decode
 # buffers stop being mmap'd and trimmed on every image, which dominated decode time.
@@ -145,7 +145,7 @@ def _stage_fn(stage: Stage, token: str) -> Callable[[Batch], Batch]:
             inst = stage
             inst.ensure_setup()
             _READY[token] = inst
-        return inst(batch)
+        return inst.run(batch)
 
     return run
 
@@ -166,16 +166,24 @@ class _ActorStage:
     def __call__(self, batch: Batch) -> Batch:
         if self.error is not None:
             raise self.error
-        return self.stage(batch)
+        return self.stage.run(batch)
 
 
-def map_stages(ds: Any, stages: list[Stage], batch_size: int | None = None) -> Any:
+def map_stages(
+    ds: Any,
+    stages: list[Stage],
+    *,
+    columns: list[str] | tuple[str, ...],
+    batch_size: int | None = None,
+) -> Any:
     """Apply each stage with its declared resources: tasks, or an actor pool of fixed size.
 
-    ``batch_size`` overrides the stages' own (None: whole blocks) for every stage.
+    ``columns`` are the source's: the chain's ``reads`` and ``adds`` are checked against them
+    before anything runs. ``batch_size`` overrides the stages' own (None: whole blocks).
     """
     from ray.data import ActorPoolStrategy
 
+    check_plan(stages, columns)
     for stage in stages:
         res = stage.resources
         common: dict[str, Any] = {

@@ -12,15 +12,21 @@ import numpy as np
 SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond"]
 SHAPES_ZH = ["圆形", "正方形", "三角形", "星形", "十字形", "菱形"]
 COLORS = {
-    "red": ((220, 40, 40), "红色"), "green": ((40, 170, 60), "绿色"), "blue": ((40, 80, 220), "蓝色"),
-    "yellow": ((230, 200, 30), "黄色"), "purple": ((140, 50, 180), "紫色"), "orange": ((240, 130, 20), "橙色"),
-}  # fmt: skip
+    "red": ((220, 40, 40), "红色"),
+    "green": ((40, 170, 60), "绿色"),
+    "blue": ((40, 80, 220), "蓝色"),
+    "yellow": ((230, 200, 30), "黄色"),
+    "purple": ((140, 50, 180), "紫色"),
+    "orange": ((240, 130, 20), "橙色"),
+}
 SIZES = {"small": "小", "large": "大"}
 POSITIONS = {
-    "top left": ((0.3, 0.3), "左上角"), "top right": ((0.7, 0.3), "右上角"),
-    "bottom left": ((0.3, 0.7), "左下角"), "bottom right": ((0.7, 0.7), "右下角"),
+    "top left": ((0.3, 0.3), "左上角"),
+    "top right": ((0.7, 0.3), "右上角"),
+    "bottom left": ((0.3, 0.7), "左下角"),
+    "bottom right": ((0.7, 0.7), "右下角"),
     "center": ((0.5, 0.5), "中间"),
-}  # fmt: skip
+}
 # One tone per class: distinct enough to learn, close enough to need a model.
 TONES_HZ = [330.0, 415.0, 523.0, 659.0, 784.0, 988.0]
 IMAGE_SIZE = 128
@@ -31,10 +37,14 @@ EN_TEMPLATES = [
     "picture of a {color} {shape}, {size}, placed {where}",
 ]
 BROKEN_KINDS = [
-    ("corrupt_image", "decode_error"), ("missing_file", "missing"), ("no_modality", "no_modality"),
-    ("truncated_audio", "decode_error"), ("duplicate_content", "duplicate"),
-    ("repeated_key", "duplicate_key"), ("text_named_jpg", "decode_error"),
-]  # fmt: skip
+    ("corrupt_image", "decode_error"),
+    ("missing_file", "missing"),
+    ("no_modality", "no_modality"),
+    ("truncated_audio", "decode_error"),
+    ("duplicate_content", "duplicate"),
+    ("repeated_key", "duplicate_key"),
+    ("text_named_jpg", "decode_error"),
+]
 
 
 def _shape_points(shape: str, cx: float, cy: float, r: float) -> Any:
@@ -147,11 +157,22 @@ def write_corpus(
         text, variant = caption(
             rng, None if missing == "text" else SHAPES[label], color, size, pos, zh
         )
-        rows.append({
-            "key": key, "image": img_name, "audio": aud_name, "text": text,
-            "label": SHAPES[label], "label_id": label, "color": color, "size": size, "position": pos,
-            "lang": "zh" if zh else "en", "caption_variant": variant, "signal_missing": missing,
-        })  # fmt: skip
+        rows.append(
+            {
+                "key": key,
+                "image": img_name,
+                "audio": aud_name,
+                "text": text,
+                "label": SHAPES[label],
+                "label_id": label,
+                "color": color,
+                "size": size,
+                "position": pos,
+                "lang": "zh" if zh else "en",
+                "caption_variant": variant,
+                "signal_missing": missing,
+            }
+        )
     n_broken = 0
     if broken:
         for j in range(max(len(BROKEN_KINDS), n // 25)):

@@ -26,16 +26,24 @@ class Resources:
     max_actors: int | None = None
 
 
+def column_names(batch: Any) -> list[str]:
+    return list(batch.column_names) if hasattr(batch, "column_names") else list(batch)
+
+
 class Stage:
     """A plain, picklable processing step that runs with or without Ray.
 
-    Subclasses set ``reads``/``adds`` (the columns they need and produce), override
-    ``setup`` for expensive per-worker state and ``__call__`` for the batch transform.
+    Subclasses set ``reads``/``adds`` (the columns they need and produce; ``inputs()`` and
+    ``outputs()`` when they depend on the config), override ``setup`` for expensive
+    per-worker state and ``__call__`` for the batch transform. ``run`` checks the columns;
+    ``check_plan`` checks a whole chain before anything runs.
     """
 
     name: ClassVar[str] = "stage"
     reads: ClassVar[tuple[str, ...]] = ()
     adds: ClassVar[tuple[str, ...]] = ()
+    # False: the stage returns only the columns it adds (a writer's summary rows).
+    passthrough: ClassVar[bool] = True
     # None: one whole input block per call. Stages that must see whole chunks rely on it.
     batch_size: ClassVar[int | None] = None
     batch_format: ClassVar[str] = "pyarrow"
@@ -55,12 +63,53 @@ class Stage:
             self.setup()
             self._ready = True
 
+    def inputs(self) -> tuple[str, ...]:
+        """The columns this stage reads."""
+        return self.reads
+
+    def outputs(self) -> tuple[str, ...]:
+        """The columns this stage adds (or, without ``passthrough``, returns)."""
+        return self.adds
+
+    def drops(self) -> tuple[str, ...]:
+        """The input columns this stage removes (encoded bytes once decoded, say)."""
+        return ()
+
     def __call__(self, batch: Batch) -> Batch:
         raise NotImplementedError
 
+    def run(self, batch: Batch) -> Batch:
+        """``__call__`` with the declared columns checked on the way in and on the way out."""
+        self.check_columns(batch)
+        out = self(batch)
+        missing = [c for c in self.outputs() if c not in column_names(out)]
+        if missing:
+            raise KeyError(f"stage {self.name} declares {missing} but did not add them")
+        return out
+
     def check_columns(self, batch: Batch) -> None:
         """Fail loudly (a bug, not a sample error) when an upstream stage broke the contract."""
-        names = batch.column_names if hasattr(batch, "column_names") else list(batch)
-        missing = [c for c in self.reads if c not in names]
+        names = column_names(batch)
+        missing = [c for c in self.inputs() if c not in names]
         if missing:
             raise KeyError(f"stage {self.name} needs columns {missing}; got {sorted(names)}")
+
+
+def check_plan(stages: list[Stage], columns: list[str] | tuple[str, ...]) -> list[str]:
+    """Check that each stage's inputs are there when it runs, starting from ``columns``;
+    return the columns the chain ends with. A failure is a bug in how stages were chained.
+
+    Raises:
+        ValueError: a stage reads a column that neither the source nor an earlier stage has.
+    """
+    have = set(columns)
+    for stage in stages:
+        missing = [c for c in stage.inputs() if c not in have]
+        if missing:
+            raise ValueError(
+                f"stage {stage.name} reads {missing}, which nothing before it adds "
+                f"(available: {sorted(have)})"
+            )
+        kept = have - set(stage.drops()) if stage.passthrough else set()
+        have = kept | set(stage.outputs())
+    return sorted(have)

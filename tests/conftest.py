@@ -83,8 +83,13 @@ def ray_local(s3_endpoint):
     from pipeline.runner import worker_env
 
     # More logical than physical CPUs, so read tasks and chunk tasks never starve each other.
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             runtime_env={"env_vars": worker_env()})  # fmt: skip
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        runtime_env={"env_vars": worker_env()},
+    )
     yield ray
     ray.shutdown()
 
@@ -103,11 +108,22 @@ def world(ray_local, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ecorpus")
     write_corpus(str(root / "c"), n=60, seed=5, broken=False)
-    run_build(BuildConfig(input=str(root / "c" / "manifest.jsonl"), output=str(root / "b1"),
-                          shard_samples=20), quiet=True)  # fmt: skip
-    fcfg = load_features_config({"shards": str(root / "b1"), "output": str(root / "f"), "batch_size": 16,
-                                 "audio": {"name": "audio_cnn", "weights": "random"}, "audio_frames": 100,
-                                 "actor_num_cpus": 0.5})  # fmt: skip
+    run_build(
+        BuildConfig(
+            input=str(root / "c" / "manifest.jsonl"), output=str(root / "b1"), shard_samples=20
+        ),
+        quiet=True,
+    )
+    fcfg = load_features_config(
+        {
+            "shards": str(root / "b1"),
+            "output": str(root / "f"),
+            "batch_size": 16,
+            "audio": {"name": "audio_cnn", "weights": "random"},
+            "audio_frames": 100,
+            "actor_num_cpus": 0.5,
+        }
+    )
     run_features(fcfg, quiet=True)
     tcfg = {"data": str(root / "f"), "epochs": 30, "batch_size": 16, "d_model": 32, "embed_dim": 16}
     train_in_process(load_train_config({**tcfg, "output": str(root / "run")}))

@@ -8,8 +8,16 @@ from pipeline.build.chunk import ChunkWriter, chunk_meta_url
 
 
 def _row(i: int, size: int = 10) -> dict:
-    return {"source_file": "m", "source_row": i, "source_key": None, "key": f"k{i}",
-            "text": "t" * size, "content_hash": f"h{i}", "meta": {}, "extras": []}  # fmt: skip
+    return {
+        "source_file": "m",
+        "source_row": i,
+        "source_key": None,
+        "key": f"k{i}",
+        "text": "t" * size,
+        "content_hash": f"h{i}",
+        "meta": {},
+        "extras": [],
+    }
 
 
 def test_rolls_by_samples_and_keeps_rejects(tmp_path):

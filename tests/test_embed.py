@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipeline.artifact import load_run
 from pipeline.build.job import run_build
 from pipeline.config import BuildConfig
 from pipeline.embed.config import load_embed_config
@@ -24,8 +25,7 @@ from pipeline.embed.job import run_embed
 from pipeline.embed.search import build_index, search
 from pipeline.embed.store import data_files, read_latest, read_ledger, read_manifest
 from pipeline.errors import UserError
-from pipeline.train.data import fsl_to_numpy
-from pipeline.train.evaluate import load_run
+from pipeline.io.parquet import fsl_to_numpy
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +40,14 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
 
 
 def ecfg(world: Path, out: Path, **kw):
-    base = {"shards": str(world / "b1"), "model": str(world / "run"), "output": str(out),
-            "batch_size": 8, "actor_num_cpus": 0.5, "metadata_fields": ["label", "color"]}  # fmt: skip
+    base = {
+        "shards": str(world / "b1"),
+        "model": str(world / "run"),
+        "output": str(out),
+        "batch_size": 8,
+        "actor_num_cpus": 0.5,
+        "metadata_fields": ["label", "color"],
+    }
     base.update(kw)
     return load_embed_config(base)
 
@@ -112,14 +118,25 @@ def test_search_returns_the_paired_item_first_exact_and_with_the_index(world, st
     rows = {r["key"]: r for r in _manifest(world / "c" / "manifest.jsonl")}
     for key in ("s000003", "s000031", "s000057"):
         r = rows[key]
-        res = search(str(out), text=r["text"], image=str(world / "c" / r["image"]),
-                     audio=str(world / "c" / r["audio"]), k=3, exact=True)  # fmt: skip
+        res = search(
+            str(out),
+            text=r["text"],
+            image=str(world / "c" / r["image"]),
+            audio=str(world / "c" / r["audio"]),
+            k=3,
+            exact=True,
+        )
         assert res["hits"][0]["key"] == key and res["hits"][0]["score"] > 0.999
         assert res["hits"][0]["meta"]["label"] == r["label"]
     build_index(str(out))
     r = rows["s000031"]
-    res = search(str(out), text=r["text"], image=str(world / "c" / r["image"]),
-                 audio=str(world / "c" / r["audio"]), k=3)  # fmt: skip
+    res = search(
+        str(out),
+        text=r["text"],
+        image=str(world / "c" / r["image"]),
+        audio=str(world / "c" / r["audio"]),
+        k=3,
+    )
     assert res["method"] == "index" and res["hits"][0]["key"] == "s000031"
     # Text alone against the image column: cross-modal, the top hit shows the same class.
     res = search(str(out), text=r["text"], k=5, column="image", exact=True)
@@ -144,8 +161,14 @@ def test_refresh_embeds_only_what_changed(world, store, tmp_path):
         for i in range(25)
     ]
     _write_manifest(world / "c" / "manifest2.jsonl", new_rows + added)
-    run_build(BuildConfig(input=str(world / "c" / "manifest2.jsonl"), output=str(tmp_path / "b2"),
-                          shard_samples=20), quiet=True)  # fmt: skip
+    run_build(
+        BuildConfig(
+            input=str(world / "c" / "manifest2.jsonl"),
+            output=str(tmp_path / "b2"),
+            shard_samples=20,
+        ),
+        quiet=True,
+    )
     before = read_version(out)
     rec = run_embed(ecfg(world, out, shards=str(tmp_path / "b2")), quiet=True)
     assert (rec["version"], rec["reason"]) == ("v000002", "incremental")
@@ -167,6 +190,7 @@ def test_refresh_embeds_only_what_changed(world, store, tmp_path):
     assert [r["version"] for r in read_ledger(str(out))] == ["v000001", "v000002"]
 
 
+@pytest.mark.slow
 def test_a_new_model_reembeds_everything_and_old_versions_are_pruned(world, tmp_path):
     out = tmp_path / "emb"
     run_embed(ecfg(world, out, keep_versions=1), quiet=True)
@@ -177,6 +201,7 @@ def test_a_new_model_reembeds_everything_and_old_versions_are_pruned(world, tmp_
     assert set(read_version(out)["model_version"].to_pylist()) == {rec["model_version"]}
 
 
+@pytest.mark.slow
 def test_a_killed_refresh_leaves_latest_valid_and_the_rerun_completes(world, ray_local, tmp_path):
     out = tmp_path / "emb"
     run_embed(ecfg(world, out), quiet=True)
@@ -188,9 +213,22 @@ def test_a_killed_refresh_leaves_latest_valid_and_the_rerun_completes(world, ray
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     address = ray_local.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.nightly_refresh", "--config", str(cfg_file),
-                             "--address", address], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.nightly_refresh",
+            "--config",
+            str(cfg_file),
+            "--address",
+            address,
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         if list((out / "_staging").glob("*/parts/*/*.parquet")):
@@ -252,6 +290,7 @@ def test_bad_config_pickled_weights_and_presets_are_one_line_errors(world, tmp_p
         run_embed(ecfg(world, tmp_path / "o", model=str(bad)), quiet=True)
 
 
+@pytest.mark.slow
 def test_the_torchscript_export_embeds_the_same_and_float16_reads_everywhere(
     world, store, tmp_path
 ):

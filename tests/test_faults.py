@@ -19,7 +19,8 @@ from pipeline.sample_corpus import write_corpus
 from tests.conftest import stop_process
 from tests.test_build import check_invariant
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+# Ray Train and killed workers: long end-to-end runs (`make test-fast` leaves them out).
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,8 +32,14 @@ def _run(
     if fault:
         env["MMPIPE_FAULT"] = f"{fault}:{tmp_path / 'fault'}"
     address = ray_local.get_runtime_context().gcs_address
-    return subprocess.run([sys.executable, "-m", "pipeline", *args, "--address", address, "-q"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args, "--address", address, "-q"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _fired(tmp_path: Path) -> bool:
@@ -42,8 +49,19 @@ def _fired(tmp_path: Path) -> bool:
 def test_a_worker_killed_mid_build_loses_and_duplicates_nothing(ray_local, tmp_path):
     info = write_corpus(str(tmp_path / "c"), n=60, seed=7)
     out = tmp_path / "out"
-    res = _run(["build", str(tmp_path / "c" / "manifest.jsonl"), "--output", str(out),
-                "--shard-samples", "10"], ray_local, "build_chunk:2", tmp_path)  # fmt: skip
+    res = _run(
+        [
+            "build",
+            str(tmp_path / "c" / "manifest.jsonl"),
+            "--output",
+            str(out),
+            "--shard-samples",
+            "10",
+        ],
+        ray_local,
+        "build_chunk:2",
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert _fired(tmp_path)  # a chunk task's process really died (os._exit), and was retried
     index, _ = check_invariant(out, info["rows"])
@@ -54,8 +72,20 @@ def test_a_worker_killed_mid_build_loses_and_duplicates_nothing(ray_local, tmp_p
 def test_the_driver_killed_mid_build_then_a_rerun_completes(tmp_path):
     info = write_corpus(str(tmp_path / "c"), n=120, seed=8)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline", "build", str(tmp_path / "c" / "manifest.jsonl"), "--output",
-           str(out), "--shard-samples", "3", "--ray-num-cpus", "2", "-q"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "build",
+        str(tmp_path / "c" / "manifest.jsonl"),
+        "--output",
+        str(out),
+        "--shard-samples",
+        "3",
+        "--ray-num-cpus",
+        "2",
+        "-q",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(
         cmd, env=env, cwd=ROOT, start_new_session=True, stderr=subprocess.DEVNULL
@@ -73,8 +103,10 @@ def test_the_driver_killed_mid_build_then_a_rerun_completes(tmp_path):
     finally:
         stop_process(proc)
     assert not (out / "build.json").exists() and not (out / "index.parquet").exists()
-    rep = run_build(BuildConfig(input=str(tmp_path / "c" / "manifest.jsonl"), output=str(out),
-                                shard_samples=3), quiet=True)  # fmt: skip
+    rep = run_build(
+        BuildConfig(input=str(tmp_path / "c" / "manifest.jsonl"), output=str(out), shard_samples=3),
+        quiet=True,
+    )
     assert rep["chunks"]["resumed"] >= 1
     index, _ = check_invariant(out, info["rows"])
     assert len(set(index["key"].to_pylist())) == index.num_rows
@@ -84,10 +116,24 @@ def test_the_driver_killed_mid_build_then_a_rerun_completes(tmp_path):
 def test_a_worker_killed_mid_features_loses_and_duplicates_nothing(ray_local, world, tmp_path):
     out = tmp_path / "f"
     cfg = tmp_path / "f.yaml"
-    cfg.write_text(json.dumps({"features": {"audio": {"name": "audio_cnn", "weights": "random"},
-                                            "audio_frames": 100, "actor_num_cpus": 0.5, "batch_size": 8}}))  # fmt: skip
-    res = _run(["features", str(world / "b1"), "--output", str(out), "--config", str(cfg)], ray_local,
-               "preprocess:3", tmp_path)  # fmt: skip
+    cfg.write_text(
+        json.dumps(
+            {
+                "features": {
+                    "audio": {"name": "audio_cnn", "weights": "random"},
+                    "audio_frames": 100,
+                    "actor_num_cpus": 0.5,
+                    "batch_size": 8,
+                }
+            }
+        )
+    )
+    res = _run(
+        ["features", str(world / "b1"), "--output", str(out), "--config", str(cfg)],
+        ray_local,
+        "preprocess:3",
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert _fired(tmp_path)
     keys = pq.read_table(sorted((out / "parts").rglob("*.parquet")), columns=["key"])[
@@ -99,8 +145,21 @@ def test_a_worker_killed_mid_features_loses_and_duplicates_nothing(ray_local, wo
 
 def test_an_embed_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, world, tmp_path):
     out = tmp_path / "emb"
-    res = _run(["embed", str(world / "b1"), "--model", str(world / "run"), "--output", str(out),
-                "--batch-size", "8"], ray_local, "embed_actor:3", tmp_path)  # fmt: skip
+    res = _run(
+        [
+            "embed",
+            str(world / "b1"),
+            "--model",
+            str(world / "run"),
+            "--output",
+            str(out),
+            "--batch-size",
+            "8",
+        ],
+        ray_local,
+        "embed_actor:3",
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert _fired(tmp_path)
     latest = (out / "latest").read_text().strip()

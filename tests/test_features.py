@@ -22,8 +22,14 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def features_cfg(shards, out, **kw):
-    base = {"shards": str(shards), "output": str(out), "audio": {"name": "audio_cnn", "weights": "random"},
-            "actor_num_cpus": 0.5, "batch_size": 8, "audio_frames": 100}  # fmt: skip
+    base = {
+        "shards": str(shards),
+        "output": str(out),
+        "audio": {"name": "audio_cnn", "weights": "random"},
+        "actor_num_cpus": 0.5,
+        "batch_size": 8,
+        "audio_frames": 100,
+    }
     base.update(kw)
     return load_features_config(base)
 
@@ -85,8 +91,12 @@ def test_features_equal_a_direct_call_of_the_encoders(built, features):
 
     out, _ = features
     table = read_all(out)
-    got = {k: (np.asarray(i), np.asarray(t)) for k, i, t in
-           zip(table["key"].to_pylist(), table["image_emb"].to_pylist(), table["text_emb"].to_pylist())}  # fmt: skip
+    got = {
+        k: (np.asarray(i), np.asarray(t))
+        for k, i, t in zip(
+            table["key"].to_pylist(), table["image_emb"].to_pylist(), table["text_emb"].to_pylist()
+        )
+    }
     samples = list(
         wds.WebDataset(sorted(str(p) for p in (built / "shards").glob("*.tar")), shardshuffle=False)
     )[:4]
@@ -161,8 +171,17 @@ def test_broken_sample_becomes_a_reject_row(tmp_path):
 
     tar = tmp_path / "shards" / "000000.tar"
     tar.parent.mkdir()
-    tar.write_bytes(tar_bytes([("a.jpg", media.jpeg()), ("a.txt", b"fine"), ("b.jpg", b"corrupt"),
-                               ("b.txt", b"bad image"), ("c.txt", b"text only")]))  # fmt: skip
+    tar.write_bytes(
+        tar_bytes(
+            [
+                ("a.jpg", media.jpeg()),
+                ("a.txt", b"fine"),
+                ("b.jpg", b"corrupt"),
+                ("b.txt", b"bad image"),
+                ("c.txt", b"text only"),
+            ]
+        )
+    )
     out = tmp_path / "f"
     rep = run_features(features_cfg(str(tar), out, audio=None), quiet=True)
     assert rep["counts"]["rows"] == 2 and rep["counts"]["rejected"] == 1

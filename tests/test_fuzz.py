@@ -30,8 +30,11 @@ from pipeline.ingest.sources import iter_chunks, plan_input
 from pipeline.io.fs import join
 from tests import media
 
-BUDGET = settings(max_examples=int(os.environ.get("MMPIPE_FUZZ_EXAMPLES", "25")), deadline=None,
-                  suppress_health_check=list(HealthCheck))  # fmt: skip
+BUDGET = settings(
+    max_examples=int(os.environ.get("MMPIPE_FUZZ_EXAMPLES", "25")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 # A pool of files every manifest may point at: good, broken and hostile media.
 POOL = {
@@ -48,23 +51,47 @@ POOL = {
     "latin1.txt": "caf\xe9".encode("latin-1"),
 }
 REFS = st.sampled_from(
-    [*POOL, "missing.jpg", "../outside.jpg", "/etc/passwd", "file:///etc/shadow", "ftp://x/y.jpg",
-     "data:image/png;base64,AAAA", "http://127.0.0.1:9/refused.jpg", "", "sub/../ok.jpg"]
-)  # fmt: skip
+    [
+        *POOL,
+        "missing.jpg",
+        "../outside.jpg",
+        "/etc/passwd",
+        "file:///etc/shadow",
+        "ftp://x/y.jpg",
+        "data:image/png;base64,AAAA",
+        "http://127.0.0.1:9/refused.jpg",
+        "",
+        "sub/../ok.jpg",
+    ]
+)
 TEXT = st.one_of(
     st.text(max_size=200),
     st.sampled_from(["\u202eevil\u202c", "nul\x00inside", "\ud800", "x" * 300_000, "   "]),
 )
-VALUE = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), st.booleans(), TEXT,
-                  st.lists(st.integers(), max_size=3),
-                  st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))  # fmt: skip
+VALUE = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    TEXT,
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
 RECORD = st.fixed_dictionaries(
     {},
-    optional={"image": st.one_of(REFS, VALUE), "audio": st.one_of(REFS, VALUE), "text": TEXT,
-              "key": st.one_of(TEXT, st.sampled_from(["../k", "a/b", "", "dup", "dup"])), "label": VALUE},
-)  # fmt: skip
-LINE = st.one_of(RECORD.map(lambda r: json.dumps(r)), st.text(max_size=80).map(lambda s: s.replace("\n", " ")),
-                 st.sampled_from(["[1, 2]", '{"image": ', "null", '"just a string"', "{}", "\t"]))  # fmt: skip
+    optional={
+        "image": st.one_of(REFS, VALUE),
+        "audio": st.one_of(REFS, VALUE),
+        "text": TEXT,
+        "key": st.one_of(TEXT, st.sampled_from(["../k", "a/b", "", "dup", "dup"])),
+        "label": VALUE,
+    },
+)
+LINE = st.one_of(
+    RECORD.map(lambda r: json.dumps(r)),
+    st.text(max_size=80).map(lambda s: s.replace("\n", " ")),
+    st.sampled_from(["[1, 2]", '{"image": ', "null", '"just a string"', "{}", "\t"]),
+)
 
 
 def build_local(cfg: BuildConfig) -> dict | None:
@@ -109,8 +136,16 @@ def _check(out: Path, counts: dict | None, expected_rows: int | None) -> None:
 
 
 def _cfg(inp: Path, out: Path, **kw) -> BuildConfig:
-    return BuildConfig(input=str(inp), output=str(out), shard_samples=4, max_text_chars=1000,
-                       max_image_pixels=10_000_000, sample_timeout_s=10, fetch_concurrency=2, **kw)  # fmt: skip
+    return BuildConfig(
+        input=str(inp),
+        output=str(out),
+        shard_samples=4,
+        max_text_chars=1000,
+        max_image_pixels=10_000_000,
+        sample_timeout_s=10,
+        fetch_concurrency=2,
+        **kw,
+    )
 
 
 @BUDGET
@@ -129,8 +164,10 @@ def test_any_jsonl_manifest_is_written_or_rejected_row_by_row(lines, blank):
 
 
 @BUDGET
-@given(rows=st.lists(st.lists(st.one_of(TEXT, REFS), min_size=0, max_size=4), max_size=8),
-       stray_quote=st.booleans())  # fmt: skip
+@given(
+    rows=st.lists(st.lists(st.one_of(TEXT, REFS), min_size=0, max_size=4), max_size=8),
+    stray_quote=st.booleans(),
+)
 def test_any_csv_manifest_is_written_or_rejected_row_by_row(rows, stray_quote):
     root = _workspace()
     try:

@@ -25,8 +25,10 @@ def http_dir(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port), "-d", str(root)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:

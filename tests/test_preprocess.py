@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
-from pipeline.preprocess.image import IMAGENET_MEAN, IMAGENET_STD, PRESETS, ImagePreprocess
+from pipeline.preprocess.image import IMAGE_PRESETS as PRESETS
+from pipeline.preprocess.image import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from pipeline.preprocess.text import TextTokenize
 from tests import media
 

@@ -21,6 +21,7 @@ from tests.test_build import check_invariant
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
+@pytest.mark.slow
 def test_interrupted_build_resumes_to_identical_output(tmp_path):
     corpus = tmp_path / "c"
     info = write_corpus(str(corpus), n=150, seed=3)
@@ -31,8 +32,24 @@ def test_interrupted_build_resumes_to_identical_output(tmp_path):
     )
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline", "build", str(corpus / "manifest.jsonl"), "--output", str(out),
-           "--shard-samples", "3", "--resize", "48", "--image-format", "webp", "--ray-num-cpus", "2", "-q"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "build",
+        str(corpus / "manifest.jsonl"),
+        "--output",
+        str(out),
+        "--shard-samples",
+        "3",
+        "--resize",
+        "48",
+        "--image-format",
+        "webp",
+        "--ray-num-cpus",
+        "2",
+        "-q",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
     chunks = out / "_work" / "chunks"

@@ -8,12 +8,12 @@ from PIL import Image
 
 from pipeline.config import BuildConfig
 from pipeline.errors import Reason, SampleError
-from pipeline.stages.audio import AudioOptions, validate_audio
-from pipeline.stages.deadline import deadline
-from pipeline.stages.image import ImageOptions, target_size, validate_image
-from pipeline.stages.keys import content_hash, sanitize_key
-from pipeline.stages.text import validate_text
-from pipeline.stages.validate import ValidateStage
+from pipeline.validate.audio import AudioOptions, validate_audio
+from pipeline.validate.deadline import deadline
+from pipeline.validate.image import ImageOptions, target_size, validate_image
+from pipeline.validate.keys import content_hash, sanitize_key
+from pipeline.validate.row import ValidateStage
+from pipeline.validate.text import validate_text
 from tests import media
 
 

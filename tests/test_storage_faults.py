@@ -18,6 +18,9 @@ from pipeline.io.fs import list_files, read_bytes, write_bytes_atomic
 from pipeline.sample_corpus import write_corpus
 from tests.faultproxy import FaultProxy
 
+pytestmark = pytest.mark.slow  # a cluster, a proxy or a small object store: long
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -19,6 +19,9 @@ import yaml
 from pipeline.cli import main
 from tests.conftest import _free_port, stop_process
 
+pytestmark = pytest.mark.slow  # a cluster, a proxy or a small object store: long
+
+
 BIN = Path(sys.executable).parent
 
 
@@ -28,18 +31,37 @@ def head():
     port, dash = _free_port(), _free_port()
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a limit
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")  # fmt: skip
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
     log = open(os.path.join(temp, "head.log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4", "--include-dashboard=true",
-         f"--temp-dir={temp}", "--disable-usage-stats",
-         # Ports of their own: the session's local Ray already holds the default agent ports.
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=4",
+            "--include-dashboard=true",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+            # Ports of their own: the session's local Ray already holds the default agent ports.
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{dash}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -69,8 +91,21 @@ def test_build_and_refresh_jobs_run_on_the_cluster(head, world, tmp_path, capsys
         "shard_samples": 20,
     }
     cfg = _yaml(tmp_path / "build.yaml", "build", fields)
-    code = main(["submit", "build", "--config", str(cfg), "--address", head, "--deps", "none",
-                 "--follow", "--timeout", "300"])  # fmt: skip
+    code = main(
+        [
+            "submit",
+            "build",
+            "--config",
+            str(cfg),
+            "--address",
+            head,
+            "--deps",
+            "none",
+            "--follow",
+            "--timeout",
+            "300",
+        ]
+    )
     err = capsys.readouterr()
     assert code == 0, err.out[-3000:]
     sid = err.err.split("submitted ", 1)[1].split()[0]
@@ -83,11 +118,32 @@ def test_build_and_refresh_jobs_run_on_the_cluster(head, world, tmp_path, capsys
     info = json.loads(capsys.readouterr().out)
     assert info["status"] == "SUCCEEDED" and info["metadata"]["mmpipe_job"] == "build"
 
-    cfg = _yaml(tmp_path / "refresh.yaml", "embed", {"shards": str(tmp_path / "build"), "model": str(world / "run"),
-                                                      "output": str(tmp_path / "emb"), "batch_size": 16,
-                                                      "actor_num_cpus": 0.5})  # fmt: skip
-    code = main(["submit", "refresh", "--config", str(cfg), "--address", head, "--deps", "none", "--wait",
-                 "--timeout", "400"])  # fmt: skip
+    cfg = _yaml(
+        tmp_path / "refresh.yaml",
+        "embed",
+        {
+            "shards": str(tmp_path / "build"),
+            "model": str(world / "run"),
+            "output": str(tmp_path / "emb"),
+            "batch_size": 16,
+            "actor_num_cpus": 0.5,
+        },
+    )
+    code = main(
+        [
+            "submit",
+            "refresh",
+            "--config",
+            str(cfg),
+            "--address",
+            head,
+            "--deps",
+            "none",
+            "--wait",
+            "--timeout",
+            "400",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     latest = (tmp_path / "emb" / "latest").read_text().strip()
     files = sorted((tmp_path / "emb" / "versions" / latest).glob("*.parquet"))
@@ -98,10 +154,26 @@ def test_build_and_refresh_jobs_run_on_the_cluster(head, world, tmp_path, capsys
 
 
 def test_a_failing_job_reports_failure_with_its_message(head, tmp_path, capsys):
-    cfg = _yaml(tmp_path / "bad.yaml", "build", {"input": str(tmp_path / "no-such-manifest.jsonl"),
-                                                  "output": str(tmp_path / "out")})  # fmt: skip
-    code = main(["submit", "build", "--config", str(cfg), "--address", head, "--deps", "none", "--wait",
-                 "--timeout", "120"])  # fmt: skip
+    cfg = _yaml(
+        tmp_path / "bad.yaml",
+        "build",
+        {"input": str(tmp_path / "no-such-manifest.jsonl"), "output": str(tmp_path / "out")},
+    )
+    code = main(
+        [
+            "submit",
+            "build",
+            "--config",
+            str(cfg),
+            "--address",
+            head,
+            "--deps",
+            "none",
+            "--wait",
+            "--timeout",
+            "120",
+        ]
+    )
     assert code == 1
     sid = capsys.readouterr().err.split("submitted ", 1)[1].split()[0]
     assert main(["jobs", "logs", sid, "--address", head]) == 0
@@ -120,8 +192,21 @@ def test_bad_configs_and_credentials_stop_before_submitting(head, tmp_path, caps
     assert main(["submit", "build", "--config", str(cfg), "--address", head]) == 2
     assert "shard_sampels" in capsys.readouterr().err
     ok = _yaml(tmp_path / "ok.yaml", "build", {"input": "x.jsonl", "output": "o"})
-    assert main(["submit", "build", "--config", str(ok), "--address", head,
-                 "--env", "AWS_SECRET_ACCESS_KEY=abc"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "submit",
+                "build",
+                "--config",
+                str(ok),
+                "--address",
+                head,
+                "--env",
+                "AWS_SECRET_ACCESS_KEY=abc",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "credential" in err and "abc" not in err
     assert main(["submit", "build", "--config", str(ok), "--address", "http://127.0.0.1:9"]) == 2

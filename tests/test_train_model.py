@@ -20,8 +20,10 @@ def synthetic_table(n: int, seed: int = 0, n_classes: int = 3) -> pa.Table:
     """Rows whose three modalities are noisy views of a class prototype, some missing."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, n_classes, n)
-    cols: dict = {"key": [f"k{i}" for i in range(n)],
-                  "meta": [json.dumps({"label": f"c{y}"}) for y in labels]}  # fmt: skip
+    cols: dict = {
+        "key": [f"k{i}" for i in range(n)],
+        "meta": [json.dumps({"label": f"c{y}"}) for y in labels],
+    }
     for j, (m, d) in enumerate(DIMS.items()):
         protos = np.random.default_rng(100 + j).normal(size=(n_classes, d))
         x = (protos[labels] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
@@ -57,8 +59,15 @@ def test_every_parameter_gets_a_gradient(fusion):
         assert p.grad is not None, f"{fusion}: no gradient reaches {name}"
         assert torch.isfinite(p.grad).all(), name
     assert sum(float(p.grad.abs().sum()) for p in model.parameters()) > 0
-    assert set(parts) == {"nce_image_text", "nce_image_audio", "nce_text_audio", "nce_fused_image",
-                          "nce_fused_text", "nce_fused_audio", "ce"}  # fmt: skip
+    assert set(parts) == {
+        "nce_image_text",
+        "nce_image_audio",
+        "nce_text_audio",
+        "nce_fused_image",
+        "nce_fused_text",
+        "nce_fused_audio",
+        "ce",
+    }
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
@@ -98,8 +107,19 @@ def test_info_nce_is_low_for_aligned_pairs_and_ignores_absent_rows():
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(data="x", output="y", fusion="mid", d_model=16, embed_dim=8, batch_size=16, epochs=3,
-                lr=3e-3, warmup_steps=2, early_stop_patience=None, seed=3)  # fmt: skip
+    base = dict(
+        data="x",
+        output="y",
+        fusion="mid",
+        d_model=16,
+        embed_dim=8,
+        batch_size=16,
+        epochs=3,
+        lr=3e-3,
+        warmup_steps=2,
+        early_stop_patience=None,
+        seed=3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -178,8 +198,10 @@ def test_finetune_trains_the_upper_encoder_layers_and_keeps_the_lower_frozen():
     img = list(model.image_enc.parameters())
     before = [p.detach().clone() for p in img]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    feats = {"image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
-             "text": torch.randint(1000, 2000, (4, 8))}  # fmt: skip
+    feats = {
+        "image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
+        "text": torch.randint(1000, 2000, (4, 8)),
+    }
     mask = {"image": torch.ones(4, dtype=torch.bool), "text": torch.ones(4, dtype=torch.bool)}
     loss, _ = fusion_loss(model, model(feats, mask), mask, torch.tensor([0, 1, 2, 0]), 1.0, 1.0)
     loss.backward()

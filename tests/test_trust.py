@@ -39,8 +39,10 @@ def test_redact_covers_userinfo_and_signed_urls():
 @pytest.mark.usefixtures("ray_local")
 def test_credentials_never_reach_reports_rejects_or_error_lines(tmp_path, capsys):
     (tmp_path / "ok.jpg").write_bytes(media.jpeg(32, 32))
-    rows = [{"image": "ok.jpg", "text": "fine"},
-            {"image": f"http://bob:{SECRET}@127.0.0.1:9/a.jpg?token={SECRET}", "text": "unreachable"}]  # fmt: skip
+    rows = [
+        {"image": "ok.jpg", "text": "fine"},
+        {"image": f"http://bob:{SECRET}@127.0.0.1:9/a.jpg?token={SECRET}", "text": "unreachable"},
+    ]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     run_build(BuildConfig(input=str(tmp_path / "m.jsonl"), output=str(out)), quiet=True)

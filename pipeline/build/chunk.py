@@ -18,9 +18,9 @@ from pipeline.io.parquet import read_table, to_table, write_table
 from pipeline.io.tar import TarShardWriter
 from pipeline.redact import redact
 from pipeline.stage import Batch, Resources, Stage
-from pipeline.stages.fetch import FetchStage
-from pipeline.stages.keys import KeyStage
-from pipeline.stages.validate import ValidateStage
+from pipeline.validate.fetch import FetchStage
+from pipeline.validate.keys import KeyStage
+from pipeline.validate.row import ValidateStage
 from schemas import STAGED_SCHEMA
 
 SUMMARY_SCHEMA = pa.schema(
@@ -161,10 +161,16 @@ def summarize(
     rejected = sum(reasons.values())
     tars = len({t for t in table.column("staged_tar").to_pylist() if t})
     return {
-        "chunk_id": chunk_id, "rows": table.num_rows, "staged": table.num_rows - rejected,
-        "rejected": rejected, "bytes": nbytes, "tars": tars, "reasons": json.dumps(dict(sorted(reasons.items()))),
-        "resumed": resumed, "seconds": seconds,
-    }  # fmt: skip
+        "chunk_id": chunk_id,
+        "rows": table.num_rows,
+        "staged": table.num_rows - rejected,
+        "rejected": rejected,
+        "bytes": nbytes,
+        "tars": tars,
+        "reasons": json.dumps(dict(sorted(reasons.items()))),
+        "resumed": resumed,
+        "seconds": seconds,
+    }
 
 
 class BuildChunkStage(Stage):
@@ -183,6 +189,7 @@ class BuildChunkStage(Stage):
         "parts",
     )
     adds: ClassVar[tuple[str, ...]] = tuple(SUMMARY_SCHEMA.names)
+    passthrough: ClassVar[bool] = False
 
     def __init__(self, cfg: BuildConfig, work_dir: str) -> None:
         super().__init__()
@@ -206,7 +213,6 @@ class BuildChunkStage(Stage):
     def __call__(self, batch: Batch) -> Batch:
         self.ensure_setup()
         table: pa.Table = batch if isinstance(batch, pa.Table) else pa.Table.from_pydict(batch)
-        self.check_columns(table)
         out = []
         for cid in pc.unique(table.column("chunk_id")).to_pylist():
             rows = table.filter(pc.equal(table.column("chunk_id"), cid))
@@ -228,7 +234,7 @@ class BuildChunkStage(Stage):
         fetch, rest = self.stages[0], self.stages[1:]
 
         def fetched(off: int) -> dict[str, Any]:
-            return dict(fetch(rows.slice(off, SUB_BATCH).to_pydict()))
+            return dict(fetch.run(rows.slice(off, SUB_BATCH).to_pydict()))
 
         # Fetch the next sub-batch on a thread while this one decodes: remote reads (HTTP,
         # S3) then overlap with CPU work instead of adding to it. Order is unchanged.
@@ -240,7 +246,7 @@ class BuildChunkStage(Stage):
                 if off + SUB_BATCH < rows.num_rows:
                     pending = pool.submit(fetched, off + SUB_BATCH)
                 for stage in rest:
-                    batch = stage(batch)
+                    batch = stage.run(batch)
                 for i in range(len(batch["source_row"])):
                     writer.add({k: v[i] for k, v in batch.items()})
             table = writer.commit()

@@ -20,10 +20,14 @@ def shard_name(n: int) -> str:
 
 def _reject(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
     return {
-        "source_file": row["source_file"], "source_row": row["source_row"],
-        "source_key": row.get("source_key"), "key": row.get("key"),
-        "reason": reason, "modality": "row", "message": message,
-    }  # fmt: skip
+        "source_file": row["source_file"],
+        "source_row": row["source_row"],
+        "source_key": row.get("source_key"),
+        "key": row.get("key"),
+        "reason": reason,
+        "modality": "row",
+        "message": message,
+    }
 
 
 def _place(

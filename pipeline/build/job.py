@@ -9,10 +9,10 @@ from typing import Any
 
 from pipeline.build.chunk import BuildChunkStage
 from pipeline.build.finalize import SHARD_DIR, finalize
-from pipeline.build.report import Progress, make_report, summary_lines, write_report
+from pipeline.build.report import ProgressLine, make_report, summary_lines, write_build_json
 from pipeline.config import BuildConfig
 from pipeline.errors import UserError
-from pipeline.ingest.sources import make_datasource, plan_input
+from pipeline.ingest.sources import CHUNK_SCHEMA, make_datasource, plan_input
 from pipeline.io.fs import exists, get_fs, join, makedirs, remove_tree, write_bytes_atomic
 from pipeline.runner import map_stages, ray_session, run_remote, stream
 
@@ -87,7 +87,7 @@ def run_build(
     plan = plan_input(cfg)
     work = join(cfg.output, "_work")
     timings: dict[str, float] = {}
-    progress = Progress(quiet=quiet)
+    progress = ProgressLine(quiet=quiet)
     if not plan.units:  # an empty input still gets its (empty) index, rejects and report
         timings["startup"] = timings["process"] = 0.0
         counts = finalize(work, cfg.output, [])
@@ -106,7 +106,7 @@ def run_build(
                 num_cpus=cfg.num_cpus,
                 override_num_blocks=len(plan.units),
             )
-            ds = map_stages(ds, [BuildChunkStage(cfg, work)])
+            ds = map_stages(ds, [BuildChunkStage(cfg, work)], columns=CHUNK_SCHEMA.names)
             chunk_ids: list[str] = []
             for summary in stream(ds):
                 chunk_ids.extend(summary.column("chunk_id").to_pylist())
@@ -123,7 +123,7 @@ def run_build(
     timings["total"] = time.perf_counter() - t0
     chunks = {"total": progress.chunks, "resumed": progress.resumed}
     report = make_report(cfg, plan.kind, counts, timings, chunks)
-    write_report(join(cfg.output, "build.json"), report)  # the commit marker: written last
+    write_build_json(join(cfg.output, "build.json"), report)  # the commit marker: written last
     remove_tree(work)
     if not quiet:
         print("\n".join(summary_lines(report)), file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Progress display while a build runs, build.json at its end, and the printed summary."""
+"""The progress line while a build runs, build.json at its end, and the printed summary."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pipeline.io.fs import write_bytes_atomic
 from schemas import BUILD_REPORT_SCHEMA, BUILD_SCHEMA_VERSION
 
 
-class Progress:
+class ProgressLine:
     """Rows and chunks done and rejects so far: a live line on a TTY, a line every few s otherwise."""
 
     def __init__(
@@ -85,13 +85,16 @@ def make_report(
         "throughput_rows_per_s": round(counts["input_rows"] / total, 1) if total else None,
         "files": {"index": "index.parquet", "rejects": "rejects.parquet", "shards": "shards/*.tar"},
     }
-    as_arrow = {**report, "rejects_by_reason": list(report["rejects_by_reason"].items()),
-                "timings_s": list(report["timings_s"].items())}  # fmt: skip
+    as_arrow = {
+        **report,
+        "rejects_by_reason": list(report["rejects_by_reason"].items()),
+        "timings_s": list(report["timings_s"].items()),
+    }
     pa.Table.from_pylist([as_arrow], schema=BUILD_REPORT_SCHEMA)  # raises if the shape drifts
     return report
 
 
-def write_report(url: str, report: dict[str, Any]) -> None:
+def write_build_json(url: str, report: dict[str, Any]) -> None:
     from pipeline.redact import redact_obj
 
     text = json.dumps(redact_obj(report), indent=2, sort_keys=True) + "\n"

@@ -38,8 +38,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--image", help="an image file or URL")
     p.add_argument("--audio", help="an audio file or URL")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--column", default="fused", choices=["fused", "image", "text", "audio", "all"],
-                   help="which embeddings to search (default fused)")  # fmt: skip
+    p.add_argument(
+        "--column",
+        default="fused",
+        choices=["fused", "image", "text", "audio", "all"],
+        help="which embeddings to search (default fused)",
+    )
     p.add_argument("--model", help="default: the model that embedded the store")
     p.add_argument("--exact", action="store_true", help="ignore an ANN index")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -53,13 +57,13 @@ def add_commands(sub: Any) -> None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
+    from pipeline.config import options
     from pipeline.embed.config import load_embed_config
     from pipeline.embed.job import run_embed
 
-    overrides = {"shards": args.shards, "model": args.model, "output": args.output,
-                 "batch_size": args.batch_size, "device": args.device, "storage": args.storage,
-                 "keep_versions": args.keep_versions,
-                 "actors": (args.actors if args.actors in (None, "auto") else _int(args.actors))}  # fmt: skip
+    names = ("shards", "model", "output", "batch_size", "device", "storage", "keep_versions")
+    overrides = options(args, names)
+    overrides["actors"] = args.actors if args.actors in (None, "auto") else _int(args.actors)
     if args.kind == "refresh" and not args.config and args.output:
         # A refresh continues the store as it was configured (storage, metadata fields, model
         # id): without this, a bare `mmpipe refresh` would see a new layout and re-embed all.
@@ -68,8 +72,13 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             **{k: v for k, v in overrides.items() if v is not None},
         }
     cfg = load_embed_config(overrides, args.config)
-    run_embed(cfg, incremental=args.kind == "refresh", kind=args.kind, address=args.address,
-              quiet=args.quiet)  # fmt: skip
+    run_embed(
+        cfg,
+        incremental=args.kind == "refresh",
+        kind=args.kind,
+        address=args.address,
+        quiet=args.quiet,
+    )
     return 0
 
 
@@ -90,10 +99,11 @@ def _int(v: str) -> Any:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from pipeline.config import options
     from pipeline.embed.search import search
 
-    res = search(args.store, model=args.model, text=args.text, image=args.image, audio=args.audio,
-                 k=args.k, column=args.column, exact=args.exact)  # fmt: skip
+    names = ("model", "text", "image", "audio", "k", "column", "exact")
+    res = search(args.store, **options(args, names))
     if args.json:
         print(json.dumps(res, indent=1))
         return 0

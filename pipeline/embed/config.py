@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.errors import UserError
 from schemas.embeddings import RESERVED
 
 
 class EmbedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "embed"  # refresh shares it
+    label: ClassVar[str] = "embed config"
 
     shards: str  # a build output (its index gives per-sample hashes) or a tar pattern
     model: str  # a run directory of mmpipe train, or its TorchScript export inside one
@@ -48,11 +49,7 @@ class EmbedConfig(BaseModel):
 
 
 def load_embed_config(overrides: dict[str, Any], yaml_path: str | None = None) -> EmbedConfig:
-    """Merge YAML (its ``embed:`` mapping, if any) with CLI overrides and validate."""
-    from pipeline.config import _explain, merged_section
+    """``load_config`` for embed and refresh."""
+    from pipeline.config import load_config
 
-    data = merged_section(overrides, yaml_path, "embed")
-    try:
-        return EmbedConfig(**data)
-    except ValidationError as e:
-        raise UserError(_explain(e, EmbedConfig).replace("config:", "embed config:")) from None
+    return load_config(EmbedConfig, overrides, yaml_path)

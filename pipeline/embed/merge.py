@@ -56,14 +56,41 @@ def _with_hashes(table: pa.Table, hashes: dict[str, str]) -> pa.Table:
     return table.set_column(table.schema.get_field_index("content_hash"), "content_hash", col)
 
 
+# One manifest entry per shard, with what changed against the base version.
+ENTRY_FIELDS = (
+    "shard",
+    "path",
+    "digest",
+    "rows",
+    "rejected",
+    "bytes",
+    "added",
+    "removed",
+    "changed",
+    "unchanged",
+    "embedded",
+    "write_s",
+)
+
+
 class MergeShard(Stage):
     """One row per shard plan in, one manifest entry (with diff counts) out."""
 
     name = "merge_shard"
+    reads: ClassVar[tuple[str, ...]] = ("plan",)
+    adds: ClassVar[tuple[str, ...]] = ENTRY_FIELDS
+    passthrough: ClassVar[bool] = False
     batch_format: ClassVar[str] = "pyarrow"
 
-    def __init__(self, staging: str, base_dir: str | None, vdir: str, index_url: str | None,
-                 schema: pa.Schema, row_group_mb: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        staging: str,
+        base_dir: str | None,
+        vdir: str,
+        index_url: str | None,
+        schema: pa.Schema,
+        row_group_mb: int,
+    ) -> None:
         super().__init__()
         self.staging, self.base_dir, self.vdir = staging, base_dir, vdir
         self.index_url, self.schema, self.row_group_mb = index_url, schema, row_group_mb
@@ -80,8 +107,17 @@ class MergeShard(Stage):
         t0 = time.perf_counter()
         stem, prev = plan["shard"], plan["prev"]
         path = f"{stem}.parquet"
-        entry = {"shard": stem, "path": path, "digest": plan["digest"], "added": 0, "removed": 0,
-                 "changed": 0, "unchanged": 0, "embedded": 0, "write_s": 0.0}  # fmt: skip
+        entry = {
+            "shard": stem,
+            "path": path,
+            "digest": plan["digest"],
+            "added": 0,
+            "removed": 0,
+            "changed": 0,
+            "unchanged": 0,
+            "embedded": 0,
+            "write_s": 0.0,
+        }
         if plan["action"] == "carry":
             assert self.base_dir is not None and prev is not None
             link_or_copy(join(self.base_dir, prev["path"]), join(self.vdir, path))
@@ -89,8 +125,13 @@ class MergeShard(Stage):
                 link_or_copy(
                     join(self.base_dir, rejects_path(stem)), join(self.vdir, rejects_path(stem))
                 )
-            entry.update(rows=prev["rows"], rejected=prev["rejected"], bytes=prev["bytes"],
-                         unchanged=prev["rows"] + prev["rejected"], write_s=time.perf_counter() - t0)  # fmt: skip
+            entry.update(
+                rows=prev["rows"],
+                rejected=prev["rejected"],
+                bytes=prev["bytes"],
+                unchanged=prev["rows"] + prev["rejected"],
+                write_s=time.perf_counter() - t0,
+            )
             return entry
         hashes = index_hashes(self.index_url, stem, plan["row_groups"]) if self.index_url else {}
         parts = _read_dir(join(self.staging, "parts", stem))

@@ -9,15 +9,13 @@ digest changed are read row by row, so planning a refresh costs one pass over th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from pipeline.features.reader import shard_stem
-from pipeline.io.fs import exists, get_fs, join, list_files
+from pipeline.fingerprint import short_hash
+from pipeline.io.fs import exists, get_fs, join
+from pipeline.io.parquet import iter_row_groups, read_table
+from pipeline.io.shards import resolve_shards, shard_stem
 
 _MOD = 1 << 128
 
@@ -68,8 +66,6 @@ def scan_input(spec: str) -> tuple[str | None, dict[str, ShardInput]]:
     """The input's shards with a digest each. With a build's index the digest covers every
     (key, content_hash) of the shard and is order-free (a sum of row hashes), so it is computed
     in one streaming pass; bare tars are compared by size and modification time or ETag."""
-    from pipeline.features.job import resolve_shards
-
     urls = resolve_shards(spec)
     by_stem = {shard_stem(u): u for u in urls}
     index = join(spec, "index.parquet")
@@ -77,7 +73,7 @@ def scan_input(spec: str) -> tuple[str | None, dict[str, ShardInput]]:
         sums: dict[str, int] = {}
         counts: dict[str, int] = {}
         groups: dict[str, list[int]] = {}
-        for rg, table in _row_groups(index, ["key", "shard", "content_hash"]):
+        for rg, table in iter_row_groups(index, ["key", "shard", "content_hash"]):
             keys = table.column("key").to_pylist()
             hashes = table.column("content_hash").to_pylist()
             for k, h, s in zip(keys, hashes, table.column("shard").to_pylist()):
@@ -87,10 +83,14 @@ def scan_input(spec: str) -> tuple[str | None, dict[str, ShardInput]]:
                 if not groups.setdefault(stem, []) or groups[stem][-1] != rg:
                     groups[stem].append(rg)
         return index, {
-            stem: ShardInput(url, f"{sums.get(stem, 0):032x}:{counts.get(stem, 0)}",
-                             counts.get(stem, 0), groups.get(stem, []))
+            stem: ShardInput(
+                url,
+                f"{sums.get(stem, 0):032x}:{counts.get(stem, 0)}",
+                counts.get(stem, 0),
+                groups.get(stem, []),
+            )
             for stem, url in by_stem.items()
-        }  # fmt: skip
+        }
     out = {}
     for stem, url in by_stem.items():
         fs, path = get_fs(url)
@@ -102,37 +102,23 @@ def scan_input(spec: str) -> tuple[str | None, dict[str, ShardInput]]:
     return None, out
 
 
-def _row_groups(url: str, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
-    fs, path = get_fs(url)
-    with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        for rg in range(pf.num_row_groups):
-            yield rg, pf.read_row_group(rg, columns=columns)
-
-
 def index_hashes(index_url: str, stem: str, row_groups: list[int]) -> dict[str, str]:
     """key -> content_hash of one shard, read from only the index row groups that hold it."""
-    fs, path = get_fs(index_url)
     out: dict[str, str] = {}
-    with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        for rg in row_groups:
-            t = pf.read_row_group(rg, columns=["key", "shard", "content_hash"])
-            for k, h, s in zip(
-                t.column("key").to_pylist(),
-                t.column("content_hash").to_pylist(),
-                t.column("shard").to_pylist(),
-            ):
-                if shard_stem(s) == stem:
-                    out[k] = h
+    for _, t in iter_row_groups(index_url, ["key", "shard", "content_hash"], row_groups):
+        for k, h, s in zip(
+            t.column("key").to_pylist(),
+            t.column("content_hash").to_pylist(),
+            t.column("shard").to_pylist(),
+        ):
+            if shard_stem(s) == stem:
+                out[k] = h
     return out
 
 
 def read_keys(url: str) -> dict[str, str | None]:
     """key -> content_hash of an embeddings or rejects file."""
-    fs, path = get_fs(url)
-    with fs.open(path, "rb") as f:
-        t = pq.read_table(f, columns=["key", "content_hash"])
+    t = read_table(url, columns=["key", "content_hash"])
     return dict(zip(t.column("key").to_pylist(), t.column("content_hash").to_pylist()))
 
 
@@ -148,22 +134,16 @@ def rejects_path(stem: str) -> str:
     return f"rejects/{stem}.parquet"
 
 
-def staged_keys(root: str) -> dict[str, frozenset[str]]:
-    """Keys already embedded (or rejected) per shard by an interrupted run of the same target."""
-    found: dict[str, set[str]] = {}
-    for kind in ("parts", "rejects"):
-        base = join(root, kind)
-        if not exists(base):
-            continue
-        for rel in list_files(base):
-            stem = rel.split("/", 1)[0]
-            found.setdefault(stem, set()).update(read_keys(join(base, rel)))
-    return {s: frozenset(k) for s, k in found.items()}
-
-
-def make_plan(shards: dict[str, ShardInput], index_url: str | None, base: str | None,
-              base_manifest: dict[str, Any] | None, vdir: str | None, model_version: str,
-              layout: str, incremental: bool) -> Plan:  # fmt: skip
+def make_plan(
+    shards: dict[str, ShardInput],
+    index_url: str | None,
+    base: str | None,
+    base_manifest: dict[str, Any] | None,
+    vdir: str | None,
+    model_version: str,
+    layout: str,
+    incremental: bool,
+) -> Plan:
     """Decide each shard's action against the base version (None: the first version)."""
     old = {f["shard"]: f for f in (base_manifest or {}).get("files", [])}
     bm = base_manifest or {}
@@ -195,6 +175,4 @@ def make_plan(shards: dict[str, ShardInput], index_url: str | None, base: str | 
         plans.append(sp)
     deleted = {s: int(f["rows"]) + int(f["rejected"]) for s, f in old.items() if s not in shards}
     blob = "|".join([model_version, layout, base or "", *(f"{p.shard}={p.digest}" for p in plans)])
-    return Plan(
-        plans, index_url, base, reason, deleted, hashlib.sha256(blob.encode()).hexdigest()[:16]
-    )
+    return Plan(plans, index_url, base, reason, deleted, short_hash(blob.encode()))

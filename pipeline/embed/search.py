@@ -12,17 +12,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.embed.model import ModelRef, features_config, image_preset, resolve_model
+from pipeline.artifact import RunArtifact
+from pipeline.embed.model import resolve_model
 from pipeline.embed.store import data_files, read_latest, read_manifest
-from pipeline.errors import UserError
+from pipeline.errors import Reject, UserError
 from pipeline.io.fs import exists, get_fs, is_remote, join, read_bytes, write_bytes_atomic
-from pipeline.train.data import iter_tables
+from pipeline.io.parquet import fsl_to_numpy, iter_tables
 
 COLUMNS = ("fused", "image", "text", "audio")
 
 
-def encode_query(ref: ModelRef, text: str | None = None, image: bytes | None = None,
-                 audio: bytes | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+def encode_query(
+    ref: RunArtifact,
+    text: str | None = None,
+    image: bytes | None = None,
+    audio: bytes | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The query through the same preprocessing, encoders and model as the bulk embeddings."""
     from pipeline.embed.stages import EmbedStage
     from pipeline.features.stages import FeaturePreprocess
@@ -33,15 +38,21 @@ def encode_query(ref: ModelRef, text: str | None = None, image: bytes | None = N
         raise UserError(
             f"give a query in {ref.modalities} (--text, --image, --audio); the model has no {missing}"
         )
-    fcfg = features_config(ref, shards="-", output="-", batch_size=1, device="cpu", amp="off")
-    preset = image_preset(ref)
+    fcfg = ref.features_config(shards="-", output="-", batch_size=1, device="cpu", amp="off")
+    preset = ref.image_preset
     obj = lambda v: np.array([v], dtype=object)  # noqa: E731
-    batch = {"key": obj("query"), "shard": obj("query"), "image": obj(image), "text": obj(text),
-             "audio": obj(audio), "meta": obj(None)}  # fmt: skip
+    batch = {
+        "key": obj("query"),
+        "shard": obj("query"),
+        "image": obj(image),
+        "text": obj(text),
+        "audio": obj(audio),
+        "meta": obj(None),
+    }
     batch = FeaturePreprocess(fcfg, preset)(batch)
     if batch["error"][0]:
-        stage, msg = json.loads(batch["error"][0])
-        raise UserError(f"the query failed {stage}: {msg}")
+        failed = Reject.from_json(batch["error"][0])
+        raise UserError(f"the query failed {failed.stage}: {failed.message}")
     out = EmbedStage(fcfg, ref)(batch)
     embs = {
         m: np.asarray(out[f"{m}_emb"][0], np.float32)
@@ -59,12 +70,10 @@ def query_vector(fused: np.ndarray, embs: dict[str, np.ndarray]) -> np.ndarray:
 def _blocks(
     files: list[str], column: str, rows: int = 65536
 ) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(keys, [N, dim] float32) of the rows whose ``column`` is present, block by block."""
     for table in iter_tables(files, ["key", f"{column}_emb"], rows):
-        col = table.column(f"{column}_emb").combine_chunks()
-        valid = ~np.asarray(col.is_null(), bool)
-        dim = col.type.list_size
-        values = np.asarray(col.values.to_numpy(zero_copy_only=False), np.float32)
-        x = values[col.offset * dim : (col.offset + len(col)) * dim].reshape(len(col), dim)
+        col = table.column(f"{column}_emb")
+        x, valid = fsl_to_numpy(col, col.type.list_size)
         keys = table.column("key").to_pylist()
         yield [k for k, v in zip(keys, valid) if v], x[valid]
 
@@ -119,9 +128,18 @@ def build_index(out: str, columns: list[str] | None = None, dtype: str = "f16") 
                 sink.getvalue().to_pybytes(),
             )
             done[column] = len(keys)
-    write_bytes_atomic(join(index_dir(out, version), "index.json"),
-                       json.dumps({"version": version, "columns": done, "dtype": dtype, "metric": "ip",
-                                   "library": "usearch"}).encode())  # fmt: skip
+    write_bytes_atomic(
+        join(index_dir(out, version), "index.json"),
+        json.dumps(
+            {
+                "version": version,
+                "columns": done,
+                "dtype": dtype,
+                "metric": "ip",
+                "library": "usearch",
+            }
+        ).encode(),
+    )
     return {"version": version, "columns": done}
 
 
@@ -162,9 +180,17 @@ def ann_topk(
     return [(keys[int(i)].as_py(), 1.0 - float(d)) for i, d in zip(matches.keys, matches.distances)]
 
 
-def search(out: str, *, model: str | None = None, text: str | None = None, image: str | None = None,
-           audio: str | None = None, k: int = 10, column: str = "fused",
-           exact: bool = False) -> dict[str, Any]:  # fmt: skip
+def search(
+    out: str,
+    *,
+    model: str | None = None,
+    text: str | None = None,
+    image: str | None = None,
+    audio: str | None = None,
+    k: int = 10,
+    column: str = "fused",
+    exact: bool = False,
+) -> dict[str, Any]:
     """Top-k keys for a query, across one embedding column or all of them."""
     version = read_latest(out)
     if version is None:
@@ -172,8 +198,10 @@ def search(out: str, *, model: str | None = None, text: str | None = None, image
     manifest = read_manifest(out, version)
     ref = resolve_model(model) if model else _model_of(out, version)
     if ref.version != manifest["model_version"]:
-        raise UserError(f"model {ref.version} differs from the one that embedded {version} "
-                        f"({manifest['model_version']}); pass the same --model")  # fmt: skip
+        raise UserError(
+            f"model {ref.version} differs from the one that embedded {version} "
+            f"({manifest['model_version']}); pass the same --model"
+        )
     blobs = {
         name: (read_bytes(p) if p else None) for name, p in (("image", image), ("audio", audio))
     }
@@ -196,9 +224,14 @@ def search(out: str, *, model: str | None = None, text: str | None = None, image
                 best[key] = (score, c)
     ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
     meta = _hit_meta(files, {key for key, _ in ranked})
-    return {"version": version, "method": used,
-            "hits": [{"key": key, "score": round(s, 6), "column": c, "meta": meta.get(key, {})}
-                     for key, (s, c) in ranked]}  # fmt: skip
+    return {
+        "version": version,
+        "method": used,
+        "hits": [
+            {"key": key, "score": round(s, 6), "column": c, "meta": meta.get(key, {})}
+            for key, (s, c) in ranked
+        ],
+    }
 
 
 def _hit_meta(files: list[str], keys: set[str]) -> dict[str, dict[str, Any]]:
@@ -217,7 +250,7 @@ def _hit_meta(files: list[str], keys: set[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _model_of(out: str, version: str) -> ModelRef:
+def _model_of(out: str, version: str) -> RunArtifact:
     """The model that embedded the version, from the path its manifest records."""
     path = read_manifest(out, version)["model_path"]
     if not exists(path):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from pipeline.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class EncoderConfig(BaseModel):
@@ -21,6 +19,8 @@ class EncoderConfig(BaseModel):
 
 class FeaturesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "features"
+    label: ClassVar[str] = "features config"
 
     shards: str
     output: str
@@ -45,6 +45,25 @@ class FeaturesConfig(BaseModel):
     # "cpu" in preprocessing tasks; "auto" picks gpu when the encoders get GPUs.
     image_decode: Literal["auto", "cpu", "gpu"] = "auto"
 
+    @model_validator(mode="after")
+    def _encoders(self) -> FeaturesConfig:
+        """Known encoders with weights to load, and at least one modality on."""
+        from pipeline.models.encoders import AUDIO_ENCODERS, IMAGE_ENCODERS, TEXT_ENCODERS
+
+        tables = {"image": IMAGE_ENCODERS, "text": TEXT_ENCODERS, "audio": AUDIO_ENCODERS}
+        for m, table in tables.items():
+            enc = getattr(self, m)
+            if enc is not None and enc.name not in table:
+                raise ValueError(f"{m}.name = {enc.name!r} is unknown; allowed: {sorted(table)}")
+        if self.audio is not None and self.audio.weights in (None, "default"):
+            raise ValueError(
+                f"audio.weights is {self.audio.weights!r} but {self.audio.name} has no bundled "
+                "weights; set a path/URL, or 'random' to ask for random weights explicitly"
+            )
+        if all(getattr(self, m) is None for m in tables):
+            raise ValueError("every modality is off; enable at least one of image, text, audio")
+        return self
+
     def dims(self) -> dict[str, int]:
         from pipeline.models.encoders import AUDIO_ENCODERS, IMAGE_ENCODERS, POOLS, TEXT_ENCODERS
 
@@ -61,31 +80,7 @@ class FeaturesConfig(BaseModel):
 
 
 def load_features_config(overrides: dict[str, Any], yaml_path: str | None = None) -> FeaturesConfig:
-    """Merge YAML (its ``features:`` mapping, if any) with CLI overrides and validate."""
-    from pipeline.config import _explain, merged_section
+    """``load_config`` for features."""
+    from pipeline.config import load_config
 
-    data = merged_section(overrides, yaml_path, "features")
-    try:
-        cfg = FeaturesConfig(**data)
-    except ValidationError as e:
-        raise UserError(
-            _explain(e, FeaturesConfig).replace("config:", "features config:")
-        ) from None
-    from pipeline.models.encoders import AUDIO_ENCODERS, IMAGE_ENCODERS, TEXT_ENCODERS
-
-    for m, table in (("image", IMAGE_ENCODERS), ("text", TEXT_ENCODERS), ("audio", AUDIO_ENCODERS)):
-        enc = getattr(cfg, m)
-        if enc is not None and enc.name not in table:
-            raise UserError(
-                f"features config: {m}.name = {enc.name!r} is unknown; allowed: {sorted(table)}"
-            )
-    if cfg.audio is not None and cfg.audio.weights in (None, "default"):
-        raise UserError(
-            f"features config: audio.weights is {cfg.audio.weights!r} but {cfg.audio.name} has no bundled "
-            "weights; set a path/URL, or 'random' to ask for random weights explicitly"
-        )
-    if not cfg.dims():
-        raise UserError(
-            "features config: every modality is off; enable at least one of image, text, audio"
-        )
-    return cfg
+    return load_config(FeaturesConfig, overrides, yaml_path)

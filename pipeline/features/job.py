@@ -2,60 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
 from typing import Any
 
+from pipeline.device import actor_gpus, decode_on_gpu
 from pipeline.errors import UserError
 from pipeline.features.config import FeaturesConfig
-from pipeline.features.reader import make_shard_datasource, shard_stem
 from pipeline.features.stages import EncodeStage, FeaturePreprocess, FeatureWriter, encoder_info
-from pipeline.io.fs import exists, expand_inputs, get_fs, join, list_files, write_bytes_atomic
+from pipeline.fingerprint import fingerprint
+from pipeline.io.fs import exists, join, list_files, read_bytes, write_bytes_atomic
+from pipeline.io.parts import done_keys
+from pipeline.io.shards import SAMPLE_SCHEMA, make_shard_datasource, resolve_shards, shard_stem
 from pipeline.redact import redact_obj
 from pipeline.runner import map_stages, ray_session, stream
 from schemas import FEATURES_SCHEMA_VERSION
 
 
-def resolve_shards(spec: str) -> list[str]:
-    """A build output folder (its shards/), a glob or brace pattern, or one tar."""
-    if exists(join(spec, "build.json")):
-        spec = join(spec, "shards", "*.tar")
-    urls = [u for u in expand_inputs(spec) if u.endswith(".tar")]
-    if not urls:
-        raise UserError(
-            f"no .tar shards found at {spec}; point SHARDS at a build output or a tar pattern"
-        )
-    return urls
-
-
-def fingerprint(cfg: FeaturesConfig, info: dict[str, Any]) -> str:
+def features_fingerprint(cfg: FeaturesConfig, info: dict[str, Any]) -> str:
+    """What decides the features: the config's computing fields and the encoders' identities."""
     fields = cfg.model_dump(
         exclude={"output", "actors", "actor_num_cpus", "preprocess_num_cpus", "batch_size"}
     )
-    blob = json.dumps(
-        {"cfg": fields, "encoders": info, "v": FEATURES_SCHEMA_VERSION}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _done_keys(out: str, urls: list[str]) -> dict[str, frozenset[str]]:
-    """Keys already written (or rejected) per shard, read from committed part files."""
-    import pyarrow.parquet as pq
-
-    done: dict[str, frozenset[str]] = {}
-    for kind in ("parts", "rejects"):
-        root = join(out, kind)
-        if not exists(root):
-            continue
-        fs, _ = get_fs(root)
-        for rel in list_files(root):
-            stem = rel.split("/", 1)[0]
-            with fs.open(get_fs(join(root, rel))[1], "rb") as f:
-                keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
-            done[stem] = done.get(stem, frozenset()) | frozenset(keys)
-    return {s: k for s, k in done.items() if any(shard_stem(u) == s for u in urls)}
+    return fingerprint({"cfg": fields, "encoders": info, "v": FEATURES_SCHEMA_VERSION})
 
 
 def run_features(
@@ -70,13 +40,11 @@ def run_features(
     t0 = time.perf_counter()
     urls = resolve_shards(cfg.shards)
     info = encoder_info(cfg)  # validates weights on the driver: bad config fails before Ray starts
-    fp = fingerprint(cfg, info)
+    fp = features_fingerprint(cfg, info)
     out = cfg.output
     report_url = join(out, "features.json")
     if exists(join(out, "_SUCCESS")):
-        fs, path = get_fs(report_url)
-        with fs.open(path, "rb") as f:
-            report = json.loads(f.read())
+        report = json.loads(read_bytes(report_url))
         if report.get("fingerprint") == fp:
             if not quiet:
                 print(
@@ -85,7 +53,8 @@ def run_features(
                 )
             return dict(report)
         raise UserError(f"{out} holds features of a different config; choose another --output")
-    done = _done_keys(out, urls)
+    stems = {shard_stem(u) for u in urls}
+    done = {s: keys for s, keys in done_keys(out).items() if s in stems}
     metadata = {"mmpipe.encoders": json.dumps(info, sort_keys=True), "mmpipe.fingerprint": fp}
     counts = {"rows": 0, "rejected": 0, "resumed": sum(len(v) for v in done.values())}
     with ray_session(address):
@@ -98,18 +67,14 @@ def run_features(
             override_num_blocks=len(urls),
         )
         preset = (info.get("image") or {}).get("preset") or "imagenet"
-        # GPUs as the cluster has them, not the driver: a CPU head may drive GPU workers.
-        has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
-        gpus = 1.0 if (cfg.device != "cpu" and has_gpu) else 0.0
-        on_gpu = cfg.image is not None and (
-            cfg.image_decode == "gpu" or (cfg.image_decode == "auto" and gpus > 0)
-        )
+        gpus = actor_gpus(cfg.device)
+        on_gpu = decode_on_gpu(cfg.image_decode, cfg.image is not None, gpus)
         stages = [
             FeaturePreprocess(cfg, preset, decode_images=not on_gpu),
             EncodeStage(cfg, gpus, decode_preset=preset if on_gpu else None),
             FeatureWriter(cfg, metadata),
         ]
-        ds = map_stages(ds, stages, batch_size=cfg.batch_size)
+        ds = map_stages(ds, stages, columns=SAMPLE_SCHEMA.names, batch_size=cfg.batch_size)
         last = 0.0
         for summary in stream(ds):
             counts["rows"] += int(summary.column("rows").to_numpy().sum())
@@ -137,6 +102,9 @@ def run_features(
     write_bytes_atomic(report_url, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     write_bytes_atomic(join(out, "_SUCCESS"), b"")  # commit marker, last
     if not quiet:
-        print(f"features: {counts['rows']} rows written, {counts['rejected']} rejected, "
-              f"{counts['resumed']} already done, in {report['seconds']}s -> {out}", file=sys.stderr)  # fmt: skip
+        print(
+            f"features: {counts['rows']} rows written, {counts['rejected']} rejected, "
+            f"{counts['resumed']} already done, in {report['seconds']}s -> {out}",
+            file=sys.stderr,
+        )
     return report

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
+from pipeline.device import autocast, local_device
+from pipeline.errors import Reason, Reject
 from pipeline.faults import maybe_fail
 from pipeline.features.config import FeaturesConfig
-from pipeline.io.fs import join
-from pipeline.io.parquet import write_table
+from pipeline.io.parts import PartWriter
+from pipeline.io.shards import as_text
 from pipeline.models.encoders import BOW_DIM
 from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
 from pipeline.preprocess.image import ImagePreprocess, normalize_uint8
@@ -24,19 +23,13 @@ from schemas import FEATURE_REJECTS_SCHEMA, features_schema
 MODALITIES = ("image", "text", "audio")
 
 
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value) if isinstance(value, str) else None
-
-
-def _errors(batch: Batch, n: int) -> list[tuple[str, str] | None]:
-    """The first failing modality of each row as (stage, message), else None."""
-    out: list[tuple[str, str] | None] = [None] * n
+def _errors(batch: Batch, n: int) -> list[str]:
+    """The first failing modality of each row as a Reject (JSON), else ""."""
+    out = [""] * n
     for m in MODALITIES:
         for i, err in enumerate(batch.get(f"{m}_error", [None] * n)):
-            if err and out[i] is None:
-                out[i] = (f"preprocess_{m}", str(err))
+            if err and not out[i]:
+                out[i] = Reject(f"preprocess_{m}", Reason.DECODE_ERROR, str(err)).to_json()
     return out
 
 
@@ -75,28 +68,28 @@ class FeaturePreprocess(Stage):
     def resources(self) -> Resources:
         return Resources(num_cpus=self.cfg.preprocess_num_cpus)
 
+    def inputs(self) -> tuple[str, ...]:
+        return (*self.reads, *(c for part in self.parts for c in part.inputs()))
+
+    def outputs(self) -> tuple[str, ...]:
+        made = [c for part in self.parts for c in part.outputs() if not c.endswith("_error")]
+        return (*made, "error")
+
+    def drops(self) -> tuple[str, ...]:
+        errors = tuple(f"{m}_error" for m in MODALITIES)
+        return (*(raw for raw in MODALITIES if raw not in self.keep), *errors)
+
     def __call__(self, batch: Batch) -> Batch:
         maybe_fail("preprocess")  # reliability tests: this worker dies mid-batch
         for part in self.parts:
-            batch = part(batch)
+            batch = part.run(batch)
         for raw in ("image", "audio", "text"):
             if raw not in self.keep:
                 batch.pop(raw, None)
-        n = len(batch["key"])
-        errs = _errors(batch, n)
-        batch["error"] = np.array([json.dumps(e) if e else "" for e in errs], dtype=object)
+        batch["error"] = np.array(_errors(batch, len(batch["key"])), dtype=object)
         for m in MODALITIES:
             batch.pop(f"{m}_error", None)
         return batch
-
-
-def _autocast(device: str, amp: str) -> Any:
-    import torch
-
-    if amp == "off" or device != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 class EncodeStage(Stage):
@@ -120,13 +113,32 @@ class EncodeStage(Stage):
             num_cpus=self.cfg.actor_num_cpus, num_gpus=self.gpus, actors=self.cfg.actors
         )
 
+    def _consumed(self) -> dict[str, tuple[str, ...]]:
+        """What each enabled encoder takes from preprocessing (and removes from the batch)."""
+        c = self.cfg
+        image = ("pixel_values",) if self.decode_preset is None else ("image", "error")
+        text = ("input_ids", "attention_mask")
+        found = {"image": image, "text": text, "audio": ("log_mel",)}
+        return {m: cols for m, cols in found.items() if getattr(c, m) is not None}
+
+    def inputs(self) -> tuple[str, ...]:
+        return (*self.reads, *(col for cols in self._consumed().values() for col in cols))
+
+    def outputs(self) -> tuple[str, ...]:
+        decoded = ("image_mask",) if self.decode_preset and self.cfg.image else ()
+        return (*(f"{m}_emb" for m in self._consumed()), *decoded)
+
+    def drops(self) -> tuple[str, ...]:
+        consumed = {c for cols in self._consumed().values() for c in cols} - {"error"}
+        return (*sorted(consumed), "text_bow", "audio_frames_mask")
+
     def setup(self) -> None:
         import torch
 
         from pipeline.models.encoders import audio_encoder, image_encoder, text_encoder
 
         c = self.cfg
-        self.device = "cuda" if (c.device != "cpu" and torch.cuda.is_available()) else "cpu"
+        self.device = local_device(c.device)
         # Intra-op threads = the CPUs this actor was given, so actors do not oversubscribe.
         torch.set_num_threads(max(1, int(c.actor_num_cpus)))
         self.encoders: dict[str, Any] = {}
@@ -151,8 +163,7 @@ class EncodeStage(Stage):
         import torch
 
         self.ensure_setup()
-        amp = "bf16" if self.cfg.amp == "auto" else self.cfg.amp
-        with torch.inference_mode(), _autocast(self.device, amp):
+        with torch.inference_mode(), autocast(self.cfg.amp, self.device):
             if "image" in self.encoders:
                 enc = self.encoders["image"]
                 if "pixel_values" in batch:
@@ -186,7 +197,7 @@ class EncodeStage(Stage):
         merged = list(batch["error"])
         for i, err in enumerate(errors):
             if err and not merged[i]:
-                merged[i] = json.dumps(("encode_image", err))
+                merged[i] = Reject("encode_image", Reason.DECODE_ERROR, err).to_json()
         batch["error"] = np.array(merged, dtype=object)
         return x
 
@@ -201,76 +212,32 @@ def encoder_info(cfg: FeaturesConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-class FeatureWriter(Stage):
-    """Write each shard's rows of a batch as one Parquet part named by the hash of its keys.
-
-    A part is committed atomically; a rerun reads the keys of existing parts and skips
-    them at read time, so a resumed run neither repeats nor loses a sample.
-    """
+class FeatureWriter(PartWriter):
+    """Features parts: one fixed-size list per modality, its mask, and the sample's metadata."""
 
     name = "feature_writer"
-    reads: ClassVar[tuple[str, ...]] = ("key", "shard", "error")
-    batch_format: ClassVar[str] = "numpy"
+
+    def inputs(self) -> tuple[str, ...]:
+        dims = self.cfg.dims()
+        return (*self.reads, *(f"{m}_emb" for m in dims), *(f"{m}_mask" for m in dims))
 
     def __init__(self, cfg: FeaturesConfig, metadata: dict[str, str]) -> None:
-        super().__init__()
-        self.cfg, self.metadata = cfg, metadata
-        self.schema = features_schema(cfg.dims())
+        self.cfg = cfg
+        schema = features_schema(cfg.dims()).with_metadata(
+            {k.encode(): v.encode() for k, v in metadata.items()}
+        )
+        super().__init__(cfg.output, schema, "features", FEATURE_REJECTS_SCHEMA, "feature_rejects")
 
-    @property
-    def resources(self) -> Resources:
-        return Resources(num_cpus=0.25)
-
-    def __call__(self, batch: Batch) -> Batch:
-        keys = np.asarray(batch["key"]).astype(str)
-        shards = np.asarray(batch["shard"]).astype(str)
-        errors = list(batch["error"])
-        summary: dict[str, list[Any]] = {"shard": [], "part": [], "rows": [], "rejects": []}
-        for shard in sorted(set(shards)):
-            idx = np.flatnonzero(shards == shard)
-            ok = [int(i) for i in idx if not errors[i]]
-            bad = [int(i) for i in idx if errors[i]]
-            digest = hashlib.sha256("\n".join(keys[idx]).encode()).hexdigest()[:16]
-            part = f"parts/{shard}/{digest}.parquet"
-            if bad:
-                rej = [dict(zip(("stage", "message"), json.loads(errors[i]))) for i in bad]
-                table = pa.table(
-                    {"key": keys[bad].tolist(), "shard": [shard] * len(bad), "stage": [r["stage"] for r in rej],
-                     "reason": ["decode_error"] * len(bad), "message": [r["message"] for r in rej]},
-                    schema=FEATURE_REJECTS_SCHEMA,
-                )  # fmt: skip
-                write_table(
-                    join(self.cfg.output, f"rejects/{shard}/{digest}.parquet"),
-                    table,
-                    FEATURE_REJECTS_SCHEMA,
-                    "feature_rejects",
-                )
-            write_table(
-                join(self.cfg.output, part),
-                self._table(batch, ok, keys, shard),
-                self._tagged(),
-                "features",
-            )
-            summary["shard"].append(shard)
-            summary["part"].append(part)
-            summary["rows"].append(len(ok))
-            summary["rejects"].append(len(bad))
-        return {k: np.asarray(v) for k, v in summary.items()}
-
-    def _tagged(self) -> pa.Schema:
-        return self.schema.with_metadata({k.encode(): v.encode() for k, v in self.metadata.items()})
-
-    def _table(self, batch: Batch, ok: list[int], keys: np.ndarray, shard: str) -> pa.Table:
+    def rows_table(self, batch: Batch, ok: list[int], keys: np.ndarray, shard: str) -> pa.Table:
         cols: dict[str, Any] = {"key": keys[ok].tolist(), "shard": [shard] * len(ok)}
         for m, dim in self.cfg.dims().items():
             emb = np.asarray(batch[f"{m}_emb"], dtype=np.float32)[ok].reshape(len(ok), dim)
             present = np.asarray(batch[f"{m}_mask"], dtype=bool)[ok]
             flat = pa.array(emb.reshape(-1), pa.float32())
-            arr = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~present))
-            cols[f"{m}_emb"] = arr
+            cols[f"{m}_emb"] = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~present))
         meta = batch.get("meta")
-        # An all-null column reaches us from Ray's numpy conversion as NaN floats: keep strings only.
-        cols["meta"] = [None] * len(ok) if meta is None else [_text(meta[i]) for i in ok]
+        # An all-null column reaches us from Ray's numpy conversion as NaN floats: strings only.
+        cols["meta"] = [None] * len(ok) if meta is None else [as_text(meta[i]) for i in ok]
         for m in MODALITIES:
             mask = batch.get(f"{m}_mask")
             cols[f"has_{m}"] = (

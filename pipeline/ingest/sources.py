@@ -42,10 +42,16 @@ CHUNK_SCHEMA = pa.schema(
 # Inline bytes (tars, embedded Parquet) are capped per chunk so that blocks stay small.
 MAX_CHUNK_INLINE_BYTES = 128 * 1024 * 1024
 _EXT_KINDS = {
-    "jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl",
-    "csv": "csv", "parquet": "parquet", "pq": "parquet",
-    "tar": "tar", "tgz": "tar", "tar.gz": "tar",
-}  # fmt: skip
+    "jsonl": "jsonl",
+    "ndjson": "jsonl",
+    "json": "jsonl",
+    "csv": "csv",
+    "parquet": "parquet",
+    "pq": "parquet",
+    "tar": "tar",
+    "tgz": "tar",
+    "tar.gz": "tar",
+}
 
 
 @dataclass
@@ -264,8 +270,10 @@ def _safe(row: InputRow) -> InputRow:
     ]
     if all(_encodable(t) for t in texts) and _encodable(row.source_file):
         return row
-    bad = InputRow(source_file=row.source_file.encode("utf-8", "backslashreplace").decode(),
-                   source_row=row.source_row)  # fmt: skip
+    bad = InputRow(
+        source_file=row.source_file.encode("utf-8", "backslashreplace").decode(),
+        source_row=row.source_row,
+    )
     bad.fail(
         SampleError(Reason.MALFORMED_ROW, "a value is not valid Unicode (lone surrogate)", "row")
     )

@@ -45,8 +45,11 @@ def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         # bounded waits: a throttling or flaky store is retried, a dead one fails in minutes,
         # not hours. MMPIPE_S3_MAX_ATTEMPTS tunes the bound.
         attempts = int(os.environ.get("MMPIPE_S3_MAX_ATTEMPTS", "5"))
-        kwargs["config_kwargs"] = {"retries": {"max_attempts": attempts, "mode": "standard"},
-                                   "connect_timeout": 10, "read_timeout": 60}  # fmt: skip
+        kwargs["config_kwargs"] = {
+            "retries": {"max_attempts": attempts, "mode": "standard"},
+            "connect_timeout": 10,
+            "read_timeout": 60,
+        }
     return url_to_fs(url, **kwargs)
 
 

@@ -1,4 +1,4 @@
-"""Parquet sinks that cast to a schema from schemas/, tag its version and commit atomically."""
+"""Parquet sinks that cast to a schema from schemas/ and commit atomically; streaming readers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -66,3 +67,39 @@ def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
     fs, path = get_fs(url)
     with fs.open(path, "rb") as f:
         return pq.read_table(f, columns=columns)
+
+
+def iter_tables(
+    files: list[str], columns: list[str] | None = None, rows: int = 4096
+) -> Iterator[pa.Table]:
+    """Stream record batches of the Parquet files: memory stays bounded by ``rows``."""
+    for url in files:
+        fs, path = get_fs(url)
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
+            for rb in pf.iter_batches(batch_size=rows, columns=cols):
+                yield pa.Table.from_batches([rb])
+
+
+def iter_row_groups(
+    url: str, columns: list[str], groups: list[int] | None = None
+) -> Iterator[tuple[int, pa.Table]]:
+    """(row group number, its table) of one file (every group, or ``groups``), one at a time."""
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        for rg in range(pf.num_row_groups) if groups is None else groups:
+            yield rg, pf.read_row_group(rg, columns=columns)
+
+
+def fsl_to_numpy(col: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed_size_list<float>[dim] column -> ([N, dim] float32 with nulls zeroed, valid)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    valid = ~np.asarray(arr.is_null(), dtype=bool)
+    # to_numpy, not np.asarray: float16 stores come back as float16 and are widened here.
+    values = arr.values.to_numpy(zero_copy_only=False)[arr.offset * dim : (arr.offset + n) * dim]
+    x = values.astype(np.float32, copy=True).reshape(n, dim)
+    x[~valid] = 0.0  # a null slot's child values are undefined: never let them reach the model
+    return x, valid

@@ -68,8 +68,10 @@ def image_encoder(
     if pool not in POOLS or (
         pool == "grid" and not (name == "efficientnet_lite0" or name.startswith("resnet"))
     ):
-        raise UserError(f"image pool {pool!r} is not available for {name}; use avg"
-                        + ("" if pool in POOLS else f" or one of {sorted(POOLS)}"))  # fmt: skip
+        raise UserError(
+            f"image pool {pool!r} is not available for {name}; use avg"
+            + ("" if pool in POOLS else f" or one of {sorted(POOLS)}")
+        )
     torch.manual_seed(seed)
     if name == "efficientnet_lite0":
         from efficientnet_lite_pytorch import EfficientNet

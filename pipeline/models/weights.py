@@ -22,27 +22,39 @@ def read_bytes(source: str) -> bytes:
         ) from None
 
 
+def load_tensors(blob: bytes, source: str) -> Any:
+    """``torch.load`` with ``weights_only=True``: plain tensors and containers, never code.
+
+    Every checkpoint we read (encoder weights, model files, training state) comes through here.
+
+    Raises:
+        UserError: the bytes hold pickled objects (or are not a torch checkpoint at all).
+    """
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as e:
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise UserError(
+            f"checkpoint refused: {source} holds pickled objects, not plain tensors ({detail}); "
+            "only weights_only checkpoints are loaded: save model.state_dict() or use safetensors"
+        ) from None
+
+
 def load_state_dict(source: str) -> tuple[dict[str, Any], str]:
-    """Return ``(state_dict, sha256)``. Pickled objects are never executed.
+    """Return ``(state_dict, sha256)`` of an encoder checkpoint. Pickled objects are never executed.
 
     Raises:
         UserError: missing file, or a checkpoint that needs unpickling arbitrary objects.
     """
-    import torch
-
     blob = read_bytes(source)
     digest = hashlib.sha256(blob).hexdigest()
     if source.endswith(".safetensors"):
         from safetensors.torch import load
 
         return dict(load(blob)), digest
-    try:
-        obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as e:
-        raise UserError(
-            f"{source} is not a plain weights checkpoint (it holds pickled objects: "
-            f"{str(e).splitlines()[0][:120]}); save model.state_dict() or use safetensors"
-        ) from None
+    obj = load_tensors(blob, source)
     # Common wrappers: {"state_dict": ...}, {"model": ...}; strip DDP's "module." prefix.
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -48,8 +48,16 @@ def log_mel(waves: Any, cfg: LogMelConfig, fbank: Any) -> Any:
     import torch
 
     window = torch.hann_window(cfg.n_fft, periodic=True, device=waves.device)
-    spec = torch.stft(waves, cfg.n_fft, cfg.hop_length, cfg.n_fft, window, center=True,
-                      pad_mode="reflect", return_complex=True)  # fmt: skip
+    spec = torch.stft(
+        waves,
+        cfg.n_fft,
+        cfg.hop_length,
+        cfg.n_fft,
+        window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
     power = spec.real.square() + spec.imag.square()
     return torch.log(torch.matmul(fbank, power) + cfg.eps)
 

@@ -24,7 +24,7 @@ class ImagePreset:
     std: tuple[float, float, float]
 
 
-PRESETS: dict[str, ImagePreset] = {
+IMAGE_PRESETS: dict[str, ImagePreset] = {
     "imagenet": ImagePreset(224, 256, IMAGENET_MEAN, IMAGENET_STD),
     # EfficientNet-Lite was trained on (x - 127) / 128.
     "efficientnet_lite": ImagePreset(224, 256, (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)),
@@ -55,7 +55,7 @@ def normalize_uint8(x: Any, preset: ImagePreset | str) -> Any:
     path of ``ImagePreprocess`` computes (resizing happens on uint8 in both)."""
     import torch
 
-    p = PRESETS[preset] if isinstance(preset, str) else preset
+    p = IMAGE_PRESETS[preset] if isinstance(preset, str) else preset
     mean = torch.tensor(p.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(p.std, device=x.device).view(1, 3, 1, 1)
     return (x.float() / 255.0 - mean) / std
@@ -104,11 +104,11 @@ class ImagePreprocess(Stage):
         dtype: str = "float32",
     ) -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown image preset {preset!r}; known: {sorted(PRESETS)}")
+        if preset not in IMAGE_PRESETS:
+            raise ValueError(f"unknown image preset {preset!r}; known: {sorted(IMAGE_PRESETS)}")
         if dtype not in ("float32", "uint8"):
             raise ValueError(f"dtype must be 'float32' or 'uint8', not {dtype!r}")
-        self.preset = PRESETS[preset]
+        self.preset = IMAGE_PRESETS[preset]
         self.dtype = dtype
         self.augment = augment
         self.device = device

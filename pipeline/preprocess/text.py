@@ -63,14 +63,21 @@ class TextTokenize(Stage):
     batch_format: ClassVar[str] = "numpy"
 
     def __init__(
-        self, tokenizer: str = "minilm", *, max_length: int = 64, padding: str = "max_length",
+        self,
+        tokenizer: str = "minilm",
+        *,
+        max_length: int = 64,
+        padding: str = "max_length",
         bow_dim: int = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.bow_dim = bow_dim  # > 0: also emit ``text_bow`` [N, bow_dim] (char n-grams)
         if padding not in ("max_length", "longest"):
             raise ValueError(f"padding must be max_length or longest, not {padding!r}")
         self.source, self.max_length, self.padding = tokenizer, max_length, padding
+
+    def outputs(self) -> tuple[str, ...]:
+        return (*self.adds, "text_bow") if self.bow_dim else self.adds
 
     def setup(self) -> None:
         from tokenizers import Tokenizer

@@ -11,17 +11,26 @@ from pipeline.errors import UserError
 
 
 def add_commands(sub: Any) -> None:
-    from pipeline.submit.package import JOBS
+    from pipeline.registry import JOB_NAMES
 
     p = sub.add_parser("submit", help="run a job on a Ray cluster through the Jobs API")
-    p.add_argument("job", help="|".join(JOBS))
+    p.add_argument("job", help="|".join(JOB_NAMES))
     p.add_argument("--config", required=True, help="the job's YAML (validated before submitting)")
     p.add_argument("--address", help="the dashboard, e.g. http://HEAD:8265 (default RAY_ADDRESS)")
-    p.add_argument("--deps", default="lock", choices=["lock", "image", "none"],
-                   help="lock: install requirements.lock pins; image: --image; none: the cluster's env")  # fmt: skip
+    p.add_argument(
+        "--deps",
+        default="lock",
+        choices=["lock", "image", "none"],
+        help="lock: install requirements.lock pins; image: --image; none: the cluster's env",
+    )
     p.add_argument("--image", help="a prebuilt image (with --deps image)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="an environment variable for the job (never a credential)")  # fmt: skip
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the job (never a credential)",
+    )
     p.add_argument("--submission-id", help="default: mmpipe-JOB-CONFIGHASH-UTCTIME")
     p.add_argument("--wait", action="store_true", help="wait for the job; exit with its status")
     p.add_argument("--follow", action="store_true", help="stream its logs until it ends")
@@ -48,8 +57,15 @@ def _env(pairs: list[str]) -> dict[str, str]:
 def _cmd_submit(args: argparse.Namespace) -> int:
     from pipeline.submit.client import exit_code, follow, submit, wait
 
-    sid = submit(args.job, args.config, address=args.address, deps=args.deps, image=args.image,
-                 env=_env(args.env), submission_id=args.submission_id)  # fmt: skip
+    sid = submit(
+        args.job,
+        args.config,
+        address=args.address,
+        deps=args.deps,
+        image=args.image,
+        env=_env(args.env),
+        submission_id=args.submission_id,
+    )
     print(f"submitted {sid}", file=sys.stderr)
     if args.follow:
         status = follow(sid, address=args.address, timeout_s=args.timeout)

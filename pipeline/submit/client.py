@@ -14,7 +14,6 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.submit.package import (
     CONFIG_NAME,
-    JOBS,
     config_hash,
     project_root,
     runtime_env,
@@ -46,21 +45,33 @@ def _git_commit() -> str | None:
     if not shutil.which("git"):
         return None
     try:
-        out = subprocess.run(["git", "-C", str(project_root()), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5)  # fmt: skip
+        out = subprocess.run(
+            ["git", "-C", str(project_root()), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
 
 
-def submit(job: str, config: str, *, address: str | None = None, deps: str = "lock",
-           image: str | None = None, env: dict[str, str] | None = None,
-           submission_id: str | None = None) -> str:  # fmt: skip
+def submit(
+    job: str,
+    config: str,
+    *,
+    address: str | None = None,
+    deps: str = "lock",
+    image: str | None = None,
+    env: dict[str, str] | None = None,
+    submission_id: str | None = None,
+) -> str:
     """Validate, package and submit; returns the submission id (``mmpipe-JOB-CONFIGHASH-TIME``)."""
     from pipeline import __version__
+    from pipeline.registry import job as find_job
 
     validate_config(job, config)
-    module = JOBS[job][0]
+    module = find_job(job).entrypoint
     sid = submission_id or (
         f"mmpipe-{job}-{config_hash(config)}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     )
@@ -68,14 +79,25 @@ def submit(job: str, config: str, *, address: str | None = None, deps: str = "lo
     wd = stage_working_dir(config)
     try:
         renv = runtime_env(wd, deps, image, env or {})
-        metadata = {"mmpipe_job": job, "mmpipe_version": __version__, "config_sha256_8": config_hash(config),
-                    "config_name": os.path.basename(config), "submitted_by": getpass.getuser(),
-                    "git_commit": _git_commit() or "unknown"}  # fmt: skip
+        metadata = {
+            "mmpipe_job": job,
+            "mmpipe_version": __version__,
+            "config_sha256_8": config_hash(config),
+            "config_name": os.path.basename(config),
+            "submitted_by": getpass.getuser(),
+            "git_commit": _git_commit() or "unknown",
+        }
         deadline = time.monotonic() + 120
         while True:
             try:
-                return str(c.submit_job(entrypoint=f"python -m {module} --config {CONFIG_NAME}",
-                                        runtime_env=renv, submission_id=sid, metadata=metadata))  # fmt: skip
+                return str(
+                    c.submit_job(
+                        entrypoint=f"python -m {module} --config {CONFIG_NAME}",
+                        runtime_env=renv,
+                        submission_id=sid,
+                        metadata=metadata,
+                    )
+                )
             except RuntimeError as e:
                 # A head that has just started serves HTTP before its job agent is up.
                 if "No available agent" not in str(e) or time.monotonic() > deadline:
@@ -129,16 +151,28 @@ def exit_code(status: str) -> int:
 def list_jobs(address: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for j in client(address).list_jobs():
-        rows.append({"submission_id": j.submission_id, "status": str(j.status).split(".")[-1],
-                     "entrypoint": j.entrypoint, "start_time": j.start_time, "end_time": j.end_time,
-                     "job": (j.metadata or {}).get("mmpipe_job")})  # fmt: skip
+        rows.append(
+            {
+                "submission_id": j.submission_id,
+                "status": str(j.status).split(".")[-1],
+                "entrypoint": j.entrypoint,
+                "start_time": j.start_time,
+                "end_time": j.end_time,
+                "job": (j.metadata or {}).get("mmpipe_job"),
+            }
+        )
     return sorted(rows, key=lambda r: r["start_time"] or 0)
 
 
 def status(sid: str, address: str | None = None) -> dict[str, Any]:
     info = client(address).get_job_info(sid)
-    return {"submission_id": sid, "status": str(info.status).split(".")[-1], "message": info.message,
-            "metadata": info.metadata, "entrypoint": info.entrypoint}  # fmt: skip
+    return {
+        "submission_id": sid,
+        "status": str(info.status).split(".")[-1],
+        "message": info.message,
+        "metadata": info.metadata,
+        "entrypoint": info.entrypoint,
+    }
 
 
 def logs(sid: str, address: str | None = None) -> str:

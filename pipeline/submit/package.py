@@ -14,14 +14,6 @@ import yaml
 
 from pipeline.errors import UserError
 
-# JOB -> (entrypoint module, the YAML section its config lives in)
-JOBS = {
-    "build": ("jobs.build_dataset", "build"),
-    "features": ("jobs.extract_features", "features"),
-    "train": ("jobs.train_fusion", "train"),
-    "embed": ("jobs.embed_bulk", "embed"),
-    "refresh": ("jobs.nightly_refresh", "embed"),
-}
 # Only the code travels: data, outputs, caches and virtualenvs stay home.
 SHIPPED = ("pipeline", "schemas", "jobs", "pyproject.toml", "requirements.lock")
 EXCLUDES = ["__pycache__", "*.pyc", "*.tar", "*.parquet", "*.pt", "*_out", "_work", ".venv", ".git"]
@@ -38,41 +30,20 @@ def project_root() -> Path:
 
 
 def validate_config(job: str, path: str) -> dict[str, Any]:
-    """Validate the config with the job's own typed model before anything is submitted, so a
-    misspelt field fails here, at once, rather than on the cluster. Returns the YAML mapping."""
+    """Validate the config exactly as the job will (``pipeline.registry``), before anything is
+    submitted, so a misspelt field fails here, at once, rather than on the cluster. Paths are
+    the cluster's to resolve, not this machine's. Returns the YAML mapping."""
     from pipeline.config import load_yaml
+    from pipeline.registry import job as find_job
 
-    if job not in JOBS:
-        raise UserError(f"unknown job {job!r}; choose one of {sorted(JOBS)}")
+    spec = find_job(job)
     if not os.path.isfile(path):
         raise UserError(f"--config {path} does not exist")
     data = load_yaml(path)
-    section = JOBS[job][1]
-    if section not in data:
-        raise UserError(f"{path} has no '{section}:' mapping, which the {job} job reads")
-    _validate_fields(data[section], section)
+    if spec.section not in data:
+        raise UserError(f"{path} has no '{spec.section}:' mapping, which the {job} job reads")
+    spec.load_config(path)
     return data
-
-
-def _validate_fields(fields: dict[str, Any], section: str) -> None:
-    """Field names and types only: paths are the cluster's to resolve, not this machine's."""
-    from pydantic import ValidationError
-
-    from pipeline.config import BuildConfig, _explain
-    from pipeline.embed.config import EmbedConfig
-    from pipeline.features.config import FeaturesConfig
-    from pipeline.train.config import TrainConfig
-
-    model = {
-        "build": BuildConfig,
-        "features": FeaturesConfig,
-        "train": TrainConfig,
-        "embed": EmbedConfig,
-    }[section]
-    try:
-        model(**fields)
-    except ValidationError as e:
-        raise UserError(_explain(e, model).replace("config:", f"{section} config:")) from None
 
 
 def config_hash(path: str) -> str:

@@ -47,13 +47,12 @@ def add_commands(sub: Any) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.config import options
     from pipeline.train.config import load_train_config
     from pipeline.train.job import run_train
 
-    overrides = {"data": args.data, "output": args.output, "fusion": args.fusion, "preset": args.preset,
-                 "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "workers": args.workers,
-                 "seed": args.seed, "max_steps": args.max_steps}  # fmt: skip
-    cfg = load_train_config(overrides, args.config)
+    names = ("data", "output", "fusion", "preset", "epochs", "batch_size", "lr", "workers")
+    cfg = load_train_config(options(args, (*names, "seed", "max_steps")), args.config)
     run_train(cfg, address=args.address, resume=args.resume, quiet=args.quiet)
     return 0
 
@@ -66,9 +65,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.train.report import write_report
+    from pipeline.train.report import write_html_report
 
-    path = write_report(args.run, args.compare, args.output)
+    path = write_html_report(args.run, args.compare, args.output)
     print(f"report: {path}", file=sys.stderr)
     return 0
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.errors import UserError
+if TYPE_CHECKING:
+    from pipeline.artifact import ModelSpec
 
 Modality = Literal["image", "text", "audio"]
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "train"
+    label: ClassVar[str] = "train config"
 
     data: str  # an `mmpipe features` output directory
     output: str  # the run directory
@@ -60,6 +63,18 @@ class TrainConfig(BaseModel):
     # Where Ray Train persists checkpoints: local path or s3:// (default: OUTPUT/ray).
     storage_path: str | None = None
 
+    def model_spec(self, dims: dict[str, int], n_classes: int) -> ModelSpec:
+        """The architecture this config trains on features of ``dims``."""
+        from pipeline.artifact import ModelSpec
+
+        same = {"preset", "d_model", "embed_dim", "image_size", "max_text_tokens"}
+        return ModelSpec(
+            fusion_type=self.fusion,
+            dims=dict(dims),
+            n_classes=n_classes if self.label_field else 0,
+            **self.model_dump(include=same),
+        )
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.w_contrastive == 0 and (self.w_classify == 0 or self.label_field is None):
@@ -70,11 +85,7 @@ class TrainConfig(BaseModel):
 
 
 def load_train_config(overrides: dict[str, Any], yaml_path: str | None = None) -> TrainConfig:
-    """Merge YAML (its ``train:`` mapping, if any) with CLI overrides and validate."""
-    from pipeline.config import _explain, merged_section
+    """``load_config`` for training."""
+    from pipeline.config import load_config
 
-    data = merged_section(overrides, yaml_path, "train")
-    try:
-        return TrainConfig(**data)
-    except ValidationError as e:
-        raise UserError(_explain(e, TrainConfig).replace("config:", "train config:")) from None
+    return load_config(TrainConfig, overrides, yaml_path)

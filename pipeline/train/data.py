@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
-from pipeline.io.fs import exists, get_fs, join, list_files, read_bytes
+from pipeline.io.fs import exists, join, list_files, read_bytes
+from pipeline.io.parquet import fsl_to_numpy, iter_tables
 from pipeline.stage import Stage
 
 
@@ -43,8 +43,10 @@ def open_features(
     """Check a features directory and read what training needs to know, streaming one column."""
     report_url = join(root, "features.json")
     if not exists(join(root, "_SUCCESS")) or not exists(report_url):
-        raise UserError(f"train: {root} is not a finished `mmpipe features` output (no _SUCCESS); "
-                        "run mmpipe features first, or point DATA at its --output")  # fmt: skip
+        raise UserError(
+            f"train: {root} is not a finished `mmpipe features` output (no _SUCCESS); "
+            "run mmpipe features first, or point DATA at its --output"
+        )
     raw = read_bytes(report_url)
     report = json.loads(raw)
     dims = {m: int(v["dim"]) for m, v in report["encoders"].items()}
@@ -62,11 +64,14 @@ def open_features(
         raise UserError(f"train: {root} holds no feature rows")
     classes = label_vocabulary(iter_tables(files, ["meta"]), label_field)
     return FeatureSet(
-        root=root, files=files, dims=dims, fingerprint=str(report.get("fingerprint")),
+        root=root,
+        files=files,
+        dims=dims,
+        fingerprint=str(report.get("fingerprint")),
         manifest_sha256=hashlib.sha256(raw).hexdigest(),
         preprocessing={"config": report.get("config"), "encoders": report.get("encoders")},
         classes=sorted(classes),
-    )  # fmt: skip
+    )
 
 
 def label_vocabulary(tables: Iterator[pa.Table], field: str | None) -> set[str]:
@@ -88,34 +93,12 @@ def label_of(meta: str | None, field: str) -> str | None:
     return None if value is None else str(value)
 
 
-def iter_tables(
-    files: list[str], columns: list[str] | None = None, rows: int = 4096
-) -> Iterator[pa.Table]:
-    """Stream record batches of the Parquet files: memory stays bounded by ``rows``."""
-    for url in files:
-        fs, path = get_fs(url)
-        with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
-            for rb in pf.iter_batches(batch_size=rows, columns=cols):
-                yield pa.Table.from_batches([rb])
-
-
-def fsl_to_numpy(col: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed_size_list<float32>[dim] column -> ([N, dim] float32 with nulls zeroed, valid)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    n = len(arr)
-    valid = ~np.asarray(arr.is_null(), dtype=bool)
-    values = np.asarray(arr.values, dtype=np.float32)[arr.offset * dim : (arr.offset + n) * dim]
-    x = values.reshape(n, dim).copy()
-    x[~valid] = 0.0  # a null slot's child values are undefined: never let them reach the model
-    return x, valid
-
-
 class SplitLabel(Stage):
     """Keep one split's rows and add ``label`` (class index, -1 when unknown) from metadata."""
 
     name = "split_label"
+    reads: ClassVar[tuple[str, ...]] = ("key", "meta")
+    adds: ClassVar[tuple[str, ...]] = ("label",)
     batch_format: ClassVar[str] = "pyarrow"
 
     def __init__(
@@ -179,10 +162,8 @@ def ray_split(fs_: FeatureSet, split: str, fraction: float, label_field: str | N
     """One split as a Ray Dataset, for ``get_dataset_shard`` in the workers."""
     import ray.data
 
+    from pipeline.runner import map_stages
+
     cols = ["key", "meta", *(f"{m}_emb" for m in fs_.dims), *(f"has_{m}" for m in fs_.dims)]
     ds = ray.data.read_parquet(fs_.files, columns=cols)
-    return ds.map_batches(
-        SplitLabel(split, fraction, fs_.classes, label_field),
-        batch_format="pyarrow",
-        batch_size=None,
-    )
+    return map_stages(ds, [SplitLabel(split, fraction, fs_.classes, label_field)], columns=cols)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from collections.abc import Iterator
@@ -10,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.artifact import ModelInfo, RunArtifact
 from pipeline.errors import UserError
-from pipeline.io.fs import exists, join, read_bytes, write_bytes_atomic
-from pipeline.train.data import SplitLabel, iter_tables, open_features, to_tensors
+from pipeline.io.fs import join, read_bytes, write_bytes_atomic
+from pipeline.io.parquet import iter_tables
+from pipeline.train.data import SplitLabel, open_features, to_tensors
 
 # Generating attributes that say what a sample shows; two captions with equal values describe
 # the same content (the same text, a paraphrase or a translation).
@@ -20,55 +21,23 @@ INSTANCE_FIELDS = ("label", "color", "size", "position")
 KS = (1, 5, 10)
 
 
-def load_run(run_dir: str) -> tuple[Any, dict[str, Any]]:
-    """The trained FusionModel (weights_only) and its model.json."""
-    import torch
-
-    if not exists(join(run_dir, "model.json")) or not exists(join(run_dir, "model.pt")):
-        raise UserError(
-            f"{run_dir} holds no trained model (model.json, model.pt); run mmpipe train first"
-        )
-    info = json.loads(read_bytes(join(run_dir, "model.json")))
-    model = build_model(info)
-    state = torch.load(
-        io.BytesIO(read_bytes(join(run_dir, "model.pt"))), map_location="cpu", weights_only=True
-    )
-    model.load_state_dict(state)
-    return model.eval(), info
-
-
-def build_model(info: dict[str, Any]) -> Any:
-    """The untrained architecture that ``model.json`` describes (weights are loaded after)."""
-    from pipeline.train.model import FusionModel
-
-    n_classes = len(info["classes"]) if info.get("label_field") else 0
-    if info.get("preset") == "finetune":
-        from pipeline.train.presets import FinetuneFusion
-
-        model: Any = FinetuneFusion(info["fusion_type"], n_classes, d=info["d_model"], embed_dim=info["embed_dim"],
-                                    dropout=0.0, freeze_fraction=1.0)  # fmt: skip
-    elif info.get("preset"):
-        from pipeline.train.presets import ClassicFusion
-
-        model = ClassicFusion(
-            info["preset"], n_classes, d=info["d_model"], embed_dim=info["embed_dim"], dropout=0.0
-        )
-    else:
-        model = FusionModel(info["dims"], info["fusion"], d=info["d_model"], embed_dim=info["embed_dim"],
-                            n_classes=n_classes, dropout=0.0)  # fmt: skip
-    return model
-
-
 def embed_rows(
-    model: Any, info: dict[str, Any], data: str, split: str, fraction: float
+    model: Any, info: ModelInfo, data: str, split: str, fraction: float
 ) -> dict[str, Any]:
     """Stream one split of a features directory through the model; keep only the outputs."""
     import torch
 
-    dims = info["dims"]
-    acc: dict[str, list[Any]] = {"keys": [], "labels": [], "attrs": [], "fused": [], "logits": [],
-                                 **{f"emb_{m}": [] for m in dims}, **{f"has_{m}": [] for m in dims},
-                                 **{f"logits_only_{m}": [] for m in dims}}  # fmt: skip
+    dims = info.dims
+    acc: dict[str, list[Any]] = {
+        "keys": [],
+        "labels": [],
+        "attrs": [],
+        "fused": [],
+        "logits": [],
+        **{f"emb_{m}": [] for m in dims},
+        **{f"has_{m}": [] for m in dims},
+        **{f"logits_only_{m}": [] for m in dims},
+    }
     with torch.no_grad():
         for keys, metas, feats, masks, labels in _batches(info, data, split, fraction):
             out = model(feats, masks)
@@ -91,29 +60,27 @@ def embed_rows(
     }
 
 
-def _batches(
-    info: dict[str, Any], data: str, split: str, fraction: float
-) -> Iterator[tuple[Any, ...]]:
+def _batches(info: ModelInfo, data: str, split: str, fraction: float) -> Iterator[tuple[Any, ...]]:
     """(keys, metas, inputs, masks, labels) of one split: features rows, or for an end-to-end
     preset the shards preprocessed as in training."""
-    dims, label_field = info["dims"], info.get("label_field")
-    if info.get("preset"):
-        from pipeline.features.job import resolve_shards
+    dims, label_field = info.dims, info.label_field
+    if info.preset:
+        from pipeline.io.shards import resolve_shards
         from pipeline.train.presets import E2EPreprocess, e2e_tensors, iter_e2e
 
         stage = E2EPreprocess(
             split,
             fraction,
-            info["classes"],
+            info.classes,
             label_field,
-            info["image_size"],
-            info["max_text_tokens"],
+            info.image_size,
+            info.max_text_tokens,
         )
         for b in iter_e2e(resolve_shards(data), stage):
             yield ([str(k) for k in b["key"]], list(b["meta"]), *e2e_tensors(b, dims, "cpu"))
         return
     fs_ = open_features(data, list(dims), None)
-    split_stage = SplitLabel(split, fraction, info["classes"], label_field)
+    split_stage = SplitLabel(split, fraction, info.classes, label_field)
     cols = ["key", "meta", *(f"{m}_emb" for m in dims), *(f"has_{m}" for m in dims)]
     for table in iter_tables(fs_.files, cols, rows=1024):
         t: Any = split_stage(table)
@@ -146,8 +113,8 @@ def recall_at_k(
     return {f"R@{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
 
 
-def score(rows: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    mods = list(info["dims"])
+def score(rows: dict[str, Any], info: ModelInfo) -> dict[str, Any]:
+    mods = list(info.dims)
     labels = rows["labels"]
     attrs = rows["attrs"]
     keys = np.asarray(rows["keys"])
@@ -159,8 +126,10 @@ def score(rows: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
             qi = np.flatnonzero(rows[f"has_{a}"] & (labels >= 0))
             gi = np.flatnonzero(rows[f"has_{b}"])
             q, g = rows[f"emb_{a}"][qi], rows[f"emb_{b}"][gi]
-            entry = {"queries": len(qi),
-                     "class": recall_at_k(q, g, labels[qi][:, None] == labels[gi][None, :])}  # fmt: skip
+            entry = {
+                "queries": len(qi),
+                "class": recall_at_k(q, g, labels[qi][:, None] == labels[gi][None, :]),
+            }
             if all(attrs[i] is not None for i in qi) and all(attrs[j] is not None for j in gi):
                 ids: dict[Any, int] = {}
                 aid = np.array([ids.setdefault(x, len(ids)) for x in attrs])
@@ -173,7 +142,7 @@ def score(rows: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     if len(rows["logits"]) and known.any():
         pred = rows["logits"].argmax(1)
         result["accuracy"]["fused"] = float((pred[known] == labels[known]).mean())
-        n = len(info["classes"])
+        n = len(info.classes)
         conf = np.zeros((n, n), dtype=np.int64)
         np.add.at(conf, (labels[known], pred[known]), 1)
         result["confusion"] = conf.tolist()
@@ -198,11 +167,18 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 
 def run_eval(run_dir: str, data: str, *, split: str = "val", quiet: bool = False) -> dict[str, Any]:
     """Write ``RUN_DIR/eval.json`` (and ``eval_points.json`` for the report's projection)."""
-    model, info = load_run(run_dir)
+    art = RunArtifact.open(run_dir)
+    model, info = art.load(), art.info
     fraction = json.loads(read_bytes(join(run_dir, "config.json"))).get("val_fraction", 0.2)
     rows = embed_rows(model, info, data, split, fraction)
-    result = {"run": run_dir, "data": data, "split": split, "fusion": info["fusion"],
-              "classes": info["classes"], **score(rows, info)}  # fmt: skip
+    result = {
+        "run": run_dir,
+        "data": data,
+        "split": split,
+        "fusion": info.fusion,
+        "classes": info.classes,
+        **score(rows, info),
+    }
     write_bytes_atomic(join(run_dir, "eval.json"), json.dumps(result, indent=2).encode())
     pts = pca_2d(rows["fused"][:3000])
     points = {"xy": pts.round(4).tolist(), "label": rows["labels"][:3000].tolist()}

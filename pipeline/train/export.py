@@ -6,6 +6,7 @@ import io
 import os
 from typing import Any
 
+from pipeline.artifact import TORCHSCRIPT_FILE, ModelInfo, RunArtifact
 from pipeline.io.fs import join, write_bytes_atomic
 
 
@@ -29,19 +30,23 @@ def serving_module(model: Any) -> Any:
     return Serving(model).eval()
 
 
-def example_inputs(info: dict[str, Any], n: int = 4) -> tuple[Any, ...]:
+def example_inputs(info: ModelInfo | dict[str, Any], n: int = 4) -> tuple[Any, ...]:
+    """A batch of ``n`` random inputs in the serving order (``model.json`` or its mapping)."""
     import torch
 
+    if isinstance(info, dict):
+        info = ModelInfo.from_json(info)
+
     g = torch.Generator().manual_seed(0)
-    mods = [m for m in ("image", "text", "audio") if m in info["dims"]]  # the model's order
-    if info.get("preset"):  # end-to-end: normalised pixels and token ids
-        s, length = info["image_size"], info["max_text_tokens"]
+    mods = info.modalities  # the model's order
+    if info.preset:  # end-to-end: raw pixels and token ids
+        s, length = info.image_size, info.max_text_tokens
         feats = [
             torch.randint(0, 256, (n, 3, s, s), generator=g).to(torch.uint8),  # raw pixels
             torch.randint(1000, 2000, (n, length), generator=g),
         ]
     else:
-        feats = [torch.randn(n, info["dims"][m], generator=g) for m in mods]
+        feats = [torch.randn(n, info.dims[m], generator=g) for m in mods]
     masks = [torch.rand(n, generator=g) > 0.3 for _ in mods]
     for mk in masks:
         mk[0] = True
@@ -52,9 +57,8 @@ def export_torchscript(run_dir: str, output: str | None = None) -> str:
     """Trace the model and check that the traced outputs equal the eager ones before writing."""
     import torch
 
-    from pipeline.train.evaluate import load_run
-
-    model, info = load_run(run_dir)
+    art = RunArtifact.open(run_dir)
+    model, info = art.load(), art.info
     wrapped = serving_module(model)
     ex = example_inputs(info)
     with torch.no_grad():
@@ -64,6 +68,6 @@ def export_torchscript(run_dir: str, output: str | None = None) -> str:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     buf = io.BytesIO()
     torch.jit.save(traced, buf)
-    out = output or join(run_dir, "model.torchscript.pt")
+    out = output or join(run_dir, TORCHSCRIPT_FILE)
     write_bytes_atomic(out, buf.getvalue())
     return out if "://" in out else os.path.abspath(out)

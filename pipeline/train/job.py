@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 import sys
@@ -10,29 +10,50 @@ import tempfile
 import time
 from typing import Any
 
+from pipeline import faults
+from pipeline.artifact import MODEL_FILE, Lineage, ModelInfo, save_run
 from pipeline.errors import UserError
+from pipeline.faults import maybe_fail
+from pipeline.fingerprint import fingerprint
 from pipeline.io.fs import exists, is_remote, join, list_files, read_bytes, write_bytes_atomic
 from pipeline.redact import redact_obj
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import FeatureSet, open_features, ray_split
 
 RUN_NAME = "fusion"
-MODEL_FILE = "model.pt"  # a plain state dict: loads with weights_only=True
 
 
-def fingerprint(cfg: TrainConfig, fs_: FeatureSet) -> str:
+def train_fingerprint(cfg: TrainConfig, fs_: FeatureSet) -> str:
+    """What decides the trained model: the config's learning fields and the data's manifest."""
     fields = cfg.model_dump(
         exclude={"data", "output", "storage_path", "workers", "cpus_per_worker", "max_failures"}
     )
-    blob = json.dumps({"cfg": fields, "data": fs_.manifest_sha256}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint({"cfg": fields, "data": fs_.manifest_sha256})
 
 
-def lineage(cfg: TrainConfig, fs_: FeatureSet) -> dict[str, Any]:
+def lineage(cfg: TrainConfig, fs_: FeatureSet) -> Lineage:
     """What every checkpoint records: the data it was trained on and how it was preprocessed."""
-    return {"features": fs_.root, "features_fingerprint": fs_.fingerprint,
-            "features_manifest_sha256": fs_.manifest_sha256, "preprocessing": fs_.preprocessing,
-            "train_config": cfg.model_dump()}  # fmt: skip
+    return Lineage(
+        features=fs_.root,
+        features_fingerprint=fs_.fingerprint,
+        features_manifest_sha256=fs_.manifest_sha256,
+        preprocessing=fs_.preprocessing,
+        train_config=cfg.model_dump(),
+    )
+
+
+def model_info(cfg: TrainConfig, fs_: FeatureSet) -> ModelInfo:
+    """``model.json`` of a run of ``cfg`` on ``fs_`` (the weights' hash is added on save)."""
+    same = {"preset", "image_size", "max_text_tokens", "d_model", "embed_dim", "label_field"}
+    return ModelInfo(
+        fusion=cfg.preset or cfg.fusion,
+        fusion_type=cfg.fusion,
+        dims=fs_.dims,
+        classes=fs_.classes,
+        dropout=cfg.dropout,
+        lineage=lineage(cfg, fs_),
+        **cfg.model_dump(include=same),
+    )
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -71,10 +92,8 @@ def train_worker(config: dict[str, Any]) -> None:
         log.lines.append(
             json.dumps({"kind": "restore", "step": tr.progress.step, "epoch": tr.progress.epoch})
         )
-    marker = os.path.join(config["run_dir"], ".fault_injected")
-    if config.get("fail_at_step") and rank == world - 1 and not os.path.exists(marker):
-        # Test hook (local runs): kill this worker's process once, at that step.
-        log.kill_at, log.kill_marker = int(config["fail_at_step"]), marker
+    if rank == world - 1:  # the reliability tests' fault: this worker dies at a step, once
+        log.fault = config.get("fault")
 
     def report(metrics: dict[str, Any]) -> None:
         metrics = {**metrics, "step": tr.progress.step, "epoch": tr.progress.epoch}
@@ -85,21 +104,35 @@ def train_worker(config: dict[str, Any]) -> None:
             with open(os.path.join(d, "state.pt"), "wb") as f:
                 f.write(save_state(tr.state_dict()))
             with open(os.path.join(d, "meta.json"), "w") as f:
-                json.dump({"metrics": metrics, "lineage": config["lineage"], "log_lines": len(log.lines),
-                           "classes": config["classes"], "dims": config["dims"]}, f)  # fmt: skip
+                json.dump(
+                    {
+                        "metrics": metrics,
+                        "lineage": config["lineage"],
+                        "log_lines": len(log.lines),
+                        "classes": config["classes"],
+                        "dims": config["dims"],
+                    },
+                    f,
+                )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     every = cfg.checkpoint_every_steps
     fmt = "numpy" if cfg.preset else "pyarrow"  # presets carry pixel tensors
     while tr.progress.epoch < cfg.epochs and not tr.progress.done:
         batches = train_shard.iter_batches(
-            batch_size=cfg.batch_size, batch_format=fmt, drop_last=True,
-            local_shuffle_buffer_size=cfg.batch_size * 8, local_shuffle_seed=cfg.seed * 100003 + tr.progress.epoch,
-        )  # fmt: skip
+            batch_size=cfg.batch_size,
+            batch_format=fmt,
+            drop_last=True,
+            local_shuffle_buffer_size=cfg.batch_size * 8,
+            local_shuffle_seed=cfg.seed * 100003 + tr.progress.epoch,
+        )
         t0 = time.perf_counter()
-        tr.train_epoch(batches, on_step=log.step,
-                       should_checkpoint=lambda: bool(every) and tr.progress.step % every == 0,  # type: ignore[operator]
-                       checkpoint=lambda: report({"kind": "step"}))  # fmt: skip
+        tr.train_epoch(
+            batches,
+            on_step=log.step,
+            should_checkpoint=lambda: bool(every) and tr.progress.step % every == 0,  # type: ignore[operator]
+            checkpoint=lambda: report({"kind": "step"}),
+        )
         tot = tr.evaluate(val_shard.iter_batches(batch_size=cfg.batch_size, batch_format=fmt))
         if world > 1:
             t = torch.tensor(
@@ -109,8 +142,12 @@ def train_worker(config: dict[str, Any]) -> None:
             tot = dict(zip(("loss", "rows", "correct", "labelled"), t.tolist()))
         val_loss = tot["loss"] / max(1.0, tot["rows"])
         stop = tr.end_epoch(val_loss)
-        metrics = {"kind": "epoch", "val_loss": val_loss, "epoch_seconds": time.perf_counter() - t0,
-                   "val_acc": tot["correct"] / tot["labelled"] if tot["labelled"] else None}  # fmt: skip
+        metrics = {
+            "kind": "epoch",
+            "val_loss": val_loss,
+            "epoch_seconds": time.perf_counter() - t0,
+            "val_acc": tot["correct"] / tot["labelled"] if tot["labelled"] else None,
+        }
         log.epoch({**metrics, "epoch": tr.progress.epoch, "step": tr.progress.step})
         report(metrics)
         if stop or (cfg.max_steps is not None and tr.progress.step >= cfg.max_steps):
@@ -122,8 +159,8 @@ class MetricsLog:
     TensorBoard when it is installed."""
 
     def __init__(self, run_dir: str, enabled: bool) -> None:
-        self.url, self.enabled, self.kill_at = join(run_dir, "metrics.jsonl"), enabled, 0
-        self.kill_marker = ""
+        self.url, self.enabled = join(run_dir, "metrics.jsonl"), enabled
+        self.fault: str | None = None
         self.lines: list[str] = []
         self.tb: Any = None
         if enabled and exists(self.url):  # a resumed run appends to what is there
@@ -137,9 +174,8 @@ class MetricsLog:
                 self.tb = None
 
     def step(self, row: dict[str, Any]) -> None:
-        if self.kill_at and row["step"] >= self.kill_at:
-            open(self.kill_marker, "w").close()
-            os._exit(1)  # the injected fault: this worker process dies mid-training
+        if self.fault:
+            maybe_fail("train_step", self.fault)
         if not self.enabled:
             return
         self.lines.append(json.dumps({"kind": "step", **row}))
@@ -159,32 +195,6 @@ class MetricsLog:
                     self.tb.add_scalar(f"val/{k}", v, row["step"])
 
 
-def write_model(out: str, cfg: TrainConfig, fs_: FeatureSet, weights: dict[str, Any]) -> str:
-    """Write ``model.pt`` (a plain state dict) and ``model.json`` (architecture, classes, lineage).
-
-    Everything that loads a model (eval, export, embed) reads these two files; returns the
-    weights' SHA-256, which embed records as the model version.
-    """
-    import io
-
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(weights, buf)
-    write_bytes_atomic(join(out, MODEL_FILE), buf.getvalue())
-    digest = hashlib.sha256(buf.getvalue()).hexdigest()
-    model_info = {"fusion": cfg.preset or cfg.fusion, "preset": cfg.preset, "fusion_type": cfg.fusion,
-                  "image_size": cfg.image_size,
-                  "max_text_tokens": cfg.max_text_tokens, "dims": fs_.dims, "d_model": cfg.d_model,
-                  "embed_dim": cfg.embed_dim,
-                  "classes": fs_.classes, "label_field": cfg.label_field, "dropout": cfg.dropout,
-                  "model_sha256": digest, "lineage": lineage(cfg, fs_)}  # fmt: skip
-    write_bytes_atomic(
-        join(out, "model.json"), json.dumps(model_info, indent=2, default=str).encode()
-    )
-    return digest
-
-
 def train_in_process(cfg: TrainConfig) -> str:
     """Train a features model in this process, without Ray, and write the run's model files.
 
@@ -197,23 +207,34 @@ def train_in_process(cfg: TrainConfig) -> str:
     train = local_split(fs_, "train", cfg.val_fraction, cfg.label_field)
     val = local_split(fs_, "val", cfg.val_fraction, cfg.label_field)
     tr = fit_local(cfg, train, val, fs_.dims, len(fs_.classes))
-    return write_model(cfg.output, cfg, fs_, tr.core.state_dict())
+    return save_run(cfg.output, model_info(cfg, fs_), tr.core.state_dict()).model_sha256
 
 
 def _has_checkpoints(run_path: str) -> bool:
     return exists(run_path) and any("checkpoint_" in f for f in list_files(run_path))
 
 
-def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = False,
-              quiet: bool = False, fail_at_step: int | None = None) -> dict[str, Any]:  # fmt: skip
+def run_train(
+    cfg: TrainConfig,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    fail_at_step: int | None = None,
+) -> dict[str, Any]:
     """Train; write ``model.pt``, ``model.json``, ``metrics.jsonl`` and ``train.json`` (last)."""
 
     from pipeline.runner import object_store_stats, ray_session
 
     t0 = time.perf_counter()
     # Workers may run in another directory: local paths travel absolute.
-    cfg = cfg.model_copy(update={k: os.path.abspath(v) for k, v in
-                                 (("data", cfg.data), ("output", cfg.output)) if not is_remote(v)})  # fmt: skip
+    cfg = cfg.model_copy(
+        update={
+            k: os.path.abspath(v)
+            for k, v in (("data", cfg.data), ("output", cfg.output))
+            if not is_remote(v)
+        }
+    )
     if cfg.preset:
         from pipeline.train.presets import e2e_split, open_shards
 
@@ -221,9 +242,11 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
     else:
         fs_ = open_features(cfg.data, cfg.modalities, cfg.label_field)
     if cfg.label_field and not fs_.classes and cfg.w_classify > 0:
-        raise UserError(f"train config: label_field {cfg.label_field!r} is in no sample's metadata; "
-                        "set label_field: null to train without a classifier")  # fmt: skip
-    out, fp = cfg.output, fingerprint(cfg, fs_)
+        raise UserError(
+            f"train config: label_field {cfg.label_field!r} is in no sample's metadata; "
+            "set label_field: null to train without a classifier"
+        )
+    out, fp = cfg.output, train_fingerprint(cfg, fs_)
     report_url = join(out, "train.json")
     if exists(report_url):
         report = json.loads(read_bytes(report_url))
@@ -236,10 +259,18 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
         join(out, "ray") if is_remote(out) else os.path.abspath(join(out, "ray"))
     )
     if _has_checkpoints(join(storage, RUN_NAME)) and not resume:
-        raise UserError(f"{out} has checkpoints of an unfinished run; pass --resume to continue it, "
-                        "or choose another --output")  # fmt: skip
+        raise UserError(
+            f"{out} has checkpoints of an unfinished run; pass --resume to continue it, "
+            "or choose another --output"
+        )
     write_bytes_atomic(
         join(out, "config.json"), json.dumps(redact_obj(cfg.model_dump()), indent=2).encode()
+    )
+    # Tests only: the last worker's process dies at that step, once (pipeline/faults.py).
+    fault = (
+        faults.spec("train_step", fail_at_step, join(out, ".fault_injected"))
+        if fail_at_step
+        else None
     )
     with ray_session(address):
         import ray
@@ -263,20 +294,35 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
             train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
         train_rows = train_ds.count()  # the schedule needs the split's length
         if train_rows < cfg.batch_size * cfg.workers:
-            raise UserError(f"train: {train_rows} training rows are fewer than batch_size x workers "
-                            f"({cfg.batch_size} x {cfg.workers}); lower batch_size")  # fmt: skip
-        config = {"cfg": cfg.model_dump(), "dims": fs_.dims, "classes": fs_.classes, "run_dir": out,
-                  "train_rows": train_rows, "lineage": lineage(cfg, fs_), "fail_at_step": fail_at_step}  # fmt: skip
+            raise UserError(
+                f"train: {train_rows} training rows are fewer than batch_size x workers "
+                f"({cfg.batch_size} x {cfg.workers}); lower batch_size"
+            )
+        config = {
+            "cfg": cfg.model_dump(),
+            "dims": fs_.dims,
+            "classes": fs_.classes,
+            "run_dir": out,
+            "train_rows": train_rows,
+            "lineage": dataclasses.asdict(lineage(cfg, fs_)),
+            "fault": fault,
+        }
         trainer = TorchTrainer(
             train_worker,
             train_loop_config=config,
-            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
-                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
-            run_config=RunConfig(name=RUN_NAME, storage_path=storage,
-                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": cfg.cpus_per_worker},
+            ),
+            run_config=RunConfig(
+                name=RUN_NAME,
+                storage_path=storage,
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            ),
             datasets={"train": train_ds, "val": val_ds},
-        )  # fmt: skip
+        )
         result = trainer.fit()
         store = object_store_stats()  # the splits live in the object store: did they spill?
         if result.error is not None:
@@ -289,18 +335,32 @@ def run_train(cfg: TrainConfig, *, address: str | None = None, resume: bool = Fa
                 state = load_state(f.read())
             with open(os.path.join(d, "meta.json")) as f:
                 meta = json.load(f)
-    write_model(out, cfg, fs_, state["model"])
-    report = {"fingerprint": fp, "metrics": meta["metrics"], "progress": state["progress"],
-              "train_rows": train_rows, "model": MODEL_FILE, "checkpoint": result.checkpoint.path,
-              "seconds": round(time.perf_counter() - t0, 2), "workers": cfg.workers, "gpu": use_gpu,
-              "object_store": store}  # fmt: skip
+    save_run(out, model_info(cfg, fs_), state["model"])
+    report = {
+        "fingerprint": fp,
+        "metrics": meta["metrics"],
+        "progress": state["progress"],
+        "train_rows": train_rows,
+        "model": MODEL_FILE,
+        "checkpoint": result.checkpoint.path,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "workers": cfg.workers,
+        "gpu": use_gpu,
+        "object_store": store,
+    }
     write_bytes_atomic(
         report_url, json.dumps(report, indent=2, default=str).encode()
     )  # commit, last
     if not quiet:
         m = meta["metrics"]
-        print(f"train: {cfg.fusion} fusion, {state['progress']['step']} steps, val_loss {m.get('val_loss'):.4f}, "
-              f"val_acc {m.get('val_acc')}, in {report['seconds']}s -> {out}"
-              + (f"; object store spilled {store['spilled_mib']:.0f} MiB" if store.get("spilled_mib") else ""),
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"train: {cfg.fusion} fusion, {state['progress']['step']} steps, val_loss {m.get('val_loss'):.4f}, "
+            f"val_acc {m.get('val_acc')}, in {report['seconds']}s -> {out}"
+            + (
+                f"; object store spilled {store['spilled_mib']:.0f} MiB"
+                if store.get("spilled_mib")
+                else ""
+            ),
+            file=sys.stderr,
+        )
     return report

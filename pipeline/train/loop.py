@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import pickle
 import queue
 import random
 import threading
@@ -18,14 +17,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.errors import UserError
+from pipeline.artifact import build_model
+from pipeline.device import amp_dtype
+from pipeline.models.weights import load_tensors
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import to_tensors
-from pipeline.train.model import FusionModel, fusion_loss
+from pipeline.train.model import fusion_loss
 
 
 @dataclass
-class Progress:
+class TrainProgress:
     """Where training stands; saved in every checkpoint so that a resume continues exactly."""
 
     epoch: int = 0  # the epoch in progress
@@ -34,23 +35,6 @@ class Progress:
     best: float = math.inf
     bad_epochs: int = 0
     done: bool = False
-
-
-def build_model(cfg: TrainConfig, dims: dict[str, int], n_classes: int) -> Any:
-    """A FusionModel on features, or a classic end-to-end preset (cfg.preset) on shards."""
-    if cfg.preset == "finetune":
-        from pipeline.train.presets import FinetuneFusion
-
-        return FinetuneFusion(cfg.fusion, n_classes if cfg.label_field else 0, d=cfg.d_model,
-                              embed_dim=cfg.embed_dim, dropout=cfg.dropout,
-                              freeze_fraction=cfg.freeze_fraction)  # fmt: skip
-    if cfg.preset:
-        from pipeline.train.presets import ClassicFusion
-
-        return ClassicFusion(cfg.preset, n_classes if cfg.label_field else 0, d=cfg.d_model,
-                             embed_dim=cfg.embed_dim, dropout=cfg.dropout)  # fmt: skip
-    return FusionModel(dims, cfg.fusion, d=cfg.d_model, embed_dim=cfg.embed_dim,
-                       n_classes=n_classes if cfg.label_field else 0, dropout=cfg.dropout)  # fmt: skip
 
 
 def seed_everything(seed: int) -> None:
@@ -63,8 +47,11 @@ def rng_state() -> dict[str, Any]:
     np_state: Any = np.random.get_state()
     kind, keys, pos, has_gauss, cached = np_state
     # Plain types only: a checkpoint loads with weights_only=True, which refuses numpy objects.
-    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}  # fmt: skip
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -83,10 +70,18 @@ class Trainer:
     """Owns model, optimizer, schedule, scaler and progress. ``model`` may be wrapped (DDP)
     after construction; ``core`` is always the bare FusionModel."""
 
-    def __init__(self, cfg: TrainConfig, dims: dict[str, int], n_classes: int,
-                 steps_per_epoch: int, device: Any = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        dims: dict[str, int],
+        n_classes: int,
+        steps_per_epoch: int,
+        device: Any = "cpu",
+    ) -> None:
         self.cfg, self.dims, self.device = cfg, dims, torch.device(device)
-        self.core = build_model(cfg, dims, n_classes).to(self.device)
+        spec = cfg.model_spec(dims, n_classes)
+        model = build_model(spec, dropout=cfg.dropout, freeze_fraction=cfg.freeze_fraction)
+        self.core = model.to(self.device)
         self.model: torch.nn.Module = self.core
         decay = [p for n, p in self.core.named_parameters() if p.ndim >= 2]
         rest = [p for n, p in self.core.named_parameters() if p.ndim < 2]
@@ -101,15 +96,9 @@ class Trainer:
             1, cfg.max_steps or cfg.epochs * max(1, steps_per_epoch // cfg.grad_accum)
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
-        on_cuda = self.device.type == "cuda"
-        amp = "bf16" if cfg.amp == "auto" else cfg.amp
-        self.amp_dtype = (
-            None
-            if (not on_cuda or amp == "off")
-            else (torch.float16 if amp == "fp16" else torch.bfloat16)
-        )
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.progress = Progress()
+        self.progress = TrainProgress()
         self.log_every = cfg.log_every_steps
         if cfg.preset:
             from pipeline.train.presets import e2e_tensors
@@ -151,9 +140,13 @@ class Trainer:
         kept = present & ~victim
         return {m: kept[:, i] for i, m in enumerate(mods)}
 
-    def train_epoch(self, batches: Iterable[pa.Table], on_step: Callable[[dict[str, Any]], None] | None = None,
-                    should_checkpoint: Callable[[], bool] | None = None,
-                    checkpoint: Callable[[], None] | None = None) -> None:  # fmt: skip
+    def train_epoch(
+        self,
+        batches: Iterable[pa.Table],
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+        should_checkpoint: Callable[[], bool] | None = None,
+        checkpoint: Callable[[], None] | None = None,
+    ) -> None:
         """Consume one epoch's batches, skipping those a resumed checkpoint already consumed."""
         c, pr = self.cfg, self.progress
         self.model.train()
@@ -183,8 +176,16 @@ class Trainer:
             self.sched.step()
             pr.step += 1
             if on_step and (pr.step % self.log_every == 0 or pr.step == 1):
-                on_step({"step": pr.step, "epoch": pr.epoch, "time": time.time(), "loss": float(loss.detach()),
-                         "lr": self.sched.get_last_lr()[0], **{k: float(v) for k, v in parts.items()}})  # fmt: skip
+                on_step(
+                    {
+                        "step": pr.step,
+                        "epoch": pr.epoch,
+                        "time": time.time(),
+                        "loss": float(loss.detach()),
+                        "lr": self.sched.get_last_lr()[0],
+                        **{k: float(v) for k, v in parts.items()},
+                    }
+                )
             if checkpoint and should_checkpoint and should_checkpoint():
                 checkpoint()
         pr.epoch += 1
@@ -221,16 +222,21 @@ class Trainer:
         return pr.done
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.core.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
-                "progress": asdict(self.progress), "rng": rng_state()}  # fmt: skip
+        return {
+            "model": self.core.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "progress": asdict(self.progress),
+            "rng": rng_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.core.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress(**state["progress"])
+        self.progress = TrainProgress(**state["progress"])
         set_rng_state(state["rng"])
 
 
@@ -295,12 +301,7 @@ def save_state(state: dict[str, Any]) -> bytes:
 
 def load_state(data: bytes) -> dict[str, Any]:
     # weights_only: a checkpoint is data, never code; a pickle-bearing one is refused.
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserError(
-            f"checkpoint refused: it is not plain tensors and types ({str(e).splitlines()[0]})"
-        ) from None
+    return dict(load_tensors(data, "the training checkpoint"))
 
 
 def epoch_order(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -310,9 +311,16 @@ def epoch_order(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.
     return [perm[i : i + batch_size] for i in range(0, n_rows - batch_size + 1, batch_size)]
 
 
-def fit_local(cfg: TrainConfig, train: pa.Table, val: pa.Table, dims: dict[str, int], n_classes: int,
-              state: dict[str, Any] | None = None, stop_after_steps: int | None = None,
-              log: list[dict[str, Any]] | None = None) -> Trainer:  # fmt: skip
+def fit_local(
+    cfg: TrainConfig,
+    train: pa.Table,
+    val: pa.Table,
+    dims: dict[str, int],
+    n_classes: int,
+    state: dict[str, Any] | None = None,
+    stop_after_steps: int | None = None,
+    log: list[dict[str, Any]] | None = None,
+) -> Trainer:
     """Train in this process (no Ray): tests, the bare-loop benchmark, debugging."""
     seed_everything(cfg.seed)
     steps = train.num_rows // cfg.batch_size
@@ -327,9 +335,12 @@ def fit_local(cfg: TrainConfig, train: pa.Table, val: pa.Table, dims: dict[str, 
         while tr.progress.epoch < cfg.epochs and not tr.progress.done:
             order = epoch_order(train.num_rows, cfg.batch_size, cfg.seed, tr.progress.epoch)
             batches = (train.take(pa.array(idx)) for idx in order)
-            tr.train_epoch(batches, on_step=log.append if log is not None else None,
-                           should_checkpoint=lambda: tr.progress.step == stop_after_steps,
-                           checkpoint=stop)  # fmt: skip
+            tr.train_epoch(
+                batches,
+                on_step=log.append if log is not None else None,
+                should_checkpoint=lambda: tr.progress.step == stop_after_steps,
+                checkpoint=stop,
+            )
             if cfg.max_steps is not None and tr.progress.step >= cfg.max_steps:
                 break
             tot = tr.evaluate(

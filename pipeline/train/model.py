@@ -74,8 +74,10 @@ class MidFusion(nn.Module):
         tokens = torch.stack([h[m] for m in self.mods], dim=1) + self.type_emb  # [B, M, d]
         b = tokens.shape[0]
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], dim=1)
-        pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=x.device),
-                         _present(mask, self.mods) == 0], dim=1)  # fmt: skip
+        pad = torch.cat(
+            [torch.zeros(b, 1, dtype=torch.bool, device=x.device), _present(mask, self.mods) == 0],
+            dim=1,
+        )
         return self.norm(self.encoder(x, src_key_padding_mask=pad)[:, 0])
 
 
@@ -149,8 +151,13 @@ class BilinearFusion(nn.Module):
 
 
 def make_fusion(kind: str, mods: list[str], d: int, dropout: float) -> nn.Module:
-    table: dict[str, Any] = {"early": EarlyFusion, "mid": MidFusion, "late": LateFusion,
-                             "gated": GatedFusion, "bilinear": BilinearFusion}  # fmt: skip
+    table: dict[str, Any] = {
+        "early": EarlyFusion,
+        "mid": MidFusion,
+        "late": LateFusion,
+        "gated": GatedFusion,
+        "bilinear": BilinearFusion,
+    }
     if kind not in table:
         raise ValueError(f"unknown fusion {kind!r}; known: {list(FUSIONS)}")
     return table[kind](mods, d, dropout)
@@ -203,9 +210,13 @@ def info_nce(a: Tensor, b: Tensor, scale: Tensor, both: Tensor) -> Tensor:
 
 
 def fusion_loss(
-    model: FusionModel, out: dict[str, Any], mask: Feats, labels: Tensor | None,
-    w_contrastive: float, w_classify: float,
-) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+    model: FusionModel,
+    out: dict[str, Any],
+    mask: Feats,
+    labels: Tensor | None,
+    w_contrastive: float,
+    w_classify: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Contrastive loss over every modality pair plus classification: the multi-task loss."""
     parts: dict[str, Tensor] = {}
     mods = model.mods

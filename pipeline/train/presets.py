@@ -18,18 +18,31 @@ from pipeline.preprocess.text import TextTokenize
 from pipeline.stage import Stage
 from pipeline.train.data import SplitLabel, label_vocabulary
 
-PRESETS = ("cnn_lstm", "attn_conv")  # from scratch; "finetune" adapts the features encoders
+CLASSIC_PRESETS = ("cnn_lstm", "attn_conv")  # from scratch; "finetune" adapts the features encoders
 VOCAB = 30522  # the MiniLM (BERT uncased) word pieces the tokenizer emits
+
+
+E2E_COLUMNS = ("key", "meta", "pixel_values", "input_ids", "has_image", "has_text", "label")
 
 
 class E2EPreprocess(Stage):
     """Shard samples -> one split's rows with uint8 pixels, token ids, masks and labels."""
 
     name = "e2e_preprocess"
+    reads: ClassVar[tuple[str, ...]] = ("key", "image", "text", "meta")
+    adds: ClassVar[tuple[str, ...]] = E2E_COLUMNS
+    passthrough: ClassVar[bool] = False
     batch_format: ClassVar[str] = "numpy"
 
-    def __init__(self, split: str, fraction: float, classes: list[str], label_field: str | None,
-                 image_size: int, max_tokens: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        split: str,
+        fraction: float,
+        classes: list[str],
+        label_field: str | None,
+        image_size: int,
+        max_tokens: int,
+    ) -> None:
         super().__init__()
         self.split_label = SplitLabel(
             split, fraction, classes, label_field
@@ -37,12 +50,11 @@ class E2EPreprocess(Stage):
         self.image_size, self.max_tokens = image_size, max_tokens
 
     def setup(self) -> None:
-        from pipeline.preprocess.image import PRESETS as IMG
-        from pipeline.preprocess.image import ImagePreset
+        from pipeline.preprocess.image import IMAGE_PRESETS, ImagePreset
 
-        base = IMG["imagenet"]
+        base = IMAGE_PRESETS["imagenet"]
         # A small square crop: the textbook models are trained from scratch on CPU.
-        IMG[f"e2e{self.image_size}"] = ImagePreset(
+        IMAGE_PRESETS[f"e2e{self.image_size}"] = ImagePreset(
             self.image_size, self.image_size, base.mean, base.std
         )
         self.image = ImagePreprocess(f"e2e{self.image_size}", dtype="uint8")
@@ -51,24 +63,37 @@ class E2EPreprocess(Stage):
     def __call__(self, batch: Any) -> Any:
         self.ensure_setup()
         keep = self.split_label.keep(list(batch["key"]))
-        sub = {k: np.asarray(v, dtype=object)[keep] if k in ("image", "text", "meta") else np.asarray(v)[keep]
-               for k, v in batch.items()}  # fmt: skip
-        sub = self.text(self.image(sub))
+        sub = {
+            k: np.asarray(v, dtype=object)[keep]
+            if k in ("image", "text", "meta")
+            else np.asarray(v)[keep]
+            for k, v in batch.items()
+        }
+        sub = self.text.run(self.image.run(sub))
         metas = [
             m if isinstance(m, str) else None for m in sub.get("meta", [None] * len(sub["key"]))
         ]
         labels = self.split_label.labels(metas)
-        return {"key": sub["key"], "meta": np.asarray(metas, dtype=object), "pixel_values": sub["pixel_values"],
-                "input_ids": sub["input_ids"], "has_image": sub["image_mask"], "has_text": sub["text_mask"],
-                "label": np.asarray(labels, dtype=np.int64)}  # fmt: skip
+        return {
+            "key": sub["key"],
+            "meta": np.asarray(metas, dtype=object),
+            "pixel_values": sub["pixel_values"],
+            "input_ids": sub["input_ids"],
+            "has_image": sub["image_mask"],
+            "has_text": sub["text_mask"],
+            "label": np.asarray(labels, dtype=np.int64),
+        }
 
 
 def e2e_tensors(batch: Any, dims: dict[str, int], device: Any) -> tuple[dict, dict, Tensor]:
     """A numpy (or Arrow) batch of E2EPreprocess rows -> (inputs, masks, labels) on device."""
     if isinstance(batch, pa.Table):
         batch = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in batch.column_names}
-    pix = torch.from_numpy(np.stack(batch["pixel_values"]) if batch["pixel_values"].dtype == object
-                           else np.asarray(batch["pixel_values"]))  # fmt: skip
+    pix = torch.from_numpy(
+        np.stack(batch["pixel_values"])
+        if batch["pixel_values"].dtype == object
+        else np.asarray(batch["pixel_values"])
+    )
     ids = torch.from_numpy(np.asarray(np.stack(list(batch["input_ids"])), dtype=np.int64))
     # uint8 on the wire; each model normalises for its own image preset.
     feats = {"image": pix.to(device), "text": ids.to(device)}
@@ -106,8 +131,8 @@ class ClassicFusion(nn.Module):
         self, preset: str, n_classes: int, d: int = 128, embed_dim: int = 64, dropout: float = 0.1
     ) -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
+        if preset not in CLASSIC_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {list(CLASSIC_PRESETS)}")
         self.preset, self.mods = preset, ["image", "text"]
         self.fusion_kind, self.n_classes = preset, n_classes
         self.cnn = _CNN()
@@ -118,10 +143,16 @@ class ClassicFusion(nn.Module):
             self.pos = nn.Parameter(torch.randn(128, d) * 0.02)
             self.img_in = nn.Linear(self.cnn.out_dim, d)
             self.img_pos = nn.Parameter(torch.randn(64, d) * 0.02)
-            self.img_attn = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 4, 2 * d, dropout, batch_first=True), 1,
-                                                  enable_nested_tensor=False)  # fmt: skip
-            self.txt_attn = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 4, 2 * d, dropout, batch_first=True), 1,
-                                                  enable_nested_tensor=False)  # fmt: skip
+            self.img_attn = nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(d, 4, 2 * d, dropout, batch_first=True),
+                1,
+                enable_nested_tensor=False,
+            )
+            self.txt_attn = nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(d, 4, 2 * d, dropout, batch_first=True),
+                1,
+                enable_nested_tensor=False,
+            )
         img_dim = self.cnn.out_dim if preset == "cnn_lstm" else d
         self.img_proj, self.txt_proj = nn.Linear(img_dim, d), nn.Linear(d, d)
         self.head = nn.Sequential(nn.Linear(2 * d + 2, d), nn.ReLU(), nn.Dropout(dropout))
@@ -158,9 +189,13 @@ class ClassicFusion(nn.Module):
         hi, ht = self._image(feats["image"]), self._text(feats["text"])
         mi, mt = mask["image"].float().unsqueeze(1), mask["text"].float().unsqueeze(1)
         fused = self.head(torch.cat([hi * mi, ht * mt, mi, mt], dim=1))  # concatenation, then FC
-        out: dict[str, Any] = {"emb": {"image": F.normalize(self.embed["image"](hi), dim=-1),
-                                       "text": F.normalize(self.embed["text"](ht), dim=-1)},
-                               "fused": F.normalize(self.fused_embed(fused), dim=-1)}  # fmt: skip
+        out: dict[str, Any] = {
+            "emb": {
+                "image": F.normalize(self.embed["image"](hi), dim=-1),
+                "text": F.normalize(self.embed["text"](ht), dim=-1),
+            },
+            "fused": F.normalize(self.fused_embed(fused), dim=-1),
+        }
         if self.classifier is not None:
             out["logits"] = self.classifier(fused)
         return out
@@ -168,7 +203,7 @@ class ClassicFusion(nn.Module):
 
 def iter_e2e(urls: list[str], stage: E2EPreprocess, rows: int = 256) -> Iterator[dict[str, Any]]:
     """Stream preprocessed rows of the shards without Ray (evaluation, tests)."""
-    from pipeline.features.reader import read_shard
+    from pipeline.io.shards import read_shard
 
     for url in urls:
         for table in read_shard(url, frozenset(), rows, 1 << 28):
@@ -183,9 +218,9 @@ def open_shards(data: str, label_field: str | None, image_size: int, max_tokens:
     lineage (the SHA-256 of build.json) and label vocabulary (one streaming pass)."""
     import hashlib
 
-    from pipeline.features.job import resolve_shards
-    from pipeline.features.reader import read_shard
+    from pipeline.fingerprint import short_hash
     from pipeline.io.fs import exists, join, read_bytes
+    from pipeline.io.shards import read_shard, resolve_shards
     from pipeline.train.data import FeatureSet
 
     urls = resolve_shards(data)
@@ -193,18 +228,29 @@ def open_shards(data: str, label_field: str | None, image_size: int, max_tokens:
     raw = read_bytes(manifest) if exists(manifest) else "\n".join(urls).encode()
     tables = (t for url in urls for t in read_shard(url, frozenset(), 4096, 1 << 28))
     classes = label_vocabulary(tables, label_field)
-    return FeatureSet(root=data, files=urls, dims={"image": 0, "text": 0},
-                      fingerprint=hashlib.sha256(raw).hexdigest()[:16], manifest_sha256=hashlib.sha256(raw).hexdigest(),
-                      preprocessing={"image_size": image_size, "max_text_tokens": max_tokens, "tokenizer": "minilm",
-                                     "image_preset": "imagenet"},
-                      classes=sorted(classes))  # fmt: skip
+    preprocessing = {
+        "image_size": image_size,
+        "max_text_tokens": max_tokens,
+        "tokenizer": "minilm",
+        "image_preset": "imagenet",
+    }
+    return FeatureSet(
+        root=data,
+        files=urls,
+        dims={"image": 0, "text": 0},
+        fingerprint=short_hash(raw),
+        manifest_sha256=hashlib.sha256(raw).hexdigest(),
+        preprocessing=preprocessing,
+        classes=sorted(classes),
+    )
 
 
 def e2e_split(fs_: Any, split: str, cfg: Any) -> Any:
     """One split of the shards as a Ray Dataset of preprocessed rows (read tasks, one per tar)."""
     import ray.data
 
-    from pipeline.features.reader import make_shard_datasource
+    from pipeline.io.shards import SAMPLE_SCHEMA, make_shard_datasource
+    from pipeline.runner import map_stages
 
     ds = ray.data.read_datasource(
         make_shard_datasource(fs_.files, {}, 256, 64 << 20), override_num_blocks=len(fs_.files)
@@ -212,7 +258,7 @@ def e2e_split(fs_: Any, split: str, cfg: Any) -> Any:
     stage = E2EPreprocess(
         split, cfg.val_fraction, fs_.classes, cfg.label_field, cfg.image_size, cfg.max_text_tokens
     )
-    return ds.map_batches(stage, batch_format="numpy", batch_size=None)
+    return map_stages(ds, [stage], columns=SAMPLE_SCHEMA.names)
 
 
 class FinetuneFusion(nn.Module):
@@ -220,8 +266,17 @@ class FinetuneFusion(nn.Module):
     to end under a FusionModel; the lower ``freeze_fraction`` of each encoder's parameter
     tensors (from the input side) stay frozen."""
 
-    def __init__(self, fusion: str, n_classes: int, *, d: int, embed_dim: int, dropout: float,
-                 freeze_fraction: float, image_weights: str = "default") -> None:  # fmt: skip
+    def __init__(
+        self,
+        fusion: str,
+        n_classes: int,
+        *,
+        d: int,
+        embed_dim: int,
+        dropout: float,
+        freeze_fraction: float,
+        image_weights: str = "default",
+    ) -> None:
         super().__init__()
         from pipeline.models.encoders import image_encoder, text_encoder
         from pipeline.train.model import FusionModel
@@ -236,8 +291,14 @@ class FinetuneFusion(nn.Module):
             params = list(enc.parameters())
             for p in params[: int(len(params) * freeze_fraction)]:
                 p.requires_grad_(False)
-        self.head = FusionModel({"image": img.dim, "text": txt.dim}, fusion, d=d, embed_dim=embed_dim,
-                                n_classes=n_classes, dropout=dropout)  # fmt: skip
+        self.head = FusionModel(
+            {"image": img.dim, "text": txt.dim},
+            fusion,
+            d=d,
+            embed_dim=embed_dim,
+            n_classes=n_classes,
+            dropout=dropout,
+        )
         self.mods, self.fusion_kind, self.n_classes = self.head.mods, fusion, n_classes
         self.logit_scale = self.head.logit_scale
 

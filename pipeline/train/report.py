@@ -119,7 +119,7 @@ def _projection(points: dict[str, Any], classes: list[str]) -> str:
     return _png(fig)
 
 
-def write_report(run: str, compare: list[str] | None = None, output: str | None = None) -> str:
+def write_html_report(run: str, compare: list[str] | None = None, output: str | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on batch machines
@@ -134,9 +134,11 @@ def write_report(run: str, compare: list[str] | None = None, output: str | None 
         evals[f"{e['fusion']} ({os.path.basename(other.rstrip('/'))})"] = e
     metrics = _load(run, "metrics.jsonl") or []
     points = _load(run, "eval_points.json")
-    sections = [("Training curves", _curves(metrics)) if metrics else None,
-                ("Class-level Recall@1 per modality pair", _recall_bars(evals, "class")),
-                ("Instance-level Recall@1 per modality pair", _recall_bars(evals, "instance"))]  # fmt: skip
+    sections = [
+        ("Training curves", _curves(metrics)) if metrics else None,
+        ("Class-level Recall@1 per modality pair", _recall_bars(evals, "class")),
+        ("Instance-level Recall@1 per modality pair", _recall_bars(evals, "instance")),
+    ]
     if any(e["accuracy"] for e in evals.values()):
         sections.append(
             ("Accuracy: fused against single-modality baselines", _accuracy_bars(evals))
@@ -151,8 +153,10 @@ def write_report(run: str, compare: list[str] | None = None, output: str | None 
         f"<td>{_fmt(min(v['class']['R@1'] for v in e['retrieval'].values()))}</td></tr>"
         for n, e in evals.items()
     )
-    body = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{src}'>" for t, src in
-                   (s for s in sections if s))  # fmt: skip
+    body = "".join(
+        f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{src}'>"
+        for t, src in (s for s in sections if s)
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>mmpipe report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px}}</style></head><body>

@@ -24,6 +24,20 @@ class ImageResult:
     height: int
 
 
+# ImageOptions field -> the BuildConfig field it is read from.
+_BUILD_FIELDS = {
+    "resize": "resize",
+    "resize_mode": "resize_mode",
+    "upscale": "upscale",
+    "image_format": "image_format",
+    "quality": "image_quality",
+    "resize_filter": "resize_filter",
+    "min_size": "min_image_size",
+    "max_size": "max_image_size",
+    "max_pixels": "max_image_pixels",
+}
+
+
 @dataclass(frozen=True)
 class ImageOptions:
     resize: int | None = None
@@ -38,12 +52,7 @@ class ImageOptions:
 
     @classmethod
     def from_config(cls, cfg: Any) -> ImageOptions:
-        return cls(
-            resize=cfg.resize, resize_mode=cfg.resize_mode, upscale=cfg.upscale,
-            image_format=cfg.image_format, quality=cfg.image_quality, resize_filter=cfg.resize_filter,
-            min_size=cfg.min_image_size, max_size=cfg.max_image_size,
-            max_pixels=cfg.max_image_pixels,
-        )  # fmt: skip
+        return cls(**{field: getattr(cfg, name) for field, name in _BUILD_FIELDS.items()})
 
     @property
     def reencode(self) -> bool:
@@ -99,8 +108,11 @@ def resample_filter(name: str, upscale: bool) -> Any:
 
     if name == "area":
         return Image.Resampling.LANCZOS if upscale else Image.Resampling.BOX
-    return {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-            "lanczos": Image.Resampling.LANCZOS}[name]  # fmt: skip
+    return {
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "lanczos": Image.Resampling.LANCZOS,
+    }[name]
 
 
 def _resize(im: Any, opts: ImageOptions) -> Any:

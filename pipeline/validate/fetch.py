@@ -34,7 +34,6 @@ class FetchStage(Stage):
         self.concurrency = concurrency
 
     def __call__(self, batch: Batch) -> Batch:
-        self.check_columns(batch)
         remote: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for parts in batch["parts"]:
             for part in parts or ():

@@ -28,11 +28,7 @@ class AudioOptions:
 
     @classmethod
     def from_config(cls, cfg: Any) -> AudioOptions:
-        return cls(
-            rate=cfg.audio_rate,
-            min_seconds=cfg.min_audio_seconds,
-            max_seconds=cfg.max_audio_seconds,
-        )
+        return cls(cfg.audio_rate, cfg.min_audio_seconds, cfg.max_audio_seconds)
 
 
 def wav_truncated(data: bytes) -> bool:

@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any, ClassVar
 
 from pipeline.errors import Reason, SampleError
 from pipeline.stage import Batch, Stage
-from pipeline.stages.audio import AudioOptions, validate_audio
-from pipeline.stages.deadline import deadline
-from pipeline.stages.image import ImageOptions, validate_image
-from pipeline.stages.text import validate_text
+from pipeline.validate.audio import AudioOptions, validate_audio
+from pipeline.validate.deadline import deadline
+from pipeline.validate.image import ImageOptions, validate_image
+from pipeline.validate.text import validate_text
 
 _EXT_SAFE = re.compile(r"[^a-z0-9._-]")
 RESULT_COLUMNS = (
-    "reason", "modality", "message",
-    "image", "image_ext", "image_width", "image_height",
-    "audio", "audio_ext", "audio_duration", "audio_sample_rate", "audio_channels",
-    "text", "meta", "extras",
-)  # fmt: skip
+    "reason",
+    "modality",
+    "message",
+    "image",
+    "image_ext",
+    "image_width",
+    "image_height",
+    "audio",
+    "audio_ext",
+    "audio_duration",
+    "audio_sample_rate",
+    "audio_channels",
+    "text",
+    "meta",
+    "extras",
+)
 
 
 class ValidateStage(Stage):
@@ -51,7 +63,6 @@ class ValidateStage(Stage):
 
     def __call__(self, batch: Batch) -> Batch:
         self.ensure_setup()
-        self.check_columns(batch)
         out: dict[str, list[Any]] = {c: [] for c in RESULT_COLUMNS}
         for parts, err, msg in zip(batch["parts"], batch["error_reason"], batch["error_message"]):
             res = self._row(parts or [], err, msg)
@@ -82,19 +93,9 @@ class ValidateStage(Stage):
                 if data is None:
                     continue
                 if name == "image" and "image" not in res:
-                    img = validate_image(data, self.image_opts)
-                    res.update(
-                        image=img.data,
-                        image_ext=img.ext,
-                        image_width=img.width,
-                        image_height=img.height,
-                    )
+                    res.update(_columns("image", validate_image(data, self.image_opts)))
                 elif name == "audio" and "audio" not in res:
-                    aud = validate_audio(data, self.audio_opts)
-                    res.update(
-                        audio=aud.data, audio_ext=aud.ext, audio_duration=aud.duration,
-                        audio_sample_rate=aud.sample_rate, audio_channels=aud.channels,
-                    )  # fmt: skip
+                    res.update(_columns("audio", validate_audio(data, self.audio_opts)))
                 elif name == "text" and "text" not in res:
                     text = validate_text(data, max_chars=self.max_text_chars)
                     if text is not None:
@@ -130,3 +131,11 @@ def _parse_meta(data: bytes) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise SampleError(Reason.DECODE_ERROR, "metadata JSON must be an object", "json")
     return meta
+
+
+def _columns(modality: str, result: Any) -> dict[str, Any]:
+    """A validated modality as result columns: ``image`` for its bytes, ``image_ext`` etc."""
+    return {
+        modality if name == "data" else f"{modality}_{name}": value
+        for name, value in dataclasses.asdict(result).items()
+    }

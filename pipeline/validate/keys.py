@@ -69,7 +69,6 @@ class KeyStage(Stage):
     adds: ClassVar[tuple[str, ...]] = ("key", "content_hash")
 
     def __call__(self, batch: Batch) -> Batch:
-        self.check_columns(batch)
         keys: list[str] = []
         hashes: list[str | None] = []
         for i in range(len(batch["source_row"])):

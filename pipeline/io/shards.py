@@ -1,4 +1,4 @@
-"""A shard-level WebDataset reader for Ray Data: one read task per tar, blocks bounded in bytes."""
+"""Built shards: finding them, and a WebDataset reader for Ray Data (one read task per tar)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.errors import UserError
 from pipeline.ingest.rows import AUDIO_EXTS, IMAGE_EXTS
-from pipeline.io.fs import get_fs
+from pipeline.io.fs import exists, expand_inputs, get_fs, join
 from pipeline.io.tar import iter_tar_samples
 
 SAMPLE_SCHEMA = pa.schema(
@@ -27,6 +28,25 @@ SAMPLE_SCHEMA = pa.schema(
 
 def shard_stem(url: str) -> str:
     return posixpath.basename(url).split(".", 1)[0]
+
+
+def as_text(value: Any) -> str | None:
+    """A text cell of a sample batch (str or bytes from numpy or Arrow), or None (NaN, null)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value) if isinstance(value, str) else None
+
+
+def resolve_shards(spec: str) -> list[str]:
+    """A build output folder (its shards/), a glob or brace pattern, or one tar."""
+    if exists(join(spec, "build.json")):
+        spec = join(spec, "shards", "*.tar")
+    urls = [u for u in expand_inputs(spec) if u.endswith(".tar")]
+    if not urls:
+        raise UserError(
+            f"no .tar shards found at {spec}; point SHARDS at a build output or a tar pattern"
+        )
+    return urls
 
 
 def read_shard(url: str, done: frozenset[str], rows: int, max_bytes: int) -> Iterator[pa.Table]:

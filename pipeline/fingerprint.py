@@ -1,0 +1,27 @@
+"""Fingerprints: the one short content hash that names configs, plans, parts and model versions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+# 16 hex digits (64 bits): collisions are negligible for the names we derive from them, and
+# paths and log lines stay short.
+SHORT = 16
+
+
+def short_hash(data: bytes) -> str:
+    """The first 16 hex digits of the SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()[:SHORT]
+
+
+def fingerprint(obj: Any) -> str:
+    """A short hash of a JSON-able value; key order never matters."""
+    return short_hash(json.dumps(obj, sort_keys=True, default=str).encode())
+
+
+def keys_hash(keys: Iterable[str]) -> str:
+    """The name of a staged part: a hash of the keys it holds, so a retry rewrites the same file."""
+    return short_hash("\n".join(keys).encode())

@@ -1,1 +1,0 @@
-"""Per-sample stages: fetch references, decode and validate each modality, derive keys."""

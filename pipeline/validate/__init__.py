@@ -1,0 +1,1 @@
+"""Per-sample validation: fetch references, decode and check each modality, derive keys."""
