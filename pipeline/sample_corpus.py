@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import Reason
+
 SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond"]
 SHAPES_ZH = ["圆形", "正方形", "三角形", "星形", "十字形", "菱形"]
 COLORS = {
@@ -37,13 +39,13 @@ EN_TEMPLATES = [
     "picture of a {color} {shape}, {size}, placed {where}",
 ]
 BROKEN_KINDS = [
-    ("corrupt_image", "decode_error"),
-    ("missing_file", "missing"),
-    ("no_modality", "no_modality"),
-    ("truncated_audio", "decode_error"),
-    ("duplicate_content", "duplicate"),
-    ("repeated_key", "duplicate_key"),
-    ("text_named_jpg", "decode_error"),
+    ("corrupt_image", Reason.DECODE_ERROR.value),
+    ("missing_file", Reason.MISSING.value),
+    ("no_modality", Reason.NO_MODALITY.value),
+    ("truncated_audio", Reason.DECODE_ERROR.value),
+    ("duplicate_content", Reason.DUPLICATE.value),
+    ("repeated_key", Reason.DUPLICATE_KEY.value),
+    ("text_named_jpg", Reason.DECODE_ERROR.value),
 ]
 
 

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from pipeline.build.chunk import chunk_meta_url
+from pipeline.errors import Reason
 from pipeline.io.fs import atomic_open, exists, get_fs, join, move
 from pipeline.io.parquet import parquet_sink, read_table, to_table
 from pipeline.io.tar import TarShardWriter, read_member
@@ -81,13 +82,14 @@ def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any
                 if r["reason"]:
                     bad.append(_reject(r, r["reason"], r["message"]) | {"modality": r["modality"]})
                 elif r["content_hash"] in first_hash:
+                    same = f"same content as key {first_hash[r['content_hash']]!r}"
+                    bad.append(_reject(r, Reason.DUPLICATE.value, same))
+                elif r["key"] in seen_keys:
                     bad.append(
                         _reject(
-                            r, "duplicate", f"same content as key {first_hash[r['content_hash']]!r}"
+                            r, Reason.DUPLICATE_KEY.value, f"key {r['key']!r} was already written"
                         )
                     )
-                elif r["key"] in seen_keys:
-                    bad.append(_reject(r, "duplicate_key", f"key {r['key']!r} was already written"))
                 else:
                     first_hash[r["content_hash"]] = r["key"]
                     seen_keys.add(r["key"])

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.embed.plan import index_hashes, previous_keys, rejects_path
+from pipeline.embed.records import DIFF_FIELDS, FILE_FIELDS
 from pipeline.io.fs import atomic_open, exists, get_fs, is_remote, join, list_files
 from pipeline.io.parquet import read_table
 from pipeline.stage import Resources, Stage
@@ -57,20 +58,7 @@ def _with_hashes(table: pa.Table, hashes: dict[str, str]) -> pa.Table:
 
 
 # One manifest entry per shard, with what changed against the base version.
-ENTRY_FIELDS = (
-    "shard",
-    "path",
-    "digest",
-    "rows",
-    "rejected",
-    "bytes",
-    "added",
-    "removed",
-    "changed",
-    "unchanged",
-    "embedded",
-    "write_s",
-)
+ENTRY_FIELDS = (*FILE_FIELDS, *DIFF_FIELDS, "write_s")
 
 
 class MergeShard(Stage):
@@ -107,17 +95,8 @@ class MergeShard(Stage):
         t0 = time.perf_counter()
         stem, prev = plan["shard"], plan["prev"]
         path = f"{stem}.parquet"
-        entry = {
-            "shard": stem,
-            "path": path,
-            "digest": plan["digest"],
-            "added": 0,
-            "removed": 0,
-            "changed": 0,
-            "unchanged": 0,
-            "embedded": 0,
-            "write_s": 0.0,
-        }
+        entry = {"shard": stem, "path": path, "digest": plan["digest"], "write_s": 0.0}
+        entry.update(dict.fromkeys(DIFF_FIELDS, 0))
         if plan["action"] == "carry":
             assert self.base_dir is not None and prev is not None
             link_or_copy(join(self.base_dir, prev["path"]), join(self.vdir, path))

@@ -13,7 +13,7 @@ from pipeline.features.config import FeaturesConfig
 from pipeline.features.stages import EncodeStage, FeaturePreprocess, FeatureWriter, encoder_info
 from pipeline.fingerprint import fingerprint
 from pipeline.io.fs import exists, join, list_files, read_bytes, write_bytes_atomic
-from pipeline.io.parts import done_keys
+from pipeline.io.parts import PartTotals, done_keys
 from pipeline.io.shards import SAMPLE_SCHEMA, make_shard_datasource, resolve_shards, shard_stem
 from pipeline.redact import redact_obj
 from pipeline.runner import map_stages, ray_session, stream
@@ -56,7 +56,7 @@ def run_features(
     stems = {shard_stem(u) for u in urls}
     done = {s: keys for s, keys in done_keys(out).items() if s in stems}
     metadata = {"mmpipe.encoders": json.dumps(info, sort_keys=True), "mmpipe.fingerprint": fp}
-    counts = {"rows": 0, "rejected": 0, "resumed": sum(len(v) for v in done.values())}
+    totals = PartTotals("features", quiet)
     with ray_session(address):
         import ray.data
 
@@ -75,16 +75,10 @@ def run_features(
             FeatureWriter(cfg, metadata),
         ]
         ds = map_stages(ds, stages, columns=SAMPLE_SCHEMA.names, batch_size=cfg.batch_size)
-        last = 0.0
         for summary in stream(ds):
-            counts["rows"] += int(summary.column("rows").to_numpy().sum())
-            counts["rejected"] += int(summary.column("rejects").to_numpy().sum())
-            if not quiet and time.perf_counter() - last > 5:
-                last = time.perf_counter()
-                print(
-                    f"[features] rows {counts['rows']} | rejected {counts['rejected']}",
-                    file=sys.stderr,
-                )
+            totals.add(summary)
+    resumed = sum(len(v) for v in done.values())
+    counts = {"rows": totals.rows, "rejected": totals.rejected, "resumed": resumed}
     parts = (
         sorted(f"parts/{p}" for p in list_files(join(out, "parts")))
         if exists(join(out, "parts"))

@@ -3,7 +3,9 @@ back on resume. The features and embed writers are the two users of ``PartWriter
 
 from __future__ import annotations
 
+import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -100,3 +102,34 @@ class PartWriter(Stage):
             "message": [r.message[:2000] for r in rejects],
         }
         return to_table(cols, self.rejects_schema)  # the columns its schema has
+
+
+@dataclass
+class PartTotals:
+    """Running totals of ``PartWriter`` summaries: a job's counts and its progress line."""
+
+    label: str
+    quiet: bool = False
+    rows: int = 0
+    rejected: int = 0
+    write_s: float = 0.0
+    # (time, rows done) after each summary: the steady rate leaves start-up out.
+    marks: list[tuple[float, int]] = field(default_factory=list)
+    _printed: float = 0.0
+
+    def add(self, summary: pa.Table) -> None:
+        self.rows += int(summary.column("rows").to_numpy().sum())
+        self.rejected += int(summary.column("rejects").to_numpy().sum())
+        self.write_s += float(summary.column("write_s").to_numpy().sum())
+        now = time.perf_counter()
+        self.marks.append((now, self.rows + self.rejected))
+        if not self.quiet and now - self._printed > 5:
+            self._printed = now
+            print(f"[{self.label}] rows {self.rows} | rejected {self.rejected}", file=sys.stderr)
+
+    def steady_rate(self) -> float | None:
+        """Rows per second from the first summary to the last (None with fewer than two)."""
+        if len(self.marks) < 2:
+            return None
+        (ta, ra), (tb, rb) = self.marks[0], self.marks[-1]
+        return (rb - ra) / max(1e-9, tb - ta)

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+from pipeline.errors import Reason
+
 BLOCK = 512
 RECORD = 20 * BLOCK
 # A fixed mtime (2000-01-01) rather than 0: some extractors warn on the epoch.
@@ -111,14 +113,16 @@ def iter_tar_samples(fileobj: IO[bytes], *, max_member_bytes: int) -> Iterator[T
                     kind = "symlink" if info.issym() else "hardlink" if info.islnk() else "special"
                     current.members.append(
                         TarMember(
-                            ext, error="unsafe_member", message=f"{kind} member {info.name!r}"
+                            ext,
+                            error=Reason.UNSAFE_MEMBER.value,
+                            message=f"{kind} member {info.name!r}",
                         )
                     )
                 elif info.size > max_member_bytes:
                     current.members.append(
                         TarMember(
                             ext,
-                            error="too_large",
+                            error=Reason.TOO_LARGE.value,
                             message=f"member {info.name!r} declares {info.size} bytes",
                         )
                     )
@@ -133,7 +137,7 @@ def iter_tar_samples(fileobj: IO[bytes], *, max_member_bytes: int) -> Iterator[T
         # the break came before any member, record one reject) so the loss is counted.
         if current is None:
             current = TarSample(key="")
-        current.error = "decode_error"
+        current.error = Reason.DECODE_ERROR.value
         current.message = f"tar ends early or is corrupt: {e}"
     else:
         # tarfile ends quietly when a header is cut short; an uncompressed tar is always a
@@ -142,7 +146,7 @@ def iter_tar_samples(fileobj: IO[bytes], *, max_member_bytes: int) -> Iterator[T
             if current is not None:
                 yield current
             current = TarSample(
-                key="", error="decode_error", message="tar is truncated inside a header"
+                key="", error=Reason.DECODE_ERROR.value, message="tar is truncated inside a header"
             )
     if current is not None:
         yield current

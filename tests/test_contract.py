@@ -1,0 +1,133 @@
+"""The stage contract and the owner modules: plan checks, Reject records, the run artefact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.errors import Reason, Reject, UserError
+from pipeline.features.config import EncoderConfig, FeaturesConfig
+from pipeline.features.stages import EncodeStage, FeaturePreprocess, FeatureWriter
+from pipeline.io.shards import SAMPLE_SCHEMA
+from pipeline.stage import Stage, check_plan
+
+
+def _cfg(**kw):
+    audio = EncoderConfig(name="audio_cnn", weights="random")
+    return FeaturesConfig(shards="x", output="y", audio=audio, **kw)
+
+
+def test_the_features_chain_checks_out_from_the_shard_columns():
+    cfg = _cfg()
+    stages = [FeaturePreprocess(cfg), EncodeStage(cfg), FeatureWriter(cfg, {})]
+    assert check_plan(stages, SAMPLE_SCHEMA.names) == [
+        "part",
+        "rejects",
+        "rows",
+        "shard",
+        "write_s",
+    ]
+    # GPU decode: the bytes stay for the actor, which then adds the image mask itself.
+    gpu = [FeaturePreprocess(cfg, decode_images=False), EncodeStage(cfg, 1.0, "imagenet")]
+    assert "image_mask" in check_plan([*gpu, FeatureWriter(cfg, {})][:2], SAMPLE_SCHEMA.names)
+
+
+def test_a_broken_chain_fails_when_the_plan_is_built():
+    cfg = _cfg()
+    with pytest.raises(ValueError, match=r"stage encode reads \['pixel_values'"):
+        check_plan([EncodeStage(cfg), FeatureWriter(cfg, {})], SAMPLE_SCHEMA.names)
+    with pytest.raises(ValueError, match="feature_writer"):
+        check_plan([FeaturePreprocess(cfg), FeatureWriter(cfg, {})], SAMPLE_SCHEMA.names)
+
+
+def test_run_checks_what_a_stage_reads_and_adds():
+    class Liar(Stage):
+        name = "liar"
+        reads = ("a",)
+        adds = ("b",)
+
+        def __call__(self, batch):
+            return batch
+
+    with pytest.raises(KeyError, match="needs columns"):
+        Liar().run({"x": [1]})
+    with pytest.raises(KeyError, match="did not add"):
+        Liar().run({"a": [1]})
+
+
+def test_preprocessing_rejects_carry_a_documented_reason():
+    cfg = _cfg(text=None)
+    batch = {
+        "key": np.array(["k"], dtype=object),
+        "shard": np.array(["s"], dtype=object),
+        "image": np.array([b"not an image"], dtype=object),
+        "audio": np.array([None], dtype=object),
+        "text": np.array([None], dtype=object),
+        "meta": np.array([None], dtype=object),
+    }
+    out = FeaturePreprocess(cfg).run(batch)
+    rej = Reject.from_json(out["error"][0])
+    assert rej.reason is Reason.DECODE_ERROR and rej.stage == "preprocess_image"
+    assert json.loads(rej.to_json())[1] == "decode_error"
+
+
+def test_the_run_artefact_round_trips_and_loads_once(tmp_path):
+    import torch
+
+    from pipeline.artifact import (
+        Lineage,
+        ModelInfo,
+        RunArtifact,
+        build_model,
+        load_run,
+        save_run,
+    )
+
+    lineage = Lineage("f", "fp", "sha", {"config": {}}, {})
+    info = ModelInfo(
+        fusion="late",
+        preset=None,
+        fusion_type="late",
+        image_size=64,
+        max_text_tokens=32,
+        dims={"image": 8, "text": 4},
+        d_model=16,
+        embed_dim=8,
+        classes=["a", "b"],
+        label_field="label",
+        dropout=0.0,
+        lineage=lineage,
+    )
+    model = build_model(info.spec)
+    saved = save_run(str(tmp_path), info, model.state_dict())
+    art = RunArtifact.open(str(tmp_path))
+    assert art.info == saved and art.version == saved.model_sha256[:16]
+    assert art.model_id == f"{tmp_path.name}:late" and art.modalities == ["image", "text"]
+    first = art.load()
+    assert art.load() is first  # once per process
+    for a, b in zip(first.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    _, as_json = load_run(str(tmp_path))
+    assert as_json["dims"] == {"image": 8, "text": 4} and as_json["lineage"]["features"] == "f"
+    with pytest.raises(UserError, match="neither a run directory"):
+        RunArtifact.open(str(tmp_path / "nothing"))
+
+
+def test_submit_validates_exactly_what_the_job_does(tmp_path):
+    from pipeline.registry import job
+    from pipeline.submit.package import validate_config
+
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        json.dumps({"features": {"shards": "s", "output": "o", "image": {"name": "alexnet"}}})
+    )
+    for check in (
+        lambda: validate_config("features", str(path)),
+        lambda: job("features").load_config(str(path)),
+    ):
+        with pytest.raises(UserError, match=r"features config: image.name = 'alexnet' is unknown"):
+            check()
+    with pytest.raises(UserError, match="unknown job"):
+        job("nope")
