@@ -13,12 +13,12 @@ from typing import Any
 from pipeline import faults
 from pipeline.artifact import MODEL_FILE, Lineage, ModelInfo, save_run
 from pipeline.errors import UserError
-from pipeline.faults import maybe_fail
 from pipeline.fingerprint import fingerprint
 from pipeline.io.fs import exists, is_remote, join, list_files, read_bytes, write_bytes_atomic
 from pipeline.redact import redact_obj
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import FeatureSet, open_features, ray_split
+from pipeline.train.metrics import MetricsLog
 
 RUN_NAME = "fusion"
 
@@ -154,47 +154,6 @@ def train_worker(config: dict[str, Any]) -> None:
             break
 
 
-class MetricsLog:
-    """Per-step and per-epoch metrics as JSONL in the run directory (rank 0 only), plus
-    TensorBoard when it is installed."""
-
-    def __init__(self, run_dir: str, enabled: bool) -> None:
-        self.url, self.enabled = join(run_dir, "metrics.jsonl"), enabled
-        self.fault: str | None = None
-        self.lines: list[str] = []
-        self.tb: Any = None
-        if enabled and exists(self.url):  # a resumed run appends to what is there
-            self.lines = read_bytes(self.url).decode().splitlines()
-        if enabled and not is_remote(run_dir):
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
-            except Exception:  # tensorboard not installed: JSONL is the record
-                self.tb = None
-
-    def step(self, row: dict[str, Any]) -> None:
-        if self.fault:
-            maybe_fail("train_step", self.fault)
-        if not self.enabled:
-            return
-        self.lines.append(json.dumps({"kind": "step", **row}))
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, float):
-                    self.tb.add_scalar(f"train/{k}", v, row["step"])
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.lines.append(json.dumps(row))
-        write_bytes_atomic(self.url, ("\n".join(self.lines) + "\n").encode())
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, float):
-                    self.tb.add_scalar(f"val/{k}", v, row["step"])
-
-
 def train_in_process(cfg: TrainConfig) -> str:
     """Train a features model in this process, without Ray, and write the run's model files.
 
@@ -224,6 +183,7 @@ def run_train(
 ) -> dict[str, Any]:
     """Train; write ``model.pt``, ``model.json``, ``metrics.jsonl`` and ``train.json`` (last)."""
 
+    from pipeline.device import cluster_has_gpu
     from pipeline.runner import object_store_stats, ray_session
 
     t0 = time.perf_counter()
@@ -273,11 +233,10 @@ def run_train(
         else None
     )
     with ray_session(address):
-        import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
+        has_gpu = cluster_has_gpu()  # the cluster's GPUs, not the driver's
         use_gpu = cfg.gpus == "on" or (cfg.gpus == "auto" and has_gpu)
         if cfg.gpus == "on" and not has_gpu:
             raise UserError(
