@@ -43,7 +43,10 @@ class FaultProxy:
                     self.send_header("Content-Length", str(len(SLOW_DOWN)))
                     self.send_header("Content-Type", "application/xml")
                     self.end_headers()
-                    self.wfile.write(SLOW_DOWN)
+                    # A HEAD answer has no body: bytes written anyway stay on the kept-alive
+                    # connection, and the client then reads them as the next status line.
+                    if self.command != "HEAD":
+                        self.wfile.write(SLOW_DOWN)
                     return
                 conn = http.client.HTTPConnection(
                     proxy.upstream.hostname, proxy.upstream.port, timeout=30
