@@ -40,6 +40,16 @@ class LineTracker:
             yield line.decode("utf-8", "surrogateescape")
 
 
+def is_blank_line(raw: bytes) -> bool:
+    """A JSONL line that is not a record: nothing but whitespace, as ``str.strip`` sees it.
+
+    The pre-scan and the reader both ask this, so a chunk's row count never disagrees with
+    what its read task yields (found by the fuzz suite: a line holding only U+001F).
+    """
+    stripped = raw.strip()
+    return not stripped or not stripped.decode("utf-8", "surrogateescape").strip()
+
+
 def read_jsonl(
     url: str, layout: ManifestLayout, start: int = 0, row_start: int = 0, count: int | None = None
 ) -> Iterator[InputRow]:
@@ -53,9 +63,9 @@ def read_jsonl(
         for raw in f:
             if end is not None and row_idx >= end:
                 break
-            line = raw.decode("utf-8", "surrogateescape")
-            if not line.strip():
+            if is_blank_line(raw):
                 continue
+            line = raw.decode("utf-8", "surrogateescape")
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict):

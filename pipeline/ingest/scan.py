@@ -5,7 +5,7 @@ from __future__ import annotations
 import tarfile
 from dataclasses import dataclass
 
-from pipeline.ingest.readers import LineTracker, csv_records, open_binary
+from pipeline.ingest.readers import LineTracker, csv_records, is_blank_line, open_binary
 from pipeline.io.fs import get_fs, scheme_of
 from pipeline.io.tar import split_member_name
 
@@ -45,7 +45,7 @@ def scan_jsonl(url: str, rows_per_chunk: int) -> list[Span]:
     rows = pos = 0
     with open_binary(url) as f:
         for line in f:
-            if line.strip():
+            if not is_blank_line(line):
                 if rows % rows_per_chunk == 0:
                     starts.append((pos, rows))
                 rows += 1
