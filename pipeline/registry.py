@@ -27,24 +27,15 @@ class Job:
         return load_config(self.config, overrides or {}, yaml_path)
 
 
-def _table() -> dict[str, Job]:
-    # Config modules are pydantic only (no torch, no Ray): cheap to import for the CLI.
-    from pipeline.config import BuildConfig
-    from pipeline.embed.config import EmbedConfig
-    from pipeline.features.config import FeaturesConfig
-    from pipeline.train.config import TrainConfig
-
-    rows = [
-        ("build", "jobs.build_dataset", BuildConfig),
-        ("features", "jobs.extract_features", FeaturesConfig),
-        ("train", "jobs.train_fusion", TrainConfig),
-        ("embed", "jobs.embed_bulk", EmbedConfig),
-        ("refresh", "jobs.nightly_refresh", EmbedConfig),
-    ]
-    return {name: Job(name, module, cfg) for name, module, cfg in rows}
-
-
-JOB_NAMES = ("build", "features", "train", "embed", "refresh")
+# name, entrypoint module, config class ("module:Class", imported when the job is asked for).
+_ROWS = (
+    ("build", "jobs.build_dataset", "pipeline.config:BuildConfig"),
+    ("features", "jobs.extract_features", "pipeline.features.config:FeaturesConfig"),
+    ("train", "jobs.train_fusion", "pipeline.train.config:TrainConfig"),
+    ("embed", "jobs.embed_bulk", "pipeline.embed.config:EmbedConfig"),
+    ("refresh", "jobs.nightly_refresh", "pipeline.embed.config:EmbedConfig"),
+)
+JOB_NAMES = tuple(name for name, _, _ in _ROWS)
 
 
 def job(name: str) -> Job:
@@ -53,7 +44,11 @@ def job(name: str) -> Job:
     Raises:
         UserError: no such job.
     """
-    table = _table()
-    if name not in table:
-        raise UserError(f"unknown job {name!r}; choose one of {sorted(table)}")
-    return table[name]
+    import importlib
+
+    for row, module, config in _ROWS:
+        if row == name:
+            # Config modules are pydantic only (no torch, no Ray): cheap to import.
+            mod, cls = config.split(":")
+            return Job(name, module, getattr(importlib.import_module(mod), cls))
+    raise UserError(f"unknown job {name!r}; choose one of {sorted(JOB_NAMES)}")
