@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import UserError, is_storage_error, storage_message
+from pipeline.errors import UserError, is_storage_error, storage_line
 from pipeline.redact import redact
 
 
@@ -19,6 +19,6 @@ def guarded(prog: str, run: Callable[[], object]) -> int:
     except Exception as e:
         if not is_storage_error(e):
             raise
-        print(f"{prog}: error: storage: {redact(storage_message(e))}", file=sys.stderr)
+        print(f"{prog}: error: {redact(storage_line(e))}", file=sys.stderr)
         return 1
     return 0

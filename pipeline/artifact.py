@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import UserError
 from pipeline.fingerprint import SHORT, short_hash
 from pipeline.io.fs import dirname, exists, join, read_bytes, write_bytes_atomic
-from pipeline.models.weights import load_tensors
+from pipeline.models.weights import load_tensors, torchscript_quietly
 
 if TYPE_CHECKING:
     from pipeline.features.config import FeaturesConfig
@@ -196,6 +196,11 @@ class RunArtifact:
         return self.info.modalities
 
     @property
+    def run_version(self) -> str:
+        """The version of the run's own weights, which its exports were traced from."""
+        return self.info.model_sha256[:SHORT]
+
+    @property
     def dim(self) -> int:
         return int(self.info.embed_dim)
 
@@ -247,7 +252,8 @@ class RunArtifact:
         if self.kind == "torchscript":
             import torch
 
-            model = torch.jit.load(io.BytesIO(blob), map_location=device)
+            with torchscript_quietly():
+                model = torch.jit.load(io.BytesIO(blob), map_location=device)
         else:
             model = build_model(self.info.spec)
             model.load_state_dict(load_tensors(blob, self.weights_url))

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from pipeline.errors import UserError, is_storage_error, storage_message
+from pipeline.errors import UserError, is_storage_error, storage_line
 from pipeline.redact import redact
 
 
@@ -18,6 +18,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_build(sub: Any) -> None:
+    from pipeline.config import BuildConfig, add_choice
     from pipeline.errors import REASON_DOCS
 
     reasons = "\n".join(f"  {r.value:<15} {doc}" for r, doc in REASON_DOCS.items())
@@ -32,46 +33,55 @@ def _add_build(sub: Any) -> None:
     )
     p.add_argument("--output", "-o", required=True, help="output folder or URL")
     p.add_argument("--config", help="YAML file with build fields (CLI options override it)")
-    p.add_argument("--input-format", help="auto|jsonl|csv|parquet|sidecar|tar")
+    add_choice(p, "--input-format", BuildConfig, "the form of INPUT")
     for col in ("image", "audio", "text", "key"):
         p.add_argument(
             f"--{col}-column", help=f"manifest column holding the {col} (default: {col})"
         )
-    p.add_argument(
-        "--text-source", help="auto|inline|path: whether the text column holds captions or paths"
-    )
+    add_choice(p, "--text-source", BuildConfig, "whether the text column holds captions or paths")
     p.add_argument("--shard-samples", type=int, help="max samples per shard (default 1000)")
     p.add_argument("--shard-bytes", help="max bytes per shard, e.g. 512MB")
     p.add_argument("--resize", type=int, help="resize images to this size (see --resize-mode)")
-    p.add_argument("--resize-mode", help="no|keep_ratio|keep_ratio_largest|center_crop|border")
+    add_choice(p, "--resize-mode", BuildConfig, "how --resize fits an image")
+    add_choice(p, "--resize-filter", BuildConfig, "the resampling filter")
     p.add_argument(
         "--upscale", action="store_true", default=None, help="also enlarge smaller images"
     )
-    p.add_argument("--image-format", help="keep|jpg|png|webp (re-encode when not keep)")
+    add_choice(p, "--image-format", BuildConfig, "re-encode images unless keep")
     p.add_argument(
         "--image-quality", "--quality", type=int, dest="image_quality", help="JPEG/WebP quality"
     )
-    p.add_argument("--min-image-size", type=int)
-    p.add_argument("--max-image-size", type=int)
+    p.add_argument("--min-image-size", type=int, help="reject images with a smaller side (px)")
+    p.add_argument("--max-image-size", type=int, help="reject images with a larger side (px)")
     p.add_argument("--max-image-pixels", type=int, help="decompression-bomb guard (pixels)")
     p.add_argument("--audio-rate", type=int, help="transcode audio to mono FLAC at this rate")
-    p.add_argument("--min-audio-seconds", type=float)
-    p.add_argument("--max-audio-seconds", type=float)
-    p.add_argument("--max-text-chars", type=int)
+    add_choice(p, "--audio-format", BuildConfig, "one audio format per build")
+    p.add_argument("--min-audio-seconds", type=float, help="reject shorter audio")
+    p.add_argument("--max-audio-seconds", type=float, help="reject longer audio")
+    p.add_argument("--max-text-chars", type=int, help="reject longer texts")
     p.add_argument("--max-file-bytes", help="largest file read, e.g. 256MB")
     p.add_argument(
         "--sample-timeout", type=float, dest="sample_timeout_s", help="per-sample decode limit (s)"
     )
+    add_choice(p, "--on-modality-error", BuildConfig, "what a failing modality does to its row")
     p.add_argument(
-        "--on-modality-error", help="reject|drop: what a failing modality does to its row"
+        "--allow-local-refs",
+        action="store_true",
+        default=None,
+        help="let a remote manifest name local files",
     )
-    p.add_argument("--allow-local-refs", action="store_true", default=None)
-    p.add_argument("--fetch-concurrency", type=int)
+    p.add_argument("--fetch-concurrency", type=int, help="HTTP requests in flight per chunk task")
     p.add_argument("--num-cpus", type=float, help="CPUs per chunk task")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
     p.add_argument("--ray-num-cpus", type=int, help="logical CPUs of the local Ray")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in --output")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan, validate a few hundred sampled rows here and print what would happen; "
+        "write nothing",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     p.set_defaults(func=_cmd_build)
 
 
@@ -80,8 +90,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from pipeline.config import load_build_config
 
     skip = {"func", "command", "config", "address", "ray_num_cpus", "overwrite", "quiet"}
-    overrides = {k: v for k, v in vars(args).items() if k not in skip}
+    overrides = {k: v for k, v in vars(args).items() if k not in skip | {"dry_run"}}
     cfg = load_build_config(overrides, args.config)
+    if args.dry_run:
+        from pipeline.build.dryrun import dry_run
+
+        dry_run(cfg)
+        return 0
     run_build(
         cfg,
         address=args.address,
@@ -93,20 +108,23 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _add_features(sub: Any) -> None:
+    from pipeline.config import add_choice
+    from pipeline.features.config import FeaturesConfig
+
     p = sub.add_parser(
         "features", help="preprocess built shards and extract frozen-encoder features"
     )
     p.add_argument("shards", help="a build output folder, or a tar glob/brace pattern")
     p.add_argument("--output", "-o", required=True, help="output folder or URL")
     p.add_argument("--config", help="YAML file with features fields (CLI options override it)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="samples per encoder batch")
     p.add_argument("--actors", type=int, help="encoder actors (each loads the models once)")
     p.add_argument(
         "--actor-num-cpus", type=float, help="CPUs per encoder actor (fractions allowed)"
     )
-    p.add_argument("--device", help="auto|cpu|cuda")
+    add_choice(p, "--device", FeaturesConfig, "where the encoders run")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     p.set_defaults(func=_cmd_features)
 
 
@@ -130,7 +148,7 @@ def _add_sample_corpus(sub: Any) -> None:
     p.add_argument(
         "--hard", action="store_true", help="one random modality per sample carries no class signal"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--no-broken", action="store_true", help="leave out the deliberately broken rows"
     )
@@ -152,10 +170,20 @@ def _cmd_sample_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mmpipe")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mmpipe", description="Offline batch pipeline for multimodal corpora on Ray."
     )
+    parser.add_argument("--version", action="version", version=f"mmpipe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_build(sub)
     _add_features(sub)
@@ -171,6 +199,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def help_reference() -> str:
+    """Every subcommand's ``--help``, as docs/cli.md holds it (tests/test_docs.py compares)."""
+    import os
+
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: fix it for the docs
+    try:
+        parser = build_parser()
+        subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parts = [
+            "# Command reference\n",
+            "Generated from the parser: `python -m pipeline.cli --help-reference > docs/cli.md`.\n",
+            "```text\n" + parser.format_help() + "```\n",
+        ]
+        for name, sp in subs.choices.items():
+            parts.append(f"## mmpipe {name}\n\n```text\n{sp.format_help()}```\n")
+        return "\n".join(parts)
+    finally:
+        if saved is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for user mistakes, 130 on Ctrl-C)."""
     try:
@@ -182,11 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if not is_storage_error(e):
             raise  # a bug: the traceback is what we need to see
-        print(
-            f"mmpipe: error: storage: {redact(storage_message(e))}; rerun to resume once the store "
-            "answers",
-            file=sys.stderr,
-        )
+        print(f"mmpipe: error: {redact(storage_line(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mmpipe: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -194,4 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--help-reference"]:
+        sys.stdout.write(help_reference())
+        raise SystemExit(0)
     raise SystemExit(main())

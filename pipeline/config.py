@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -61,6 +61,8 @@ class BuildConfig(BaseModel):
     # PIL's own default bomb threshold (~89.5 Mpx); images over it are never decoded.
     max_image_pixels: int = Field(89_478_485, ge=1)
     audio_rate: int | None = Field(None, ge=1000, le=384_000)
+    # One audio member type per build: HF datasets' WebDataset loader refuses mixed types.
+    audio_format: Literal["flac", "keep"] = "flac"
     min_audio_seconds: float = Field(0.0, ge=0)
     max_audio_seconds: float = Field(3600.0, gt=0)
     max_text_chars: int = Field(100_000, ge=1)
@@ -114,6 +116,8 @@ def explain(err: ValidationError, model: type[BaseModel]) -> str:
         allowed = ", ".join(sorted(model.model_fields))
         return f"{label}: unknown field {field!r}; known fields: {allowed}"
     flag = "--" + field.replace("_", "-")
+    if first["type"] == "missing":  # pydantic's input here is the whole mapping: not shown
+        return f"{label}: {field} is required; pass {flag} or set {field}: in the YAML file"
     return f"{label}: {field} ({flag}) = {value!r} is invalid: {msg}"
 
 
@@ -131,6 +135,27 @@ def load_config(
         return model(**data)
     except ValidationError as e:
         raise UserError(explain(e, model)) from None
+
+
+def choices(model: type[BaseModel], name: str) -> list[str]:
+    """The values a ``Literal`` field allows, so that a CLI flag offers exactly those."""
+    found: list[str] = []
+    stack = [model.model_fields[name].annotation]
+    while stack:
+        t = stack.pop()
+        if get_origin(t) is Literal:
+            found += [a for a in get_args(t) if isinstance(a, str)]
+        else:
+            stack += [a for a in get_args(t)]
+    return found
+
+
+def add_choice(parser: Any, flag: str, model: type[BaseModel], help: str) -> None:
+    """An option for a ``Literal`` config field: its choices and default come from the model."""
+    name = flag.lstrip("-").replace("-", "_")
+    default = model.model_fields[name].default
+    shown = f" (default {default})" if default is not None else ""
+    parser.add_argument(flag, choices=choices(model, name), help=f"{help}{shown}")
 
 
 def options(args: Any, names: tuple[str, ...]) -> dict[str, Any]:

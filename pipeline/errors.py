@@ -68,11 +68,32 @@ def is_storage_error(e: BaseException) -> bool:
 
 
 def storage_message(e: BaseException) -> str:
-    """One line: the error's type and first line, without a remote traceback."""
+    """One line: the error's type, first line and path, without a remote traceback."""
     text = str(e).strip().splitlines()
     # A RayTaskError's text starts with the task's name; the cause's line is the last one.
     line = text[-1] if text else ""
+    path = getattr(e, "filename", None)
+    if path and str(path) not in line:
+        line = f"{line}: {path}"
     return f"{type(e).__name__}: {line}"[:500]
+
+
+# Local mistakes that a rerun cannot fix, and what does.
+_PATH_ADVICE = {
+    FileNotFoundError: "check the path",
+    NotADirectoryError: "a folder was expected there; check the path",
+    IsADirectoryError: "a file was expected there; check the path",
+    PermissionError: "check the permissions, or choose another path",
+    FileExistsError: "remove it or choose another path",
+}
+
+
+def storage_line(e: BaseException) -> str:
+    """The console line for a storage failure, with advice that fits its kind."""
+    for kind, advice in _PATH_ADVICE.items():
+        if isinstance(e, kind):
+            return f"{storage_message(e)}; {advice}"
+    return f"storage: {storage_message(e)}; rerun to resume once the store answers"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,41 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse an address where nothing listens, in seconds: ``ray.init`` retries such a
+    bare ``host:port`` for ever, and a user sees only its repeated GCS warnings.
+
+    Raises:
+        UserError: the address is malformed or nothing answers there.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise UserError(
+            f"--address {address} is a dashboard URL, which `mmpipe submit` takes; "
+            "give the GCS address (HOST:6379) or ray://HOST:10001"
+        )
+    parts = urlsplit(address if "://" in address else f"ray-gcs://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise UserError(f"--address {address} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise UserError(
+            f"no Ray at {address} ({reason} after at most {timeout_s:.0f} s); start one with "
+            "`ray start --head`, or check --address"
+        ) from None
+
+
 @contextlib.contextmanager
 def ray_session(
     address: str | None = None, num_cpus: int | None = None, quiet: bool = True
@@ -72,6 +107,8 @@ def ray_session(
             store_mb = os.environ.get("MMPIPE_OBJECT_STORE_MB")
             if store_mb:  # a small store: what spilling does to a job (tests, sizing)
                 kwargs["object_store_memory"] = int(store_mb) * 1024 * 1024
+        if address:
+            probe_address(address)
         try:
             ray.init(**kwargs)
         except ConnectionError as e:

@@ -99,6 +99,7 @@ BUILD_CONFIG_TYPE = pa.struct(
         pa.field("max_image_size", pa.int64()),
         pa.field("max_image_pixels", pa.int64()),
         pa.field("audio_rate", pa.int64()),
+        pa.field("audio_format", pa.string()),
         pa.field("min_audio_seconds", pa.float64()),
         pa.field("max_audio_seconds", pa.float64()),
         pa.field("max_text_chars", pa.int64()),

@@ -65,3 +65,67 @@ def test_every_stage_is_one_hop_from_the_readme():
     for name in sorted(stages):
         assert f"`{name}`" in arch, f"{name} is missing from the stage table"
         assert re.search(rf"\[`{name}`\]\(pipeline/[\w/]+\.py\)", readme), f"README: {name}"
+
+
+def _subparsers():
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subs.choices
+
+
+def test_cli_reference_is_the_parsers_help():
+    """docs/cli.md is regenerated from the parser, so help and docs cannot drift."""
+    from pipeline.cli import help_reference
+
+    assert (ROOT / "docs" / "cli.md").read_text() == help_reference(), (
+        "docs/cli.md is stale: python -m pipeline.cli --help-reference > docs/cli.md"
+    )
+
+
+def test_every_option_has_help_and_its_default_is_the_configs():
+    from pipeline.config import BuildConfig
+    from pipeline.embed.config import EmbedConfig
+    from pipeline.features.config import FeaturesConfig
+    from pipeline.train.config import TrainConfig
+
+    models = {
+        "build": BuildConfig,
+        "features": FeaturesConfig,
+        "train": TrainConfig,
+        "embed": EmbedConfig,
+        "refresh": EmbedConfig,
+    }
+    for name, sp in _subparsers().items():
+        for action in sp._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"mmpipe {name} {action.option_strings[0]} has no help text"
+            model = models.get(name)
+            said = re.search(r"\(default:? ([\w.]+)\)", action.help)
+            if model and said and action.dest in model.model_fields:
+                default = model.model_fields[action.dest].default
+                assert said.group(1) == str(default), (name, action.dest, said.group(1), default)
+
+
+def test_readme_and_docs_name_only_real_commands_and_flags():
+    subs = _subparsers()
+    readme = (ROOT / "README.md").read_text()
+    for name in subs:
+        assert f"mmpipe {name}" in readme, f"the README never mentions `mmpipe {name}`"
+    texts = [readme] + [p.read_text() for p in (ROOT / "docs").glob("*.md") if p.name != "cli.md"]
+    checked = 0
+    for text in texts:
+        for line in text.splitlines():
+            for m in re.finditer(r"mmpipe ([a-z-]+)\b([^`|;&#]*)", line):
+                sub, rest = m.group(1), m.group(2)
+                if sub not in subs:
+                    continue
+                known = {o for a in subs[sub]._actions for o in a.option_strings}
+                for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+                    assert flag in known, f"docs name `mmpipe {sub} {flag}`, which does not exist"
+                    checked += 1
+    assert checked >= 20

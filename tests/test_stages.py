@@ -112,13 +112,32 @@ def test_bomb_guard_refuses_before_decoding():
 # -- audio -------------------------------------------------------------------------------
 
 
-def test_wav_and_flac_pass_through():
+def test_wav_and_flac_pass_through_when_kept():
     data = media.wav(0.5, 16000)
-    res = validate_audio(data, AudioOptions())
+    res = validate_audio(data, AudioOptions(format="keep"))
     assert res.data == data and res.ext == "wav" and res.sample_rate == 16000
     assert res.duration == pytest.approx(0.5)
     flac = media.wav(0.25, 22050, fmt="FLAC")
-    assert validate_audio(flac, AudioOptions()).ext == "flac"
+    assert validate_audio(flac, AudioOptions()).data == flac
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24"])
+def test_default_turns_wav_into_lossless_flac(subtype):
+    """One audio type per build by default (HF datasets needs it), without losing a bit."""
+    import soundfile as sf
+
+    data = media.wav(0.3, 16000, subtype=subtype)
+    res = validate_audio(data, AudioOptions())
+    assert res.ext == "flac" and res.data[:4] == b"fLaC"
+    a, _ = sf.read(io.BytesIO(data), dtype="int32")
+    b, _ = sf.read(io.BytesIO(res.data), dtype="int32")
+    assert (a == b).all() and sf.info(io.BytesIO(res.data)).subtype == subtype
+
+
+def test_unreadable_audio_message_is_deterministic():
+    with pytest.raises(SampleError) as e:
+        validate_audio(b"not audio at all" * 8, AudioOptions())
+    assert "0x" not in str(e.value) and "BytesIO" not in str(e.value)
 
 
 @pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_24", "FLOAT", "ULAW"])

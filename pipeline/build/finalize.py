@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.build.chunk import chunk_meta_url
 from pipeline.errors import Reason
-from pipeline.io.fs import atomic_open, exists, get_fs, join, move
+from pipeline.io.fs import atomic_open, exists, get_fs, join, move, write_bytes_atomic
 from pipeline.io.parquet import parquet_sink, read_table, to_table
 from pipeline.io.tar import TarShardWriter, read_member
 from schemas import INDEX_SCHEMA, REJECTS_SCHEMA
@@ -57,20 +57,39 @@ def _place(
         w.close()
 
 
+# What common WebDataset loaders read beside the tars: open_clip's sizes.json, and the
+# shard index of webdataset's `wids` (urls relative to the index file).
+LOADER_FILES = ("sizes.json", "shardindex.json")
+
+
+def write_loader_files(work_dir: str, sizes: dict[str, int]) -> None:
+    import json
+
+    index = {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "shardlist": [{"url": name, "nsamples": n} for name, n in sizes.items()],
+    }
+    for name, doc in zip(LOADER_FILES, (sizes, index)):
+        write_bytes_atomic(join(work_dir, name), json.dumps(doc, indent=1).encode())
+
+
 def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any]:
     """Walk chunks in input order; the first occurrence of a content hash or key wins.
 
     A rejected row claims nothing, so a later copy of its content can still be written.
-    Memory grows with the number of distinct samples (a hash and a key each), not with
+    The index and rejects are written into ``work_dir``; the job publishes them just
+    before ``build.json``. Memory grows with the number of distinct samples (a hash and a key each), not with
     their bytes; the bytes are only streamed from staged tars when dedup removed some.
     """
     first_hash: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     seen_keys: set[str] = set()
     n_shards = written = nbytes = rows_total = 0
     reasons: Counter[str] = Counter()
     with (
-        parquet_sink(join(out_dir, "index.parquet"), INDEX_SCHEMA, "index") as index,
-        parquet_sink(join(out_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects") as rejects,
+        parquet_sink(join(work_dir, "index.parquet"), INDEX_SCHEMA, "index") as index,
+        parquet_sink(join(work_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects") as rejects,
     ):
         for cid in sorted(chunk_ids):
             rows = read_table(chunk_meta_url(work_dir, cid)).to_pylist()
@@ -98,6 +117,7 @@ def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any
                 final = shard_name(n_shards)
                 n_shards += 1
                 _place(work_dir, out_dir, staged, final, kept, whole=len(kept) == per_tar[staged])
+                sizes[final.rsplit("/", 1)[-1]] = len(kept)
                 for r in kept:
                     r["shard"] = final
                     nbytes += sum(m["size"] for m in r["members"])
@@ -109,6 +129,7 @@ def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any
                 )
             reasons.update(b["reason"] for b in bad)
             rejects.write(to_table(bad, REJECTS_SCHEMA))
+    write_loader_files(work_dir, sizes)
     return {
         "input_rows": rows_total,
         "written": written,

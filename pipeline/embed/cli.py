@@ -7,37 +7,56 @@ import json
 import sys
 from typing import Any
 
+from pipeline.errors import UserError
+
+SHARDS_HELP = "a build output folder, a folder of tars, or a tar glob/brace pattern"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
 
 def _common(p: Any) -> None:
+    from pipeline.config import add_choice
+    from pipeline.embed.config import EmbedConfig
+
     p.add_argument("--model", help="a run directory of mmpipe train, or its TorchScript export")
     p.add_argument("--output", "-o", help="the embeddings store (local or URL)")
     p.add_argument("--config", help="YAML file with embed fields (CLI options override it)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="samples per model batch")
     p.add_argument("--actors", help="encoder+model actors, or 'auto' to follow free resources")
-    p.add_argument("--device", help="auto|cpu|cuda")
-    p.add_argument("--storage", help="float32|float16")
+    add_choice(p, "--device", EmbedConfig, "where the model runs")
+    add_choice(p, "--storage", EmbedConfig, "the float type stored")
     p.add_argument("--keep-versions", type=int, help="complete versions kept (default 3)")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("embed", help="embed shards with a trained model into a new Parquet version")
-    p.add_argument("shards", nargs="?", help="a build output folder, or a tar glob/brace pattern")
-    _common(p)
-    p.set_defaults(func=_cmd_embed, kind="embed")
-
-    p = sub.add_parser("refresh", help="the nightly job: embed only what is new since latest")
-    p.add_argument("--shards", help="a build output folder, or a tar glob/brace pattern")
-    _common(p)
-    p.set_defaults(func=_cmd_embed, kind="refresh")
+    for name, text in (
+        ("embed", "embed shards with a trained model into a new Parquet version"),
+        ("refresh", "the nightly job: embed only what is new since latest"),
+    ):
+        p = sub.add_parser(name, help=text)
+        # Both forms in both commands: SHARDS, as features takes it, or --shards, as the jobs do.
+        p.add_argument("shards_arg", nargs="?", metavar="SHARDS", help=SHARDS_HELP)
+        p.add_argument("--shards", help="the same as SHARDS")
+        _common(p)
+        p.set_defaults(func=_cmd_embed, kind=name)
 
     p = sub.add_parser("search", help="top-k keys for a text, image or audio query")
     p.add_argument("store", help="an embeddings store written by embed/refresh")
-    p.add_argument("--text")
+    p.add_argument("--text", help="a text query")
     p.add_argument("--image", help="an image file or URL")
     p.add_argument("--audio", help="an audio file or URL")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=positive_int, default=10, help="hits to print (default 10)")
     p.add_argument(
         "--column",
         default="fused",
@@ -51,8 +70,18 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("index", help="build an HNSW index (usearch) for the latest version")
     p.add_argument("store")
-    p.add_argument("--column", action="append", help="fused|image|text|audio (default all)")
-    p.add_argument("--dtype", default="f16", choices=["f32", "f16", "i8"])
+    p.add_argument(
+        "--column",
+        action="append",
+        choices=["fused", "image", "text", "audio"],
+        help="an embedding column to index; repeat for several (default: all present)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="f16",
+        choices=["f32", "f16", "i8"],
+        help="the index's vector type (default f16)",
+    )
     p.set_defaults(func=_cmd_index)
 
 
@@ -61,6 +90,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from pipeline.embed.config import load_embed_config
     from pipeline.embed.job import run_embed
 
+    if args.shards_arg and args.shards and args.shards_arg != args.shards:
+        raise UserError("give SHARDS or --shards, not both")
+    args.shards = args.shards or args.shards_arg
     names = ("shards", "model", "output", "batch_size", "device", "storage", "keep_versions")
     overrides = options(args, names)
     overrides["actors"] = args.actors if args.actors in (None, "auto") else _int(args.actors)
@@ -118,5 +150,6 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from pipeline.embed.search import build_index
 
     res = build_index(args.store, args.column, args.dtype)
-    print(f"index: {res['version']}: {res['columns']}", file=sys.stderr)
+    cols = ", ".join(f"{c} ({n} rows)" for c, n in res["columns"].items())
+    print(f"index: {res['version']}: {cols} -> {args.store}/index/", file=sys.stderr)
     return 0

@@ -26,9 +26,18 @@ from pipeline.embed.store import (
     version_dir,
 )
 from pipeline.fingerprint import fingerprint
-from pipeline.io.fs import exists, get_fs, is_remote, join, remove_tree, write_bytes_atomic
+from pipeline.io.fs import (
+    check_output,
+    exists,
+    get_fs,
+    is_remote,
+    join,
+    remove_tree,
+    write_bytes_atomic,
+)
 from pipeline.io.parts import done_keys
 from pipeline.redact import redact_obj
+from pipeline.runner import probe_address
 from schemas.embeddings import EMBED_SCHEMA_VERSION, embeddings_schema
 
 
@@ -87,6 +96,9 @@ def run_embed(
     command resumes from the parts it staged.
     """
     t0, started = time.perf_counter(), now_utc()
+    check_output(cfg.output)
+    if address:
+        probe_address(address)  # seconds, where ray.init would retry for ever
     # Local paths are recorded absolute: search and later runs may start elsewhere.
     model = cfg.model if is_remote(cfg.model) else os.path.abspath(cfg.model)
     ref = resolve_model(model, cfg.model_id)

@@ -34,10 +34,11 @@ def encode_query(
 
     given = {"image": image, "text": text, "audio": audio}
     missing = [m for m, v in given.items() if v is not None and m not in ref.modalities]
-    if missing or all(v is None for v in given.values()):
-        raise UserError(
-            f"give a query in {ref.modalities} (--text, --image, --audio); the model has no {missing}"
-        )
+    flags = ", ".join(f"--{m}" for m in ref.modalities)
+    if missing:
+        raise UserError(f"the model has no {missing[0]} encoder; give a query with {flags}")
+    if all(v is None for v in given.values()):
+        raise UserError(f"give a query with {flags}")
     fcfg = ref.features_config(shards="-", output="-", batch_size=1, device="cpu", amp="off")
     preset = ref.image_preset
     obj = lambda v: np.array([v], dtype=object)  # noqa: E731
@@ -106,6 +107,12 @@ def build_index(out: str, columns: list[str] | None = None, dtype: str = "f16") 
         raise UserError(f"{out} holds no embeddings version; run mmpipe embed first")
     manifest = read_manifest(out, version)
     files = data_files(out, version)
+    present = ["fused"] + [c for c in COLUMNS if c != "fused" and f"{c}_emb" in _names(files)]
+    missing = [c for c in columns or [] if c not in present]
+    if missing:
+        raise UserError(
+            f"{out} {version} has no {missing[0]!r} embeddings; its columns are {present}"
+        )
     done = {}
     for column in columns or COLUMNS:
         if column == "fused" or f"{column}_emb" in _names(files):
@@ -192,12 +199,16 @@ def search(
     exact: bool = False,
 ) -> dict[str, Any]:
     """Top-k keys for a query, across one embedding column or all of them."""
+    for flag, p in (("--image", image), ("--audio", audio)):
+        if p and not exists(p):
+            raise UserError(f"{flag} {p}: no such file; check the path")
     version = read_latest(out)
     if version is None:
         raise UserError(f"{out} holds no embeddings version; run mmpipe embed first")
     manifest = read_manifest(out, version)
     ref = resolve_model(model) if model else _model_of(out, version)
-    if ref.version != manifest["model_version"]:
+    # The run's TorchScript export is the same model as the run that embedded the store.
+    if manifest["model_version"] not in (ref.version, ref.run_version):
         raise UserError(
             f"model {ref.version} differs from the one that embedded {version} "
             f"({manifest['model_version']}); pass the same --model"

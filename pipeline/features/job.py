@@ -12,11 +12,11 @@ from pipeline.errors import UserError
 from pipeline.features.config import FeaturesConfig
 from pipeline.features.stages import EncodeStage, FeaturePreprocess, FeatureWriter, encoder_info
 from pipeline.fingerprint import fingerprint
-from pipeline.io.fs import exists, join, list_files, read_bytes, write_bytes_atomic
+from pipeline.io.fs import check_output, exists, join, list_files, read_bytes, write_bytes_atomic
 from pipeline.io.parts import PartTotals, done_keys
 from pipeline.io.shards import SAMPLE_SCHEMA, make_shard_datasource, resolve_shards, shard_stem
 from pipeline.redact import redact_obj
-from pipeline.runner import map_stages, ray_session, stream
+from pipeline.runner import map_stages, probe_address, ray_session, stream
 from schemas import FEATURES_SCHEMA_VERSION
 
 
@@ -38,6 +38,9 @@ def run_features(
     """
 
     t0 = time.perf_counter()
+    check_output(cfg.output)
+    if address:
+        probe_address(address)  # seconds, where ray.init would retry for ever
     urls = resolve_shards(cfg.shards)
     info = encoder_info(cfg)  # validates weights on the driver: bad config fails before Ray starts
     fp = features_fingerprint(cfg, info)

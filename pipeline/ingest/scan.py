@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipeline.ingest.readers import LineTracker, csv_records, is_blank_line, open_binary
 from pipeline.io.fs import get_fs, scheme_of
@@ -19,6 +19,8 @@ class Span:
     start: int
     row_start: int
     count: int | None  # None: to the end of the file (compressed inputs cannot be split)
+    samples: int | None = None  # how many it holds, where known (a tar's last span reads to EOF)
+    nbytes: int = 0  # member bytes, where known
 
 
 WHOLE_FILE = Span(0, 0, None)
@@ -94,6 +96,7 @@ def scan_tar(url: str, samples_per_chunk: int, max_bytes: int) -> list[Span]:
     if whole := _whole(url):
         return whole
     starts: list[tuple[int, int]] = []
+    sizes: list[int] = []  # member bytes per chunk
     samples = nbytes = 0
     key: str | None = None
     exts: set[str] = set()
@@ -113,15 +116,17 @@ def scan_tar(url: str, samples_per_chunk: int, max_bytes: int) -> list[Span]:
                             or nbytes >= max_bytes
                         ):
                             starts.append((info.offset, samples))
+                            sizes.append(0)
                             nbytes = 0
                         samples += 1
                         key, exts = k, set()
                     exts.add(ext)
                     nbytes += info.size if info.isreg() else 0
+                    sizes[-1] += info.size if info.isreg() else 0
         except (tarfile.TarError, OSError, EOFError, ValueError):
             pass
     if not starts:
         return [Span(0, 0, None)]
-    spans = _spans(starts, samples)
+    spans = [replace(s, samples=s.count, nbytes=b) for s, b in zip(_spans(starts, samples), sizes)]
     # The last chunk reads to the end, so a truncated tail is seen (and rejected) by its reader.
-    return [*spans[:-1], Span(spans[-1].start, spans[-1].row_start, None)]
+    return [*spans[:-1], replace(spans[-1], count=None)]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -68,6 +69,8 @@ class ReadUnit:
     chunk_index: int = 0
     span: Span = WHOLE_FILE
     groups: list[tuple[int, str, list[str]]] = field(default_factory=list)
+    # Small tars (and tars' tails) packed into this one chunk, in input order.
+    parts: list[ReadUnit] = field(default_factory=list)
 
     @property
     def chunk_id(self) -> str:
@@ -156,7 +159,28 @@ def _chunk_files(kind: str, files: list[str], cfg: BuildConfig) -> list[ReadUnit
                 f"cannot read input file {url}: {type(e).__name__}: {e}".splitlines()[0]
             ) from None
         units.extend(ReadUnit(kind, url, i, c, span) for c, span in enumerate(spans))
-    return units
+    return _pack(units, cfg.shard_samples, max_bytes) if kind == "tar" else units
+
+
+def _pack(units: list[ReadUnit], samples: int, max_bytes: int) -> list[ReadUnit]:
+    """Consecutive small tar spans become one chunk, so that tar input is re-rolled into
+    shards of ``samples``: four tars of 50 give one shard of 200, not four of 50."""
+    out: list[ReadUnit] = []
+    group: list[ReadUnit] = []
+    n = nbytes = 0
+    for u in [*units, ReadUnit("end", "", -1)]:
+        size = u.span.samples
+        if group and (size is None or n + size > samples or nbytes + u.span.nbytes > max_bytes):
+            out.append(group[0] if len(group) == 1 else replace(group[0], parts=group))
+            group, n, nbytes = [], 0, 0
+        if u.kind == "end":
+            break
+        if size is None:  # unknown length (compressed, HTTP): a chunk of its own
+            out.append(u)
+            continue
+        group.append(u)
+        n, nbytes = n + size, nbytes + u.span.nbytes
+    return out
 
 
 def _manifest_columns(url: str, kind: str) -> list[str] | None:
@@ -198,6 +222,16 @@ def check_layout(url: str, kind: str, cfg: BuildConfig) -> None:
             f"cannot read manifest {url}: {type(e).__name__}: {e}".splitlines()[0]
         ) from None
     wanted = [cfg.image_column, cfg.audio_column, cfg.text_column]
+    if cols:
+        # A column the user named must exist: building without it would drop a modality.
+        for name in ("image_column", "audio_column", "text_column", "key_column"):
+            value = getattr(cfg, name)
+            if name in cfg.model_fields_set and value not in cols:
+                flag = "--" + name.replace("_", "-")
+                raise UserError(
+                    f"manifest {url} has no column {value!r} ({flag}); its columns are "
+                    f"{cols[:12]}: name one of them"
+                )
     if cols is not None and cols and not set(wanted) & set(cols):
         raise UserError(
             f"manifest {url} has columns {cols[:12]} but none of {wanted}; "
@@ -225,6 +259,10 @@ def _plan_sidecar(root: str, cfg: BuildConfig) -> InputPlan:
 
 
 def iter_unit_rows(unit: ReadUnit, cfg: BuildConfig) -> Iterator[InputRow]:
+    if unit.parts:
+        return itertools.chain.from_iterable(
+            iter_unit_rows(replace(p, parts=[]), cfg) for p in unit.parts
+        )
     if unit.kind == "sidecar":
         return readers.sidecar_rows(unit.url, unit.groups)
     sp = unit.span
@@ -323,7 +361,10 @@ def make_datasource(plan: InputPlan, cfg: BuildConfig) -> Any:
                 ReadTask(
                     functools.partial(_read_unit, unit, cfg),
                     BlockMetadata(
-                        num_rows=None, size_bytes=None, exec_stats=None, input_files=(unit.url,)
+                        num_rows=None,
+                        size_bytes=None,
+                        exec_stats=None,
+                        input_files=tuple(dict.fromkeys(p.url for p in unit.parts or [unit])),
                     ),
                     schema=CHUNK_SCHEMA,
                 )

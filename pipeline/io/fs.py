@@ -7,12 +7,15 @@ import itertools
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
 import fsspec
 from fsspec.core import url_to_fs
+
+from pipeline.errors import UserError
 
 # Schemes a reference inside a manifest may use. Anything else (ftp, data:, javascript:)
 # is refused per row rather than handed to whatever fsspec happens to have installed.
@@ -176,10 +179,45 @@ def exists(url: str) -> bool:
     return bool(fs.exists(path))
 
 
+def is_dir(url: str) -> bool:
+    fs, path = get_fs(url)
+    return bool(fs.isdir(path))
+
+
 def remove_tree(url: str) -> None:
     fs, path = get_fs(url)
+    if not is_remote(url):
+        # Not fsspec's local rm: it calls os.getcwd(), which fails once a job's working
+        # directory is gone, even for an absolute path.
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=False)
+        elif os.path.lexists(path):
+            os.remove(path)
+        return
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def check_output(url: str, flag: str = "--output") -> None:
+    """Refuse an output that is a file, or sits under one, before any work starts.
+
+    Raises:
+        UserError: naming the flag, the path and the fix.
+    """
+    if is_remote(url):
+        return
+    path = os.path.abspath(get_fs(url)[1])
+    probe = path
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        where = "is a file" if probe == path else f"is under the file {probe}"
+        raise UserError(f"{flag} {url} {where}; give a folder path")
+    if os.path.isdir(probe) and not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {url}: {probe} is not writable; choose a writable folder")
 
 
 def move(src: str, dst: str) -> None:

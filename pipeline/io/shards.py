@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from pipeline.errors import UserError
 from pipeline.ingest.rows import AUDIO_EXTS, IMAGE_EXTS
-from pipeline.io.fs import exists, expand_inputs, get_fs, join
+from pipeline.io.fs import exists, expand_inputs, get_fs, is_dir, join
 from pipeline.io.tar import iter_tar_samples
 
 SAMPLE_SCHEMA = pa.schema(
@@ -41,6 +41,13 @@ def resolve_shards(spec: str) -> list[str]:
     """A build output folder (its shards/), a glob or brace pattern, or one tar."""
     if exists(join(spec, "build.json")):
         spec = join(spec, "shards", "*.tar")
+    elif not any(c in spec for c in "*?[{") and is_dir(spec):
+        if exists(join(spec, "_work")):
+            raise UserError(
+                f"{spec} is an unfinished build (no build.json); rerun its `mmpipe build` "
+                "command to finish it"
+            )
+        spec = join(spec, "*.tar")  # a folder of tars, such as BUILD/shards
     urls = [u for u in expand_inputs(spec) if u.endswith(".tar")]
     if not urls:
         raise UserError(

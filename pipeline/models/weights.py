@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pickle
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from pipeline.errors import UserError
+
+
+@contextlib.contextmanager
+def torchscript_quietly() -> Iterator[None]:
+    """TorchScript without torch's per-call deprecation notices: TorchScript is the format we
+    write and read on purpose, and the notices say nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def read_bytes(source: str) -> bytes:

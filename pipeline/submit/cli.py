@@ -16,7 +16,10 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("submit", help="run a job on a Ray cluster through the Jobs API")
     p.add_argument("job", help="|".join(JOB_NAMES))
     p.add_argument("--config", required=True, help="the job's YAML (validated before submitting)")
-    p.add_argument("--address", help="the dashboard, e.g. http://HEAD:8265 (default RAY_ADDRESS)")
+    p.add_argument(
+        "--address",
+        help="the dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else http://127.0.0.1:8265)",
+    )
     p.add_argument(
         "--deps",
         default="lock",
@@ -40,7 +43,10 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("jobs", help="list, inspect, read the logs of, or stop submitted jobs")
     p.add_argument("action", choices=["list", "status", "logs", "stop"])
     p.add_argument("submission_id", nargs="?")
-    p.add_argument("--address", help="the dashboard, e.g. http://HEAD:8265 (default RAY_ADDRESS)")
+    p.add_argument(
+        "--address",
+        help="the dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else http://127.0.0.1:8265)",
+    )
     p.set_defaults(func=_cmd_jobs)
 
 

@@ -8,30 +8,35 @@ from typing import Any
 
 
 def add_commands(sub: Any) -> None:
+    from pipeline.config import add_choice
+    from pipeline.train.config import TrainConfig
+
     p = sub.add_parser("train", help="train a fusion model on features with Ray Train")
     p.add_argument("data", help="an `mmpipe features` output folder")
     p.add_argument("--output", "-o", required=True, help="the run directory (local or URL)")
     p.add_argument("--config", help="YAML file with train fields (CLI options override it)")
-    p.add_argument("--fusion", help="early|mid|late|gated|bilinear")
-    p.add_argument(
-        "--preset", help="cnn_lstm|attn_conv: a classic model trained end to end; DATA is a build"
+    add_choice(p, "--fusion", TrainConfig, "how the modalities are combined")
+    add_choice(
+        p, "--preset", TrainConfig, "a classic model trained end to end (DATA is then a build)"
     )
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int, help="passes over the training split")
+    p.add_argument("--batch-size", type=int, help="samples per step, over all workers")
+    p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--seed", type=int, help="seed for the split, initialisation and order")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="Recall@K and accuracy of a trained run on a features folder")
     p.add_argument("run", help="the run directory of mmpipe train")
     p.add_argument("data", help="an `mmpipe features` output folder")
-    p.add_argument("--split", default="val", choices=["val", "train"])
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument(
+        "--split", default="val", choices=["val", "train"], help="which split (default val)"
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("report", help="a self-contained HTML report of one or more runs")

@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.artifact import TORCHSCRIPT_FILE, ModelInfo, RunArtifact
 from pipeline.io.fs import join, write_bytes_atomic
+from pipeline.models.weights import torchscript_quietly
 
 
 def serving_module(model: Any) -> Any:
@@ -61,13 +62,14 @@ def export_torchscript(run_dir: str, output: str | None = None) -> str:
     model, info = art.load(), art.info
     wrapped = serving_module(model)
     ex = example_inputs(info)
-    with torch.no_grad():
+    with torch.no_grad(), torchscript_quietly():
         traced = torch.jit.trace(wrapped, ex, check_trace=False)
         probe = example_inputs(info, n=7)  # a different batch size than traced with
         for a, b in zip(wrapped(*probe), traced(*probe)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     buf = io.BytesIO()
-    torch.jit.save(traced, buf)
+    with torchscript_quietly():
+        torch.jit.save(traced, buf)
     out = output or join(run_dir, TORCHSCRIPT_FILE)
     write_bytes_atomic(out, buf.getvalue())
     return out if "://" in out else os.path.abspath(out)

@@ -14,11 +14,19 @@ from pipeline import faults
 from pipeline.artifact import MODEL_FILE, Lineage, ModelInfo, save_run
 from pipeline.errors import UserError
 from pipeline.fingerprint import fingerprint
-from pipeline.io.fs import exists, is_remote, join, list_files, read_bytes, write_bytes_atomic
+from pipeline.io.fs import (
+    check_output,
+    exists,
+    is_remote,
+    join,
+    list_files,
+    read_bytes,
+    write_bytes_atomic,
+)
 from pipeline.redact import redact_obj
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import FeatureSet, open_features, ray_split
-from pipeline.train.metrics import MetricsLog
+from pipeline.train.metrics import MetricsLog, TrainProgressLine
 
 RUN_NAME = "fusion"
 
@@ -184,9 +192,12 @@ def run_train(
     """Train; write ``model.pt``, ``model.json``, ``metrics.jsonl`` and ``train.json`` (last)."""
 
     from pipeline.device import cluster_has_gpu
-    from pipeline.runner import object_store_stats, ray_session
+    from pipeline.runner import object_store_stats, probe_address, ray_session
 
     t0 = time.perf_counter()
+    check_output(cfg.output)
+    if address:
+        probe_address(address)  # seconds, where ray.init would retry for ever
     # Workers may run in another directory: local paths travel absolute.
     cfg = cfg.model_copy(
         update={
@@ -282,7 +293,10 @@ def run_train(
             ),
             datasets={"train": train_ds, "val": val_ds},
         )
-        result = trainer.fit()
+        per_epoch = max(1, train_rows // (cfg.batch_size * cfg.workers) // cfg.grad_accum)
+        total = cfg.max_steps or cfg.epochs * per_epoch
+        with TrainProgressLine(out, total, quiet):
+            result = trainer.fit()
         store = object_store_stats()  # the splits live in the object store: did they spill?
         if result.error is not None:
             raise result.error

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import sys
+import threading
+import time
+from typing import Any, TextIO
 
 from pipeline.faults import maybe_fail
 from pipeline.io.fs import exists, is_remote, join, read_bytes, write_bytes_atomic
+
+PROGRESS_FILE = "progress.json"  # the latest step, for the driver's progress line
+PROGRESS_EVERY_S = 2.0
 
 
 class MetricsLog:
@@ -16,9 +22,11 @@ class MetricsLog:
 
     def __init__(self, run_dir: str, enabled: bool) -> None:
         self.url, self.enabled = join(run_dir, "metrics.jsonl"), enabled
+        self.run_dir = run_dir
         self.fault: str | None = None
         self.lines: list[str] = []
         self.tb: Any = None
+        self.last_progress = 0.0
         if enabled and exists(self.url):  # a resumed run appends to what is there
             self.lines = read_bytes(self.url).decode().splitlines()
         if enabled and not is_remote(run_dir):
@@ -35,17 +43,82 @@ class MetricsLog:
         if not self.enabled:
             return
         self.lines.append(json.dumps({"kind": "step", **row}))
+        now = time.monotonic()
+        if now - self.last_progress >= PROGRESS_EVERY_S:
+            self.last_progress = now
+            self.progress(row)
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, float):
                     self.tb.add_scalar(f"train/{k}", v, row["step"])
 
+    def progress(self, row: dict[str, Any]) -> None:
+        """The latest step's figures, for the driver (workers' stdout is not the console)."""
+        if self.enabled:
+            doc = {k: row[k] for k in ("step", "epoch", "loss", "val_loss", "val_acc") if k in row}
+            write_bytes_atomic(join(self.run_dir, PROGRESS_FILE), json.dumps(doc).encode())
+
     def epoch(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        self.progress(row)
         self.lines.append(json.dumps(row))
         write_bytes_atomic(self.url, ("\n".join(self.lines) + "\n").encode())
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, float):
                     self.tb.add_scalar(f"val/{k}", v, row["step"])
+
+
+class TrainProgressLine:
+    """Polls the run's ``progress.json`` while ``fit`` runs: step of total, loss, steps/s and
+    an ETA, every few seconds (a live line on a TTY), so long training is never silent."""
+
+    def __init__(
+        self, run_dir: str, total_steps: int, quiet: bool, stream: TextIO | None = None
+    ) -> None:
+        self.url, self.total, self.quiet = join(run_dir, PROGRESS_FILE), total_steps, quiet
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every_s = 1.0 if self.tty else 10.0
+        self.t0 = time.monotonic()
+        self.first: int | None = None  # the step at the first reading: a resumed run's start
+        self.shown = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
+
+    def __enter__(self) -> TrainProgressLine:
+        if not self.quiet:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+            if self.tty and self.shown >= 0:
+                self.stream.write("\n")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                doc = json.loads(read_bytes(self.url)) if exists(self.url) else None
+            except (OSError, ValueError):  # mid-rename or the store blinked: next time
+                doc = None
+            if doc and doc.get("step", -1) != self.shown:
+                self.stream.write(self.line(doc) + ("\r" if self.tty else "\n"))
+                self.stream.flush()
+
+    def line(self, doc: dict[str, Any]) -> str:
+        step, now = int(doc["step"]), time.monotonic()
+        if self.first is None:
+            self.first, self.t_first = step, now
+        self.shown = step
+        rate = (step - self.first) / max(now - self.t_first, 1e-9) if step > self.first else 0.0
+        eta = f" | ETA {max(self.total - step, 0) / rate:.0f}s" if rate else ""
+        loss = f" | loss {doc['loss']:.4f}" if isinstance(doc.get("loss"), float) else ""
+        val = f" | val_loss {doc['val_loss']:.4f}" if isinstance(doc.get("val_loss"), float) else ""
+        return (
+            f"[train] epoch {doc.get('epoch', 0)} | step {step}/{self.total}{loss}{val} | "
+            f"{rate:.1f} steps/s{eta} | {now - self.t0:.0f}s"
+        )

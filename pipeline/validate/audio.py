@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,22 @@ class AudioOptions:
     rate: int | None = None
     min_seconds: float = 0.0
     max_seconds: float = 3600.0
+    # "flac": every sample's audio is .flac, so WebDataset readers that want one member type
+    # per key (HF datasets) load the build; "keep" stores WAV and FLAC as they came.
+    format: str = "flac"
 
     @classmethod
     def from_config(cls, cfg: Any) -> AudioOptions:
-        return cls(cfg.audio_rate, cfg.min_audio_seconds, cfg.max_audio_seconds)
+        return cls(cfg.audio_rate, cfg.min_audio_seconds, cfg.max_audio_seconds, cfg.audio_format)
+
+
+# FLAC holds integer PCM up to 24 bits: those subtypes transcode losslessly.
+_FLAC_SUBTYPES = {"PCM_S8": "PCM_S8", "PCM_U8": "PCM_S8", "PCM_16": "PCM_16", "PCM_24": "PCM_24"}
+
+
+def _clean(e: BaseException) -> str:
+    """libsndfile's message without the address of our BytesIO: messages are deterministic."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", str(e))
 
 
 def wav_truncated(data: bytes) -> bool:
@@ -53,19 +66,20 @@ def wav_truncated(data: bytes) -> bool:
     return False
 
 
-def _flac(samples: Any, rate: int) -> bytes:
+def _flac(samples: Any, rate: int, subtype: str = "PCM_16") -> bytes:
     import soundfile as sf
 
     buf = io.BytesIO()
-    sf.write(buf, samples, rate, format="FLAC", subtype="PCM_16")
+    sf.write(buf, samples, rate, format="FLAC", subtype=subtype)
     return buf.getvalue()
 
 
 def validate_audio(data: bytes, opts: AudioOptions) -> AudioResult:
     """Read the header, check duration, decode everything, and transcode if asked.
 
-    WAV and FLAC pass through untouched unless ``rate`` is set (then: mono FLAC at ``rate``);
-    other containers (OGG, MP3) are stored as FLAC at their own rate and channels.
+    FLAC passes through untouched unless ``rate`` is set (then: mono FLAC at ``rate``); WAV
+    is transcoded to FLAC losslessly, or kept with ``format="keep"``; other containers (OGG,
+    MP3) are stored as FLAC at their own rate and channels.
 
     Raises:
         SampleError: ``decode_error`` (unreadable or truncated), ``too_long`` or ``too_small``.
@@ -76,7 +90,9 @@ def validate_audio(data: bytes, opts: AudioOptions) -> AudioResult:
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError/TypeError variants
-        raise SampleError(Reason.DECODE_ERROR, f"not readable audio: {e}", "audio") from None
+        raise SampleError(
+            Reason.DECODE_ERROR, f"not readable audio: {_clean(e)}", "audio"
+        ) from None
     if info.samplerate <= 0 or info.channels <= 0:
         raise SampleError(
             Reason.DECODE_ERROR, "audio header has no sample rate or channels", "audio"
@@ -100,7 +116,9 @@ def validate_audio(data: bytes, opts: AudioOptions) -> AudioResult:
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:
-        raise SampleError(Reason.DECODE_ERROR, f"audio data is corrupt: {e}", "audio") from None
+        raise SampleError(
+            Reason.DECODE_ERROR, f"audio data is corrupt: {_clean(e)}", "audio"
+        ) from None
     # libsndfile returns what it could read of a truncated file without complaint.
     exact = info.format in _PASSTHROUGH
     if samples.shape[0] < (info.frames if exact else 0.95 * info.frames) or samples.shape[0] == 0:
@@ -118,8 +136,13 @@ def validate_audio(data: bytes, opts: AudioOptions) -> AudioResult:
             mono = soxr.resample(mono, rate, opts.rate, quality="HQ")
         mono = np.clip(mono, -1.0, 1.0)
         return AudioResult(_flac(mono, opts.rate), "flac", len(mono) / opts.rate, opts.rate, 1)
-    if info.format in _PASSTHROUGH:
+    if info.format == "FLAC" or (info.format in _PASSTHROUGH and opts.format == "keep"):
         return AudioResult(data, _PASSTHROUGH[info.format], duration, int(rate), int(info.channels))
+    subtype = _FLAC_SUBTYPES.get(info.subtype, "PCM_24")  # float WAV: 24 bits, not 16
     return AudioResult(
-        _flac(np.clip(samples, -1, 1), rate), "flac", duration, int(rate), int(info.channels)
+        _flac(np.clip(samples, -1, 1), rate, subtype),
+        "flac",
+        duration,
+        int(rate),
+        int(info.channels),
     )
