@@ -189,7 +189,8 @@ def test_tars_are_revalidated_and_resharded(built, tmp_path):
     resharded = tmp_path / "re"
     rep = build(pattern, resharded, shard_samples=7)
     new_index, rejects = check_invariant(resharded, n_in)
-    # Chunks never span input files: each input tar gives ceil(n / 7) shards of its own.
+    # Each tar gives full chunks of 7 and a tail of 3; tails are packed with what follows
+    # only while the chunk stays within 7 samples, so here every span is a shard.
     per_file = [
         sum(1 for s in index["shard"].to_pylist() if s == f"shards/00000{i}.tar") for i in (0, 1)
     ]

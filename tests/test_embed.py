@@ -149,6 +149,23 @@ def test_search_returns_the_paired_item_first_exact_and_with_the_index(world, st
     assert (labels[(t @ i.T).argmax(1)] == labels).mean() > 0.5
 
 
+def test_search_takes_the_runs_torchscript_export_and_index_names_its_columns(
+    world, store, tmp_path
+):
+    from pipeline.train.export import export_torchscript
+
+    out, _ = store
+    run = tmp_path / "run"
+    shutil.copytree(world / "run", run)
+    ts = export_torchscript(str(run))
+    text = _manifest(world / "c" / "manifest.jsonl")[7]["text"]
+    eager = search(str(out), text=text, k=5, exact=True)
+    traced = search(str(out), text=text, k=5, exact=True, model=ts)
+    assert [h["key"] for h in traced["hits"]] == [h["key"] for h in eager["hits"]]
+    with pytest.raises(UserError, match=r"no 'pixels' embeddings.*fused"):
+        build_index(str(out), ["pixels"])
+
+
 def test_refresh_embeds_only_what_changed(world, store, tmp_path):
     out, _ = store
     rows = _manifest(world / "c" / "manifest.jsonl")

@@ -209,3 +209,39 @@ def test_finetune_trains_the_upper_encoder_layers_and_keeps_the_lower_frozen():
     cut = int(len(img) * 0.8)
     assert all(torch.equal(a, p) for a, p in zip(before[:cut], img[:cut]))  # frozen lower layers
     assert any(not torch.equal(a, p) for a, p in zip(before[cut:], img[cut:]))  # tuned upper ones
+
+
+def test_training_progress_line_reads_what_rank_zero_writes(tmp_path):
+    """Long training is never silent: the driver prints step/total, loss, rate and an ETA."""
+    import io as _io
+
+    from pipeline.train.metrics import PROGRESS_FILE, MetricsLog, TrainProgressLine
+
+    log = MetricsLog(str(tmp_path), enabled=True)
+    log.step({"step": 5, "epoch": 0, "loss": 1.25, "time": 0.0})
+    assert json.loads((tmp_path / PROGRESS_FILE).read_text())["step"] == 5
+    out = _io.StringIO()
+    line = TrainProgressLine(str(tmp_path), total_steps=100, quiet=False, stream=out)
+    first = line.line({"step": 5, "epoch": 0, "loss": 1.25})
+    line.t_first -= 2.0  # two seconds later, 20 more steps
+    later = line.line({"step": 25, "epoch": 1, "loss": 0.5})
+    assert "step 5/100" in first and "loss 1.2500" in first
+    assert "step 25/100" in later and "10.0 steps/s" in later and "ETA 8s" in later
+
+
+def test_torchscript_is_written_and_read_without_deprecation_noise():
+    import io as _io
+    import warnings
+
+    from pipeline.models.weights import torchscript_quietly
+
+    m = torch.nn.Linear(2, 2)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with torchscript_quietly():
+            t = torch.jit.trace(m, torch.zeros(1, 2))
+            buf = _io.BytesIO()
+            torch.jit.save(t, buf)
+            buf.seek(0)
+            torch.jit.load(buf)
+    assert not [w for w in seen if "deprecated" in str(w.message)], [str(w.message) for w in seen]

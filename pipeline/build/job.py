@@ -83,8 +83,8 @@ def _claim_output(cfg: BuildConfig, overwrite: bool, quiet: bool) -> None:
             remove_tree(work)  # finished nothing: safe to drop
         elif same and kept and not quiet:
             print(
-                f"build: resuming the unfinished build in {out}: {kept} finished chunks are kept, "
-                "the rest are redone",
+                f"build: resuming the unfinished build in {out}: keeping {kept} finished "
+                f"chunk{'s' if kept != 1 else ''}, redoing the rest",
                 file=sys.stderr,
             )
         # Final names of an interrupted finalize are rewritten; never leave them meanwhile.
