@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.build.chunk import BuildChunkStage
-from pipeline.build.finalize import finalize
+from pipeline.build.finalize import finalize, publish
 from pipeline.config import BuildConfig
 from pipeline.errors import UserError
 from pipeline.ingest.sources import iter_chunks, plan_input
@@ -110,7 +110,9 @@ def build_local(cfg: BuildConfig) -> dict | None:
     for unit in plan.units:
         for table in iter_chunks(unit, cfg):
             ids += stage(table).column("chunk_id").to_pylist()
-    return finalize(work, cfg.output, ids)
+    counts = finalize(work, cfg.output, ids)
+    publish(work, cfg.output)
+    return counts
 
 
 def _workspace() -> Path:

@@ -115,8 +115,14 @@ def test_s3_round_trip(tmp_path, s3_endpoint):
         rejects = pq.read_table(f)
     assert index.num_rows + rejects.num_rows == info["rows"] + 1
     assert "disallowed_ref" in rejects["reason"].to_pylist()
-    shards = fs.ls("mmpipe-test/out/shards")
-    assert len(shards) == rep["counts"]["shards"] and all(s.endswith(".tar") for s in shards)
+    listed = fs.ls("mmpipe-test/out/shards")
+    shards = [s for s in listed if s.endswith(".tar")]
+    # Besides the tars: the loader files (sizes.json for open_clip, shardindex.json for wids).
+    assert len(shards) == rep["counts"]["shards"]
+    assert sorted(s.rsplit("/", 1)[-1] for s in listed if s not in shards) == [
+        "shardindex.json",
+        "sizes.json",
+    ]
     local = tmp_path / "shard.tar"
     fs.get(shards[0], str(local))
     import tarfile

@@ -74,6 +74,14 @@ def write_loader_files(work_dir: str, sizes: dict[str, int]) -> None:
         write_bytes_atomic(join(work_dir, name), json.dumps(doc, indent=1).encode())
 
 
+def publish(work_dir: str, out_dir: str) -> None:
+    """Rename what finalize left in ``work_dir`` to its final names (build.json excepted)."""
+    for name in LOADER_FILES:
+        move(join(work_dir, name), join(out_dir, SHARD_DIR, name))
+    for name in ("index.parquet", "rejects.parquet"):
+        move(join(work_dir, name), join(out_dir, name))
+
+
 def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any]:
     """Walk chunks in input order; the first occurrence of a content hash or key wins.
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pipeline.build.chunk import BuildChunkStage
-from pipeline.build.finalize import LOADER_FILES, SHARD_DIR, finalize
+from pipeline.build.finalize import SHARD_DIR, finalize, publish
 from pipeline.build.report import ProgressLine, make_report, summary_lines, write_build_json
 from pipeline.config import BuildConfig
 from pipeline.errors import UserError
@@ -172,10 +172,7 @@ def run_build(
     # name exists without build.json for longer than they take, and a rerun removes any
     # that an interrupted commit left (see _claim_output).
     write_build_json(join(work, "build.json"), report)
-    for name in LOADER_FILES:
-        move(join(work, name), join(cfg.output, SHARD_DIR, name))
-    for name in ("index.parquet", "rejects.parquet"):
-        move(join(work, name), join(cfg.output, name))
+    publish(work, cfg.output)
     move(join(work, "build.json"), join(cfg.output, "build.json"))  # the commit marker: last
     remove_tree(work)
     if not quiet:
