@@ -12,7 +12,15 @@ from pipeline.errors import UserError
 from pipeline.features.config import FeaturesConfig
 from pipeline.features.stages import EncodeStage, FeaturePreprocess, FeatureWriter, encoder_info
 from pipeline.fingerprint import fingerprint
-from pipeline.io.fs import check_output, exists, join, list_files, read_bytes, write_bytes_atomic
+from pipeline.io.fs import (
+    absolute,
+    check_output,
+    exists,
+    join,
+    list_files,
+    read_bytes,
+    write_bytes_atomic,
+)
 from pipeline.io.parts import PartTotals, done_keys
 from pipeline.io.shards import SAMPLE_SCHEMA, make_shard_datasource, resolve_shards, shard_stem
 from pipeline.redact import redact_obj
@@ -38,6 +46,8 @@ def run_features(
     """
 
     t0 = time.perf_counter()
+    # Every path is resolved once, here: workers run elsewhere (see io/fs.absolute).
+    cfg = cfg.model_copy(update={"shards": absolute(cfg.shards), "output": absolute(cfg.output)})
     check_output(cfg.output)
     if address:
         probe_address(address)  # seconds, where ray.init would retry for ever
