@@ -60,3 +60,29 @@ def test_debug_prints_the_traceback_too(tmp_path, monkeypatch, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_features_resume_only_parts_of_the_same_config(tmp_path, capsys):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from pipeline.errors import UserError
+    from pipeline.features.job import STARTED, _resumable
+
+    out = tmp_path / "feats"
+    (out / "parts" / "000000").mkdir(parents=True)
+    pq.write_table(pa.table({"key": ["a", "b"]}), out / "parts" / "000000" / "p.parquet")
+    (out / STARTED).write_text(json.dumps({"fingerprint": "config-a"}))
+    with pytest.raises(UserError, match="different config"):
+        _resumable(str(out), "config-b", {"000000"}, quiet=False)
+    assert _resumable(str(out), "config-a", {"000000"}, quiet=False) == {"000000": {"a", "b"}}
+    assert "keeping 2 samples already done" in capsys.readouterr().err
+    # A run of another config that committed nothing is replaced, not refused.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / STARTED).write_text(json.dumps({"fingerprint": "config-a"}))
+    assert _resumable(str(empty), "config-b", {"000000"}, quiet=True) == {}
+    assert json.loads((empty / STARTED).read_text())["fingerprint"] == "config-b"

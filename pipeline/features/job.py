@@ -36,6 +36,30 @@ def features_fingerprint(cfg: FeaturesConfig, info: dict[str, Any]) -> str:
     return fingerprint({"cfg": fields, "encoders": info, "v": FEATURES_SCHEMA_VERSION})
 
 
+STARTED = "_started.json"  # the fingerprint of an unfinished run: what a rerun may resume
+
+
+def _resumable(out: str, fp: str, stems: set[str], quiet: bool) -> dict[str, frozenset[str]]:
+    """Keys that an interrupted run of this same config committed; parts of another config
+    are refused, and a run of another config that committed nothing is simply replaced."""
+    marker = join(out, STARTED)
+    started = json.loads(read_bytes(marker)) if exists(marker) else None
+    done = {s: keys for s, keys in done_keys(out).items() if s in stems}
+    if done and (started or {}).get("fingerprint") != fp:
+        raise UserError(
+            f"{out} holds parts of an unfinished features run of a different config; "
+            "choose another --output, or delete it to start over"
+        )
+    if done and not quiet:
+        n = sum(len(v) for v in done.values())
+        print(
+            f"features: resuming the unfinished run in {out}: keeping {n} samples already done",
+            file=sys.stderr,
+        )
+    write_bytes_atomic(marker, json.dumps({"fingerprint": fp}).encode())
+    return done
+
+
 def run_features(
     cfg: FeaturesConfig, *, address: str | None = None, quiet: bool = False
 ) -> dict[str, Any]:
@@ -67,7 +91,7 @@ def run_features(
             return dict(report)
         raise UserError(f"{out} holds features of a different config; choose another --output")
     stems = {shard_stem(u) for u in urls}
-    done = {s: keys for s, keys in done_keys(out).items() if s in stems}
+    done = _resumable(out, fp, stems, quiet)
     metadata = {"mmpipe.encoders": json.dumps(info, sort_keys=True), "mmpipe.fingerprint": fp}
     totals = PartTotals("features", quiet)
     with ray_session(address):
