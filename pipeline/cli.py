@@ -7,8 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from pipeline.errors import UserError, is_storage_error, storage_line
-from pipeline.redact import redact
+from pipeline.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -184,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mmpipe", description="Offline batch pipeline for multimodal corpora on Ray."
     )
     parser.add_argument("--version", action="version", version=f"mmpipe {_version()}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the full traceback of a failure (it is always written to a log file)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_build(sub)
     _add_features(sub)
@@ -224,21 +228,22 @@ def help_reference() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for user mistakes, 130 on Ctrl-C)."""
-    try:
-        args = build_parser().parse_args(argv)
-        return int(args.func(args))
-    except UserError as e:
-        print(f"mmpipe: error: {redact(str(e))}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        if not is_storage_error(e):
-            raise  # a bug: the traceback is what we need to see
-        print(f"mmpipe: error: {redact(storage_line(e))}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("mmpipe: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    """Entry point; returns the exit code (2 for user mistakes, 1 for storage failures, 130 on
+    Ctrl-C); see pipeline/failure.py."""
+    from pipeline.failure import run_guarded
+
+    rc = 0
+    given = sys.argv[1:] if argv is None else list(argv)
+    # --debug is taken anywhere on the line, before or after the subcommand.
+    debug = "--debug" in given
+    given = [a for a in given if a != "--debug"]
+
+    def run() -> None:
+        nonlocal rc
+        args = build_parser().parse_args(given)
+        rc = int(args.func(args))
+
+    return run_guarded("mmpipe", run, debug=debug) or rc
 
 
 if __name__ == "__main__":

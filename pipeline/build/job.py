@@ -14,6 +14,7 @@ from pipeline.config import BuildConfig
 from pipeline.errors import UserError
 from pipeline.ingest.sources import CHUNK_SCHEMA, make_datasource, plan_input
 from pipeline.io.fs import (
+    absolute,
     check_output,
     exists,
     get_fs,
@@ -120,6 +121,8 @@ def run_build(
         UserError: bad input or output (one line, no traceback).
     """
     t0 = time.perf_counter()
+    # Every path is resolved once, here: chunk tasks run on other nodes, in other folders.
+    cfg = cfg.model_copy(update={"input": absolute(cfg.input), "output": absolute(cfg.output)})
     check_output(cfg.output)
     done = _finished(cfg, overwrite)
     if done is not None:
@@ -174,7 +177,14 @@ def run_build(
     write_build_json(join(work, "build.json"), report)
     publish(work, cfg.output)
     move(join(work, "build.json"), join(cfg.output, "build.json"))  # the commit marker: last
-    remove_tree(work)
+    try:
+        remove_tree(work)
+    except OSError as e:  # the build is committed: a leftover _work/ must not fail it
+        print(
+            f"build: complete, but {work} could not be removed ({type(e).__name__}: {e}); "
+            "delete it by hand",
+            file=sys.stderr,
+        )
     if not quiet:
         print("\n".join(summary_lines(report)), file=sys.stderr)
     return report

@@ -27,6 +27,7 @@ from pipeline.embed.store import (
 )
 from pipeline.fingerprint import fingerprint
 from pipeline.io.fs import (
+    absolute,
     check_output,
     exists,
     get_fs,
@@ -96,6 +97,8 @@ def run_embed(
     command resumes from the parts it staged.
     """
     t0, started = time.perf_counter(), now_utc()
+    # Every path is resolved once, here: workers run elsewhere (see io/fs.absolute).
+    cfg = cfg.model_copy(update={"shards": absolute(cfg.shards), "output": absolute(cfg.output)})
     check_output(cfg.output)
     if address:
         probe_address(address)  # seconds, where ray.init would retry for ever

@@ -12,7 +12,15 @@ from pipeline.errors import UserError
 from pipeline.features.config import FeaturesConfig
 from pipeline.features.stages import EncodeStage, FeaturePreprocess, FeatureWriter, encoder_info
 from pipeline.fingerprint import fingerprint
-from pipeline.io.fs import check_output, exists, join, list_files, read_bytes, write_bytes_atomic
+from pipeline.io.fs import (
+    absolute,
+    check_output,
+    exists,
+    join,
+    list_files,
+    read_bytes,
+    write_bytes_atomic,
+)
 from pipeline.io.parts import PartTotals, done_keys
 from pipeline.io.shards import SAMPLE_SCHEMA, make_shard_datasource, resolve_shards, shard_stem
 from pipeline.redact import redact_obj
@@ -28,6 +36,30 @@ def features_fingerprint(cfg: FeaturesConfig, info: dict[str, Any]) -> str:
     return fingerprint({"cfg": fields, "encoders": info, "v": FEATURES_SCHEMA_VERSION})
 
 
+STARTED = "_started.json"  # the fingerprint of an unfinished run: what a rerun may resume
+
+
+def _resumable(out: str, fp: str, stems: set[str], quiet: bool) -> dict[str, frozenset[str]]:
+    """Keys that an interrupted run of this same config committed; parts of another config
+    are refused, and a run of another config that committed nothing is simply replaced."""
+    marker = join(out, STARTED)
+    started = json.loads(read_bytes(marker)) if exists(marker) else None
+    done = {s: keys for s, keys in done_keys(out).items() if s in stems}
+    if done and (started or {}).get("fingerprint") != fp:
+        raise UserError(
+            f"{out} holds parts of an unfinished features run of a different config; "
+            "choose another --output, or delete it to start over"
+        )
+    if done and not quiet:
+        n = sum(len(v) for v in done.values())
+        print(
+            f"features: resuming the unfinished run in {out}: keeping {n} samples already done",
+            file=sys.stderr,
+        )
+    write_bytes_atomic(marker, json.dumps({"fingerprint": fp}).encode())
+    return done
+
+
 def run_features(
     cfg: FeaturesConfig, *, address: str | None = None, quiet: bool = False
 ) -> dict[str, Any]:
@@ -38,6 +70,8 @@ def run_features(
     """
 
     t0 = time.perf_counter()
+    # Every path is resolved once, here: workers run elsewhere (see io/fs.absolute).
+    cfg = cfg.model_copy(update={"shards": absolute(cfg.shards), "output": absolute(cfg.output)})
     check_output(cfg.output)
     if address:
         probe_address(address)  # seconds, where ray.init would retry for ever
@@ -57,7 +91,7 @@ def run_features(
             return dict(report)
         raise UserError(f"{out} holds features of a different config; choose another --output")
     stems = {shard_stem(u) for u in urls}
-    done = {s: keys for s, keys in done_keys(out).items() if s in stems}
+    done = _resumable(out, fp, stems, quiet)
     metadata = {"mmpipe.encoders": json.dumps(info, sort_keys=True), "mmpipe.fingerprint": fp}
     totals = PartTotals("features", quiet)
     with ray_session(address):

@@ -35,6 +35,14 @@ def is_remote(url: str) -> bool:
     return scheme_of(url) not in ("", *LOCAL_SCHEMES)
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (URLs unchanged): workers on other nodes, and a driver whose
+    working directory is replaced, must not resolve it against their own cwd."""
+    if is_remote(url) or not url:
+        return url
+    return os.path.abspath(url.removeprefix("file://"))
+
+
 def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return the filesystem and the path within it, with bounded timeouts for HTTP."""
     kwargs: dict[str, Any] = {}
@@ -184,15 +192,23 @@ def is_dir(url: str) -> bool:
     return bool(fs.isdir(path))
 
 
+def _gone_is_fine(func: Any, path: str, exc: Any) -> None:
+    if not isinstance(exc[1], FileNotFoundError):
+        raise exc[1]
+
+
 def remove_tree(url: str) -> None:
     fs, path = get_fs(url)
     if not is_remote(url):
         # Not fsspec's local rm: it calls os.getcwd(), which fails once a job's working
         # directory is gone, even for an absolute path.
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=False)
-        elif os.path.lexists(path):
-            os.remove(path)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, onerror=_gone_is_fine)
+            else:
+                os.remove(path)
+        except FileNotFoundError:  # a retry, or another process, removed it first
+            pass
         return
     if fs.exists(path):
         fs.rm(path, recursive=True)

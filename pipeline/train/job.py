@@ -15,6 +15,7 @@ from pipeline.artifact import MODEL_FILE, Lineage, ModelInfo, save_run
 from pipeline.errors import UserError
 from pipeline.fingerprint import fingerprint
 from pipeline.io.fs import (
+    absolute,
     check_output,
     exists,
     is_remote,
@@ -199,13 +200,7 @@ def run_train(
     if address:
         probe_address(address)  # seconds, where ray.init would retry for ever
     # Workers may run in another directory: local paths travel absolute.
-    cfg = cfg.model_copy(
-        update={
-            k: os.path.abspath(v)
-            for k, v in (("data", cfg.data), ("output", cfg.output))
-            if not is_remote(v)
-        }
-    )
+    cfg = cfg.model_copy(update={"data": absolute(cfg.data), "output": absolute(cfg.output)})
     if cfg.preset:
         from pipeline.train.presets import e2e_split, open_shards
 
