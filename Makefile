@@ -10,7 +10,7 @@ export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 DEMO_DIR ?= demo_out
 DEMO_N ?= 1200
 
-.PHONY: setup lock demo test test-fast lint format bench clean
+.PHONY: setup lock demo test test-slow lint format bench clean
 
 UV := $(PY) -m uv
 
@@ -46,12 +46,12 @@ demo: setup  ## sample corpus -> build -> features -> train -> eval -> report ->
 	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a large red circle in the center" --column image -k 5
 	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a small blue star, top left" --column image -k 5
 
-test: setup  ## lint, type-check and run the test suite
+test: setup  ## lint, type-check and run the test suite but the `slow` end-to-end runs
 	$(MAKE) --no-print-directory lint
-	$(BIN)/python -m pytest -q -x -p no:cacheprovider
-
-test-fast: setup
 	$(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
+
+test-slow: setup  ## the `slow` end-to-end runs: Ray Train, faults, two nodes, Jobs API (CI runs both)
+	$(BIN)/python -m pytest -q -x -m slow -p no:cacheprovider
 
 lint: setup  ## ruff (lint + format check) and mypy on pipeline/
 	$(BIN)/ruff check pipeline schemas jobs tests bench

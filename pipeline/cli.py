@@ -88,7 +88,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from pipeline.build.job import run_build
     from pipeline.config import load_build_config
 
-    skip = {"func", "command", "config", "address", "ray_num_cpus", "overwrite", "quiet"}
+    skip = {"func", "command", "config", "address", "ray_num_cpus", "overwrite", "quiet", "debug"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip | {"dry_run"}}
     cfg = load_build_config(overrides, args.config)
     if args.dry_run:

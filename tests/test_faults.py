@@ -19,7 +19,7 @@ from pipeline.sample_corpus import write_corpus
 from tests.conftest import stop_process
 from tests.test_build import check_invariant
 
-# Ray Train and killed workers: long end-to-end runs (`make test-fast` leaves them out).
+# Ray Train and killed workers: long end-to-end runs (`make test` leaves them out; `make test-slow` runs them).
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 

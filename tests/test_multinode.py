@@ -262,15 +262,18 @@ def test_killing_the_worker_node_mid_build_and_mid_embed_loses_nothing(cluster, 
     out = tmp_path / "build"
     build = subprocess.Popen(
         [
-            str(BIN / "mmpipe"),
-            "build",
-            tmp_path / "c" / "manifest.jsonl",
-            "-o",
-            out,
-            "--shard-samples",
-            10,
-            "--address",
-            cluster.gcs,
+            str(a)
+            for a in [
+                str(BIN / "mmpipe"),
+                "build",
+                tmp_path / "c" / "manifest.jsonl",
+                "-o",
+                out,
+                "--shard-samples",
+                10,
+                "--address",
+                cluster.gcs,
+            ]
         ],
         env=_env(),
         stderr=subprocess.PIPE,
@@ -293,19 +296,22 @@ def test_killing_the_worker_node_mid_build_and_mid_embed_loses_nothing(cluster, 
     emb = tmp_path / "emb"
     embed = subprocess.Popen(
         [
-            str(BIN / "mmpipe"),
-            "embed",
-            out,
-            "--model",
-            run,
-            "-o",
-            emb,
-            "--batch-size",
-            8,
-            "--actors",
-            2,
-            "--address",
-            cluster.gcs,
+            str(a)
+            for a in [
+                str(BIN / "mmpipe"),
+                "embed",
+                out,
+                "--model",
+                run,
+                "-o",
+                emb,
+                "--batch-size",
+                8,
+                "--actors",
+                2,
+                "--address",
+                cluster.gcs,
+            ]
         ],
         env=_env(),
         stderr=subprocess.PIPE,

@@ -18,7 +18,7 @@ from pipeline.sample_corpus import write_corpus
 from pipeline.train.config import load_train_config
 from pipeline.train.job import run_train
 
-# Ray Train and killed workers: long end-to-end runs (`make test-fast` leaves them out).
+# Ray Train and killed workers: long end-to-end runs (`make test` leaves them out; `make test-slow` runs them).
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 
