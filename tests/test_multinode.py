@@ -142,6 +142,13 @@ def mmpipe(*argv, timeout: float = 600) -> subprocess.CompletedProcess:
         )
 
 
+def mmpipe_in_background(*argv) -> subprocess.Popen:
+    """The CLI started and left running, so that a node can be killed under it."""
+    return subprocess.Popen(
+        [str(BIN / "mmpipe"), *map(str, argv)], env=_env(), stderr=subprocess.PIPE, text=True
+    )
+
+
 def ok(res: subprocess.CompletedProcess) -> str:
     assert res.returncode == 0, res.stderr[-4000:]
     return res.stderr
@@ -260,24 +267,15 @@ def test_killing_the_worker_node_mid_build_and_mid_embed_loses_nothing(cluster, 
 
     info = write_corpus(str(tmp_path / "c"), n=360, seed=12)
     out = tmp_path / "build"
-    build = subprocess.Popen(
-        [
-            str(a)
-            for a in [
-                str(BIN / "mmpipe"),
-                "build",
-                tmp_path / "c" / "manifest.jsonl",
-                "-o",
-                out,
-                "--shard-samples",
-                10,
-                "--address",
-                cluster.gcs,
-            ]
-        ],
-        env=_env(),
-        stderr=subprocess.PIPE,
-        text=True,
+    build = mmpipe_in_background(
+        "build",
+        tmp_path / "c" / "manifest.jsonl",
+        "-o",
+        out,
+        "--shard-samples",
+        10,
+        "--address",
+        cluster.gcs,
     )
     _wait_for(out / "_work" / "chunks", "*.parquet", 3, build)
     cluster.kill_worker()  # mid-build: its tasks are lost and retried on the head
@@ -294,28 +292,19 @@ def test_killing_the_worker_node_mid_build_and_mid_embed_loses_nothing(cluster, 
     cfg = _yaml(tmp_path / "t.yaml", "train", {"epochs": 1, "batch_size": 16, "d_model": 32})
     ok(mmpipe("train", feats, "-o", run, "--config", cfg, "--address", cluster.gcs))
     emb = tmp_path / "emb"
-    embed = subprocess.Popen(
-        [
-            str(a)
-            for a in [
-                str(BIN / "mmpipe"),
-                "embed",
-                out,
-                "--model",
-                run,
-                "-o",
-                emb,
-                "--batch-size",
-                8,
-                "--actors",
-                2,
-                "--address",
-                cluster.gcs,
-            ]
-        ],
-        env=_env(),
-        stderr=subprocess.PIPE,
-        text=True,
+    embed = mmpipe_in_background(
+        "embed",
+        out,
+        "--model",
+        run,
+        "-o",
+        emb,
+        "--batch-size",
+        8,
+        "--actors",
+        2,
+        "--address",
+        cluster.gcs,
     )
     _wait_for(emb / "_staging", "**/*.parquet", 2, embed)
     cluster.kill_worker()

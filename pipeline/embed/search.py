@@ -107,7 +107,8 @@ def build_index(out: str, columns: list[str] | None = None, dtype: str = "f16") 
         raise UserError(f"{out} holds no embeddings version; run mmpipe embed first")
     manifest = read_manifest(out, version)
     files = data_files(out, version)
-    present = ["fused"] + [c for c in COLUMNS if c != "fused" and f"{c}_emb" in _names(files)]
+    names = _names(files)  # one schema read, not one per column
+    present = ["fused"] + [c for c in COLUMNS if c != "fused" and f"{c}_emb" in names]
     missing = [c for c in columns or [] if c not in present]
     if missing:
         raise UserError(
@@ -115,7 +116,7 @@ def build_index(out: str, columns: list[str] | None = None, dtype: str = "f16") 
         )
     done = {}
     for column in columns or COLUMNS:
-        if column == "fused" or f"{column}_emb" in _names(files):
+        if column in present:
             index = Index(ndim=int(manifest["dim"]), metric="ip", dtype=dtype)
             keys: list[str] = []
             for block_keys, x in _blocks(files, column):

@@ -12,13 +12,18 @@ from pipeline.errors import UserError
 
 def add_commands(sub: Any) -> None:
     from pipeline.registry import JOB_NAMES
+    from pipeline.submit.client import DEFAULT_ADDRESS
+
+    address_help = (
+        f"the dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else {DEFAULT_ADDRESS})"
+    )
 
     p = sub.add_parser("submit", help="run a job on a Ray cluster through the Jobs API")
     p.add_argument("job", help="|".join(JOB_NAMES))
     p.add_argument("--config", required=True, help="the job's YAML (validated before submitting)")
     p.add_argument(
         "--address",
-        help="the dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else http://127.0.0.1:8265)",
+        help=address_help,
     )
     p.add_argument(
         "--deps",
@@ -45,7 +50,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("submission_id", nargs="?")
     p.add_argument(
         "--address",
-        help="the dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else http://127.0.0.1:8265)",
+        help=address_help,
     )
     p.set_defaults(func=_cmd_jobs)
 
