@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.pt"  # a plain state dict: loads with weights_only=True
 INFO_FILE = "model.json"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+EXPORT_DIR = "export"  # mmpipe export: RUN/export/{model.onnx, model.torchscript.pt, export.json}
+EXPORT_FILE = "export.json"
+ONNX_FILE = "model.onnx"
 MODALITIES = ("image", "text", "audio")
 # (weights URL, version, device) -> the loaded module: actors and search load a model file once.
 _LOADED: dict[tuple[str, str, str], Any] = {}
@@ -157,28 +160,37 @@ class RunArtifact:
 
     run_dir: str
     weights_url: str
-    kind: str  # "state_dict" (model.pt) or "torchscript"
+    kind: str  # "state_dict" (model.pt), "torchscript" or "onnx" (mmpipe export)
     info: ModelInfo
     version: str  # the first 16 hex digits of the weight file's SHA-256
     model_id: str  # recorded in every embeddings row
 
     @classmethod
     def open(cls, spec: str, model_id: str | None = None) -> RunArtifact:
-        """``spec``: a run directory, its ``model.pt``, or a TorchScript file inside a run
-        directory (whose ``model.json`` says how inputs were preprocessed).
+        """``spec``: a run directory, its ``model.pt``, or an export (TorchScript ``.pt`` or
+        ``.onnx``) in the run directory or its ``export/`` folder: the run's ``model.json``
+        says how inputs were preprocessed.
 
         Raises:
             UserError: no model there.
         """
         if exists(join(spec, INFO_FILE)):
             run_dir, weights, kind = spec, join(spec, MODEL_FILE), "state_dict"
-        elif spec.endswith(".pt") and exists(spec):
+        elif spec.endswith((".pt", ".onnx")) and exists(spec):
             run_dir, weights = dirname(spec), spec
-            kind = "state_dict" if posixpath.basename(spec) == MODEL_FILE else "torchscript"
+            if posixpath.basename(run_dir.rstrip("/")) == EXPORT_DIR and not exists(
+                join(run_dir, INFO_FILE)
+            ):
+                run_dir = dirname(run_dir.rstrip("/"))
+            if spec.endswith(".onnx"):
+                kind = "onnx"
+            else:
+                kind = "state_dict" if posixpath.basename(spec) == MODEL_FILE else "torchscript"
         else:
             raise UserError(
-                f"model {spec!r} is neither a run directory of mmpipe train nor a .pt file in "
-                "one; pass RUN_DIR or RUN_DIR/model.torchscript.pt"
+                f"model {spec!r} is neither a run directory of mmpipe train nor a model file in "
+                f"one; pass RUN_DIR, RUN_DIR/{EXPORT_DIR}/{ONNX_FILE} or "
+                f"RUN_DIR/{EXPORT_DIR}/{TORCHSCRIPT_FILE}"
             )
         if not exists(join(run_dir, INFO_FILE)) or not exists(weights):
             raise UserError(
@@ -242,14 +254,19 @@ class RunArtifact:
                     f"{a.get('weights')}); install the same encoder weights"
                 )
 
-    def load(self, device: str = "cpu") -> Any:
-        """The model in eval mode on ``device``: eager with its weights, or the TorchScript
-        module. Loaded once per process and device."""
+    def load(self, device: str = "cpu", threads: int | None = None) -> Any:
+        """The model in eval mode on ``device``: eager with its weights, the TorchScript
+        module, or an onnxruntime session (``threads``: its intra-op threads). Loaded once
+        per process and device."""
         slot = (self.weights_url, self.version, device)
         if slot in _LOADED:
             return _LOADED[slot]
         blob = read_bytes(self.weights_url)
-        if self.kind == "torchscript":
+        if self.kind == "onnx":
+            from pipeline.models.onnx_runtime import OnnxModel
+
+            model = OnnxModel(blob, device, threads=threads, name=self.weights_url)
+        elif self.kind == "torchscript":
             import torch
 
             with torchscript_quietly():

@@ -47,3 +47,18 @@ def autocast(amp: str, device: Any) -> Any:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=dtype)
+
+
+def onnx_providers(device: str, amp: str = "auto") -> list[Any]:
+    """onnxruntime's execution providers for ``device``, best first: TensorRT (fp16 unless
+    ``amp`` is off) and CUDA when that build of onnxruntime has them, then the CPU."""
+    import onnxruntime as ort
+
+    found = set(ort.get_available_providers())
+    chosen: list[Any] = []
+    if device == "cuda":
+        if "TensorrtExecutionProvider" in found:
+            chosen.append(("TensorrtExecutionProvider", {"trt_fp16_enable": amp != "off"}))
+        if "CUDAExecutionProvider" in found:
+            chosen.append("CUDAExecutionProvider")
+    return [*chosen, "CPUExecutionProvider"]

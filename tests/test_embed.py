@@ -207,6 +207,46 @@ def test_refresh_embeds_only_what_changed(world, store, tmp_path):
     assert [r["version"] for r in read_ledger(str(out))] == ["v000001", "v000002"]
 
 
+def test_embedding_through_onnxruntime_equals_eager_and_refreshes_the_same_way(
+    world, store, tmp_path
+):
+    from pipeline.artifact import RunArtifact
+    from pipeline.cli import main
+    from pipeline.embed.stages import EmbedStage
+    from pipeline.fingerprint import short_hash
+    from pipeline.models.onnx_runtime import OnnxModel
+
+    run = tmp_path / "run"
+    shutil.copytree(world / "run", run)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    model = run / "export" / "model.onnx"
+    # The encoders run in onnxruntime too, from the graphs exported beside the model.
+    ref = RunArtifact.open(str(model))
+    stage = EmbedStage(ref.features_config(shards="-", output="-", device="cpu"), ref)
+    stage.ensure_setup()
+    assert all(isinstance(e.model, OnnxModel) for e in stage.encode.encoders.values())
+    assert isinstance(stage.model.model, OnnxModel)
+
+    out = tmp_path / "emb"
+    rec = run_embed(ecfg(world, out, model=str(model)), quiet=True)
+    assert rec["rows"] == 60 and rec["model_version"] == short_hash(model.read_bytes())
+    got = read_version(out)
+    eager = pa.concat_tables(
+        pq.read_table(f) for f in data_files(str(store[0]), "v000001")
+    ).sort_by("key")
+    assert got["key"].to_pylist() == eager["key"].to_pylist()
+    for col in ("fused_emb", "image_emb", "text_emb", "audio_emb"):
+        a, valid_a = fsl_to_numpy(eager[col], 16)
+        b, valid_b = fsl_to_numpy(got[col], 16)
+        assert (valid_a == valid_b).all()
+        np.testing.assert_allclose(b[valid_b], a[valid_a], atol=1e-4)  # onnxruntime = eager
+    # The same store layout and refresh logic: nothing changed, nothing is written.
+    again = run_embed(ecfg(world, out, model=str(model)), quiet=True)
+    assert again["noop"]
+    hits = search(str(out), model=str(model), text="a red circle", k=3)["hits"]
+    assert len(hits) == 3
+
+
 @pytest.mark.slow
 def test_a_new_model_reembeds_everything_and_old_versions_are_pruned(world, tmp_path):
     out = tmp_path / "emb"

@@ -31,15 +31,18 @@ def resolve_model(spec: str, model_id: str | None = None) -> RunArtifact:
 class EmbeddingModel:
     """``(features, masks) -> (fused, {modality: emb})``, all L2-normalised float32 tensors."""
 
-    def __init__(self, ref: RunArtifact, device: str) -> None:
+    def __init__(self, ref: RunArtifact, device: str, threads: int | None = None) -> None:
         self.ref, self.device = ref, device
-        self.model = ref.load(device)
+        self.model = ref.load(device, threads=threads)
 
     def __call__(self, feats: dict[str, Any], masks: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         import torch.nn.functional as F
 
         mods = self.ref.modalities
-        if self.ref.kind == "torchscript":
+        if self.ref.kind == "onnx":  # outputs by name: fused, {m}_emb (and logits)
+            out = self.model.named(*(feats[m] for m in mods), *(masks[m] for m in mods))
+            fused, embs = out["fused"], {m: out[f"{m}_emb"] for m in mods}
+        elif self.ref.kind == "torchscript":
             out = self.model(*(feats[m] for m in mods), *(masks[m] for m in mods))
             fused, embs = out[0], dict(zip(mods, out[1:]))
         else:

@@ -72,7 +72,11 @@ class EmbedStage(Stage):
             }
         )
         self.device = self.encode.device
-        self.model = EmbeddingModel(self.ref, self.device)
+        threads = max(1, int(self.encode.cfg.actor_num_cpus))
+        self.model = EmbeddingModel(self.ref, self.device, threads)
+        if self.ref.kind == "onnx":  # the export's encoder graphs run in onnxruntime too
+            for m, graph in onnx_encoders(self.ref, self.device, threads).items():
+                self.encode.encoders[m].model = graph
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
@@ -147,6 +151,19 @@ class EmbedWriter(PartWriter):
         for f in self.meta_fields:
             cols[f] = [_field(p.get(f)) for p in parsed]
         return pa.table(cols, schema=self.schema)
+
+
+def onnx_encoders(ref: RunArtifact, device: str, threads: int) -> dict[str, Any]:
+    """The encoder graphs that ``mmpipe export`` wrote beside the ONNX model, by modality."""
+    from pipeline.io.fs import dirname, exists, join, read_bytes
+    from pipeline.models.onnx_runtime import OnnxModel
+
+    folder, found = dirname(ref.weights_url), {}
+    for m in ref.modalities:
+        path = join(folder, f"{m}_encoder.onnx")
+        if exists(path):
+            found[m] = OnnxModel(read_bytes(path), device, threads=threads, name=path)
+    return found
 
 
 def _meta(text: str | None) -> dict[str, Any]:

@@ -21,6 +21,12 @@ def torchscript_quietly() -> Iterator[None]:
         warnings.filterwarnings(
             "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
         )
+        # Tracing the presets' normalisation: its mean and std are constants, as intended.
+        warnings.filterwarnings("ignore", message=r"torch\.tensor results are registered")
+        # nn.LSTM's own input-size checks, which hold for every batch the trace will see.
+        warnings.filterwarnings(
+            "ignore", message=r"Converting a tensor", module=r"torch\.nn\.modules\.rnn"
+        )
         yield
 
 

@@ -45,9 +45,27 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--output", "-o", help="HTML file (default RUN/report.html)")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("export", help="write the embedding model as TorchScript for serving")
+    p = sub.add_parser(
+        "export", help="write the run as ONNX and TorchScript, each checked against eager"
+    )
     p.add_argument("run", help="the run directory")
-    p.add_argument("--output", "-o", help="file (default RUN/model.torchscript.pt)")
+    p.add_argument(
+        "--format",
+        default="both",
+        choices=["both", "onnx", "torchscript"],
+        help="what to write (default both)",
+    )
+    p.add_argument("--output", "-o", help="folder (default RUN/export)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="max abs difference from the eager model that the ONNX graphs may have (default 1e-4)",
+    )
+    p.add_argument(
+        "--no-encoders",
+        action="store_true",
+        help="ONNX: only the fusion model and its heads, not the feature encoders",
+    )
     p.set_defaults(func=_cmd_export)
 
 
@@ -78,8 +96,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.train.export import export_torchscript
+    from pipeline.train.export import export_run
 
-    path = export_torchscript(args.run, args.output)
-    print(f"export: {path}", file=sys.stderr)
+    done = export_run(
+        args.run,
+        args.format,
+        args.output,
+        tolerance=args.tolerance,
+        encoders=not args.no_encoders,
+    )
+    for name, g in done["graphs"].items():
+        diff = max(g["max_abs_diff"].values())
+        print(f"export: {name} ({g['format']}, max abs diff {diff:.2g})", file=sys.stderr)
+    print(f"export: {done['output']}", file=sys.stderr)
     return 0

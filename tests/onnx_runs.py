@@ -1,0 +1,53 @@
+"""Runs made in-process, without Ray or training: a model of each fusion type or preset with
+its initial weights, and the lineage of a features config (what export needs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifact import Lineage, ModelInfo, build_model, save_run
+
+# The features config of the runs: every encoder the features stage has, small audio frames.
+FEATURES = {
+    "shards": "unused",
+    "output": "unused",
+    "image": {"name": "efficientnet_lite0", "pool": "grid"},
+    "text": {"name": "minilm_bow"},
+    "audio": {"name": "audio_cnn", "weights": "random"},
+    "audio_frames": 100,
+}
+
+
+def make_run(
+    out: Path, fusion: str = "mid", preset: str | None = None, *, classes: int = 3, **kw: Any
+) -> Path:
+    """A run directory whose model.json names the features config and its encoders."""
+    import torch
+
+    from pipeline.features.config import FeaturesConfig
+    from pipeline.features.stages import encoder_info
+
+    cfg = FeaturesConfig(**FEATURES)
+    encoders = kw.pop("encoders", None) or (encoder_info(cfg) if kw.pop("real", False) else {})
+    dims = {"image": 64, "text": 48} if preset else cfg.dims()
+    info = ModelInfo(
+        fusion=preset or fusion,
+        preset=preset,
+        fusion_type=fusion,
+        image_size=32,
+        max_text_tokens=16,
+        dims=dims,
+        d_model=32,
+        embed_dim=16,
+        classes=[f"c{i}" for i in range(classes)],
+        label_field="label" if classes else None,
+        dropout=0.0,
+        lineage=Lineage(
+            "features", "fp", "", {"config": cfg.model_dump(), "encoders": encoders}, {}
+        ),
+    )
+    torch.manual_seed(0)
+    model = build_model(info.spec)
+    save_run(str(out), info, model.state_dict())
+    return out
