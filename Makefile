@@ -44,7 +44,8 @@ demo: setup  ## sample corpus -> build -> features -> train -> eval -> report ->
 		--shards $(DEMO_DIR)/build --model $(DEMO_DIR)/run --output $(DEMO_DIR)/embeddings
 	$(BIN)/mmpipe index $(DEMO_DIR)/embeddings
 	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a large red circle in the center" --column image -k 5
-	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a small blue star, top left" --column image -k 5
+	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a small blue star, top left" --column image -k 5 \
+		--model $(DEMO_DIR)/run/export/model.onnx
 
 test: setup  ## lint, type-check and run the test suite but the `slow` end-to-end runs
 	$(MAKE) --no-print-directory lint

@@ -20,15 +20,24 @@ FEATURES = {
 
 
 def make_run(
-    out: Path, fusion: str = "mid", preset: str | None = None, *, classes: int = 3, **kw: Any
+    out: Path,
+    fusion: str = "mid",
+    preset: str | None = None,
+    *,
+    classes: int = 3,
+    features: dict[str, Any] | None = None,
+    d_model: int = 32,
+    embed_dim: int = 16,
+    **kw: Any,
 ) -> Path:
-    """A run directory whose model.json names the features config and its encoders."""
+    """A run directory whose model.json names the features config and (``encoders``, or
+    ``real=True`` to load them) its encoders."""
     import torch
 
     from pipeline.features.config import FeaturesConfig
     from pipeline.features.stages import encoder_info
 
-    cfg = FeaturesConfig(**FEATURES)
+    cfg = FeaturesConfig(**(features or FEATURES))
     encoders = kw.pop("encoders", None) or (encoder_info(cfg) if kw.pop("real", False) else {})
     dims = {"image": 64, "text": 48} if preset else cfg.dims()
     info = ModelInfo(
@@ -38,8 +47,8 @@ def make_run(
         image_size=32,
         max_text_tokens=16,
         dims=dims,
-        d_model=32,
-        embed_dim=16,
+        d_model=d_model,
+        embed_dim=embed_dim,
         classes=[f"c{i}" for i in range(classes)],
         label_field="label" if classes else None,
         dropout=0.0,

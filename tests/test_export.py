@@ -166,3 +166,39 @@ def test_onnx_on_cuda_and_tensorrt_equals_eager(tmp_path, fp16):
     tol = 2e-2 if graph.providers[0] == "TensorrtExecutionProvider" else 1e-4
     for a, b in zip(graph(*xs), ref):
         assert float((a - b).abs().max()) < tol
+
+
+def test_the_torchscript_exporter_stands_in_where_dynamo_fails_and_both_failing_is_one_line(
+    tmp_path, monkeypatch
+):
+    from pipeline.errors import UserError
+
+    run = make_run(tmp_path / "run", "bilinear")
+    real = torch.onnx.export
+
+    def no_dynamo(*args, **kw):
+        if kw.get("dynamo"):
+            raise RuntimeError("cannot capture this module\nmore detail")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    record = export_run(str(run), "onnx", encoders=False)
+    assert {g["exporter"] for g in record["graphs"].values()} == {"torchscript"}
+    art = RunArtifact.open(str(run))
+    assert _onnx_equals_eager(art, run / "export" / "model.onnx", 6) < 1e-4
+
+    def neither(*args, **kw):
+        raise RuntimeError("unsupported operator aten::foo\nstack")
+
+    monkeypatch.setattr(torch.onnx, "export", neither)
+    with pytest.raises(UserError, match=r"cannot export model to ONNX: dynamo: .*aten::foo"):
+        export_run(str(run), "onnx", encoders=False)
+
+
+def test_the_help_states_the_tolerance_in_force():
+    from pipeline.cli import help_reference
+
+    section = help_reference().split("## mmpipe export", 1)[1].split("## ", 1)[0]
+    assert f"(default {onnx_export.TOLERANCE:.0e})".replace("e-04", "e-4") in " ".join(
+        section.split()
+    )

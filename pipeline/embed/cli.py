@@ -27,7 +27,11 @@ def _common(p: Any) -> None:
     from pipeline.config import add_choice
     from pipeline.embed.config import EmbedConfig
 
-    p.add_argument("--model", help="a run directory of mmpipe train, or its TorchScript export")
+    p.add_argument(
+        "--model",
+        help="a run directory of mmpipe train, or its export (RUN/export/model.onnx runs in "
+        "onnxruntime; RUN/export/model.torchscript.pt)",
+    )
     p.add_argument("--output", "-o", help="the embeddings store (local or URL)")
     p.add_argument("--config", help="YAML file with embed fields (CLI options override it)")
     p.add_argument("--batch-size", type=int, help="samples per model batch")

