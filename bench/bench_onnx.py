@@ -8,7 +8,8 @@ this process, with the same threads: ms per batch and the ratio eager / onnxrunt
 onnxruntime is faster). On cuda, eager uses bf16 autocast and onnxruntime its best provider
 (TensorRT fp16, else CUDA). ``--embed N`` then runs `mmpipe embed` at its defaults on a
 built sample corpus of N (bench_embed's trained run), once with the run and once with its
-ONNX export, on one local Ray: wall time of each, steady state apart from start-up.
+ONNX export, on one local Ray started before timing: the wall time of each whole job
+(actor start-up and model loading included).
 """
 
 from __future__ import annotations
