@@ -1,10 +1,11 @@
 """Embed and refresh against bare loops measured in the same run (not a timed test).
 
-    python bench/bench_embed.py [--n 2000] [--noop-rows 100000]
+    python bench/bench_embed.py [--n 2000] [--noop-rows 100000] [--planning-only]
 
 Prints: the embed pipeline's throughput against one bare loop per core (read, preprocess,
 encoders + model, write Parquet), the share of Parquet writing, the cost of a 1% refresh
-against a full run, and the wall time of a no-op refresh over a store of --noop-rows samples.
+against a full run, and the wall time of a no-op refresh over a store of --noop-rows samples,
+with refresh planning from the build's shards.parquet beside one pass over its index.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def noop_store(run: Path, n: int) -> tuple[Path, Path]:
 
     root = WORK / f"noop{n}"
     build, store = root / "b", root / "store"
-    if (store / "latest").exists():
+    if (store / "latest").exists() and (build / "shards.parquet").exists():
         return build, store
     shutil.rmtree(root, ignore_errors=True)
     (build / "shards").mkdir(parents=True)
@@ -171,6 +172,23 @@ def noop_store(run: Path, n: int) -> tuple[Path, Path]:
         }
     )
     pq.write_table(index, build / "index.parquet", row_group_size=per)
+    # shards.parquet as finalize writes it: one digest per shard.
+    from pipeline.embed.plan import index_digests
+    from pipeline.io.parquet import to_table, write_table
+    from schemas import SHARDS_SCHEMA
+
+    rows = [
+        {
+            "shard": f"shards/{s}.tar",
+            "samples": v.count,
+            "digest": v.digest,
+            "index_row_groups": v.row_groups,
+        }
+        for s, v in sorted(index_digests(str(build / "index.parquet")).items())
+    ]
+    write_table(
+        str(build / "shards.parquet"), to_table(rows, SHARDS_SCHEMA), SHARDS_SCHEMA, "shards"
+    )
     (build / "build.json").write_text("{}")
     ref = resolve_model(str(run))
     cfg = load_embed_config({"shards": str(build), "model": str(run), "output": str(store)})
@@ -228,11 +246,48 @@ def noop_store(run: Path, n: int) -> tuple[Path, Path]:
     return build, store
 
 
+def noop_refresh(root: Path, rows: int) -> dict:
+    """The `mmpipe refresh` CLI over an unchanged store of ``rows``, and its planning alone:
+    from shards.parquet (what the build writes) and from one pass over the index."""
+    from pipeline.embed.plan import index_digests, scan_input
+
+    build, store = noop_store(root / "run", rows)
+    t0 = time.perf_counter()
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("mmpipe")),
+            "refresh",
+            "--shards",
+            str(build),
+            "--model",
+            str(root / "run"),
+            "--output",
+            str(store),
+        ],
+        check=True,
+    )
+    wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scan_input(str(build))
+    from_digests = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index_digests(str(build / "index.parquet"))
+    from_index = time.perf_counter() - t0
+    return {
+        "noop_refresh_s": {"rows": rows, "wall_s": round(wall, 2)},
+        "planning_s": {
+            "shards_parquet": round(from_digests, 3),
+            "index_pass": round(from_index, 3),
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--noop-rows", type=int, default=100_000)
     ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--planning-only", action="store_true", help="only the no-op refresh part")
     args = ap.parse_args()
     import ray
 
@@ -243,6 +298,9 @@ def main() -> None:
 
     n_cores = cores()
     root = prepare(args.n)
+    if args.planning_only:
+        print(json.dumps(noop_refresh(root, args.noop_rows), indent=1))
+        return
     results: dict = {"cores": n_cores, "n": args.n}
     urls = resolve_shards(str(root / "b"))
     bare = bare_on_cores(urls, str(root / "run"), n_cores)
@@ -287,25 +345,7 @@ def main() -> None:
             }
             # Back to the base corpus for the next size: a refresh that removes the extra rows.
             run_embed(load_embed_config(cfg), quiet=True)
-    build, store = noop_store(root / "run", args.noop_rows)
-    t0 = time.perf_counter()
-    subprocess.run(
-        [
-            str(Path(sys.executable).with_name("mmpipe")),
-            "refresh",
-            "--shards",
-            str(build),
-            "--model",
-            str(root / "run"),
-            "--output",
-            str(store),
-        ],
-        check=True,
-    )
-    results["noop_refresh_s"] = {
-        "rows": args.noop_rows,
-        "wall_s": round(time.perf_counter() - t0, 2),
-    }
+    results.update(noop_refresh(root, args.noop_rows))
     one, pct = results["refresh_plus1"]["wall_s"], results[f"refresh_plus{args.n // 100}"]["wall_s"]
     results["refresh_1pct_over_full"] = round(pct / results["full"]["wall_s"], 3)
     results["refresh_1pct_variable_over_full_variable"] = round(

@@ -22,6 +22,23 @@ def fingerprint(obj: Any) -> str:
     return short_hash(json.dumps(obj, sort_keys=True, default=str).encode())
 
 
+# A shard's digest: the sum of its rows' (key, content) hashes mod 2^128, and the row count.
+# A sum is order-free and streams, so the build (per final shard) and refresh planning (over an
+# index) compute the same value from rows in any order.
+DIGEST_MOD = 1 << 128
+
+
+def row_hash(key: str, content: str | None) -> int:
+    """One row's term of its shard's digest."""
+    h = hashlib.sha256(f"{key}\0{content or ''}".encode()).digest()
+    return int.from_bytes(h[:16], "big")
+
+
+def digest_text(total: int, count: int) -> str:
+    """The digest as recorded: ``<sum as 32 hex digits>:<rows>``."""
+    return f"{total % DIGEST_MOD:032x}:{count}"
+
+
 def keys_hash(keys: Iterable[str]) -> str:
     """The name of a staged part: a hash of the keys it holds, so a retry rewrites the same file."""
     return short_hash("\n".join(keys).encode())

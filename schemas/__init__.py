@@ -7,6 +7,7 @@ from schemas.build import (
     REJECTS_SCHEMA,
     SCHEMA_KEY,
     SCHEMA_VERSION_KEY,
+    SHARDS_SCHEMA,
     STAGED_SCHEMA,
     with_schema_metadata,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "REJECTS_SCHEMA",
     "SCHEMA_KEY",
     "SCHEMA_VERSION_KEY",
+    "SHARDS_SCHEMA",
     "STAGED_SCHEMA",
     "check_record",
     "embeddings_schema",

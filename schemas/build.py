@@ -60,6 +60,18 @@ REJECTS_SCHEMA = pa.schema(
     ]
 )
 
+# One row per final shard (OUT/shards.parquet): what refresh planning reads instead of the
+# whole index. ``digest`` is fingerprint.digest_text of the shard's (key, content_hash) rows;
+# ``index_row_groups`` are the row groups of index.parquet that hold its rows.
+SHARDS_SCHEMA = pa.schema(
+    [
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("samples", pa.int64(), nullable=False),
+        pa.field("digest", pa.string(), nullable=False),
+        pa.field("index_row_groups", pa.list_(pa.int32()), nullable=False),
+    ]
+)
+
 # One row per input row of a processed chunk (written or rejected), in input order.
 # Internal to a build (kept under OUT/_work), but versioned like the rest so that a
 # resumed build never reads chunk metadata written by an incompatible version.

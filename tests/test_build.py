@@ -13,7 +13,7 @@ import pytest
 from pipeline.build.job import run_build
 from pipeline.config import BuildConfig
 from pipeline.sample_corpus import write_corpus
-from schemas import INDEX_SCHEMA, REJECTS_SCHEMA
+from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -97,7 +97,11 @@ def test_invariant_and_expected_rejects(built, corpus):
 
 def test_files_carry_schema_and_version(built):
     out, _, _ = built
-    for name, schema in (("index", INDEX_SCHEMA), ("rejects", REJECTS_SCHEMA)):
+    for name, schema in (
+        ("index", INDEX_SCHEMA),
+        ("rejects", REJECTS_SCHEMA),
+        ("shards", SHARDS_SCHEMA),
+    ):
         s = pq.read_schema(Path(out) / f"{name}.parquet")
         assert s.metadata[b"mmpipe.schema"] == name.encode()
         assert s.metadata[b"mmpipe.schema_version"] == b"1"
@@ -106,6 +110,29 @@ def test_files_carry_schema_and_version(built):
     assert disk["schema_version"] == 1 and disk["config"]["resize"] == 32
     assert set(disk["timings_s"]) >= {"startup", "process", "finalize", "total"}
     assert not (Path(out) / "_work").exists()
+
+
+def test_shards_parquet_holds_each_shards_digest_and_index_row_groups(built):
+    from pipeline.embed.plan import index_digests, shard_digests
+    from pipeline.io.parquet import iter_row_groups
+
+    out, report, _ = built
+    table = pq.read_table(Path(out) / "shards.parquet")
+    assert table.num_rows == report["counts"]["shards"]
+    assert sum(table["samples"].to_pylist()) == report["counts"]["written"]
+    recorded = shard_digests(str(Path(out) / "shards.parquet"))
+    summed = index_digests(str(Path(out) / "index.parquet"))
+    assert {s: (v.digest, v.count, v.row_groups) for s, v in recorded.items()} == {
+        s: (v.digest, v.count, v.row_groups) for s, v in summed.items()
+    }
+    # The row groups named hold exactly that shard's rows.
+    stem, si = sorted(recorded.items())[1]
+    rows = [
+        s
+        for _, t in iter_row_groups(str(Path(out) / "index.parquet"), ["shard"], si.row_groups)
+        for s in t.column("shard").to_pylist()
+    ]
+    assert len(rows) == si.count and {r.rsplit("/", 1)[-1].split(".")[0] for r in rows} == {stem}
 
 
 def test_shards_read_back_with_every_reader(built):

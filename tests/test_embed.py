@@ -166,6 +166,25 @@ def test_search_takes_the_runs_torchscript_export_and_index_names_its_columns(
         build_index(str(out), ["pixels"])
 
 
+def test_refresh_planning_reads_the_shard_digests_and_never_the_whole_index(
+    world, store, monkeypatch
+):
+    from pipeline.embed import plan
+
+    summed = plan.index_digests(str(world / "b1" / "index.parquet"))
+
+    def whole_index(*_a, **_k):
+        raise AssertionError("planning read the index")
+
+    monkeypatch.setattr(plan, "iter_row_groups", whole_index)
+    index, shards = plan.scan_input(str(world / "b1"))
+    assert index and {s: v.digest for s, v in shards.items()} == {
+        s: v.digest for s, v in summed.items()
+    }
+    # Nothing changed: the no-op refresh plans from shards.parquet and the manifest alone.
+    assert run_embed(ecfg(world, store[0]), quiet=True)["noop"]
+
+
 def test_refresh_embeds_only_what_changed(world, store, tmp_path):
     out, _ = store
     rows = _manifest(world / "c" / "manifest.jsonl")

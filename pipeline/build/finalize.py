@@ -1,4 +1,4 @@
-"""Finalize: dedup in input order, give shards their final names, write index and rejects."""
+"""Finalize: dedup in input order, give shards their final names, write index, rejects, digests."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from typing import Any
 
 from pipeline.build.chunk import chunk_meta_url
 from pipeline.errors import Reason
+from pipeline.fingerprint import digest_text, row_hash
 from pipeline.io.fs import atomic_open, exists, get_fs, join, move, write_bytes_atomic
-from pipeline.io.parquet import parquet_sink, read_table, to_table
+from pipeline.io.parquet import parquet_sink, read_table, to_table, write_table
 from pipeline.io.tar import TarShardWriter, read_member
-from schemas import INDEX_SCHEMA, REJECTS_SCHEMA
+from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
 
 SHARD_DIR = "shards"
+# What finalize writes beside the shards folder, published before build.json.
+TABLES = ("index.parquet", "rejects.parquet", "shards.parquet")
 
 
 def shard_name(n: int) -> str:
@@ -78,7 +81,7 @@ def publish(work_dir: str, out_dir: str) -> None:
     """Rename what finalize left in ``work_dir`` to its final names (build.json excepted)."""
     for name in LOADER_FILES:
         move(join(work_dir, name), join(out_dir, SHARD_DIR, name))
-    for name in ("index.parquet", "rejects.parquet"):
+    for name in TABLES:
         move(join(work_dir, name), join(out_dir, name))
 
 
@@ -86,12 +89,14 @@ def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any
     """Walk chunks in input order; the first occurrence of a content hash or key wins.
 
     A rejected row claims nothing, so a later copy of its content can still be written.
-    The index and rejects are written into ``work_dir``; the job publishes them just
-    before ``build.json``. Memory grows with the number of distinct samples (a hash and a key each), not with
+    The index, the rejects and ``shards.parquet`` (one digest per shard, for refresh
+    planning) are written into ``work_dir``; the job publishes them just before
+    ``build.json``. Memory grows with the number of distinct samples (a hash and a key each), not with
     their bytes; the bytes are only streamed from staged tars when dedup removed some.
     """
     first_hash: dict[str, str] = {}
     sizes: dict[str, int] = {}
+    digests: list[dict[str, Any]] = []  # one per shard: O(shards), not O(samples)
     seen_keys: set[str] = set()
     n_shards = written = nbytes = rows_total = 0
     reasons: Counter[str] = Counter()
@@ -130,14 +135,26 @@ def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any
                     r["shard"] = final
                     nbytes += sum(m["size"] for m in r["members"])
                 written += len(kept)
-                index.write(
+                groups = index.write(
                     to_table(
                         [{f.name: r.get(f.name) for f in INDEX_SCHEMA} for r in kept], INDEX_SCHEMA
                     )
                 )
+                total = sum(row_hash(r["key"], r["content_hash"]) for r in kept)
+                digests.append(
+                    {
+                        "shard": final,
+                        "samples": len(kept),
+                        "digest": digest_text(total, len(kept)),
+                        "index_row_groups": groups,
+                    }
+                )
             reasons.update(b["reason"] for b in bad)
             rejects.write(to_table(bad, REJECTS_SCHEMA))
     write_loader_files(work_dir, sizes)
+    write_table(
+        join(work_dir, "shards.parquet"), to_table(digests, SHARDS_SCHEMA), SHARDS_SCHEMA, "shards"
+    )
     return {
         "input_rows": rows_total,
         "written": written,

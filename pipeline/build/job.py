@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pipeline.build.chunk import BuildChunkStage
-from pipeline.build.finalize import SHARD_DIR, finalize, publish
+from pipeline.build.finalize import SHARD_DIR, TABLES, finalize, publish
 from pipeline.build.report import ProgressLine, make_report, summary_lines, write_build_json
 from pipeline.config import BuildConfig
 from pipeline.errors import UserError
@@ -26,7 +26,7 @@ from pipeline.io.fs import (
 )
 from pipeline.runner import map_stages, probe_address, ray_session, run_remote, stream
 
-OUTPUT_FILES = ("build.json", "index.parquet", "rejects.parquet", SHARD_DIR, "_work")
+OUTPUT_FILES = ("build.json", *TABLES, SHARD_DIR, "_work")
 
 
 def _read_json(url: str) -> dict[str, Any] | None:
@@ -89,7 +89,7 @@ def _claim_output(cfg: BuildConfig, overwrite: bool, quiet: bool) -> None:
                 file=sys.stderr,
             )
         # Final names of an interrupted finalize are rewritten; never leave them meanwhile.
-        for name in ("index.parquet", "rejects.parquet"):
+        for name in TABLES:
             remove_tree(join(out, name))
         makedirs(join(work, "chunks"))
         marker = json.dumps(

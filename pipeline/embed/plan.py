@@ -3,21 +3,20 @@
 Each shard gets one action: ``carry`` (unchanged: its file is linked into the new version),
 ``merge`` (some samples new or changed: embed those, keep the rest from the old file) or
 ``embed`` (everything: a new shard, a new model, or shards without an index). Only shards whose
-digest changed are read row by row, so planning a refresh costs one pass over the index.
+digest changed are read row by row. A build records each shard's digest in
+``shards.parquet``, so planning reads O(shards) rows plus the changed shards' index row groups;
+builds without it cost one pass over the index.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.fingerprint import short_hash
+from pipeline.fingerprint import DIGEST_MOD, digest_text, row_hash, short_hash
 from pipeline.io.fs import exists, get_fs, join
-from pipeline.io.parquet import iter_row_groups, read_table
+from pipeline.io.parquet import iter_row_groups, iter_tables, read_table
 from pipeline.io.shards import resolve_shards, shard_stem
-
-_MOD = 1 << 128
 
 
 @dataclass
@@ -57,40 +56,22 @@ class Plan:
         )
 
 
-def _row_hash(key: str, content: str | None) -> int:
-    h = hashlib.sha256(f"{key}\0{content or ''}".encode()).digest()
-    return int.from_bytes(h[:16], "big")
-
-
 def scan_input(spec: str) -> tuple[str | None, dict[str, ShardInput]]:
-    """The input's shards with a digest each. With a build's index the digest covers every
-    (key, content_hash) of the shard and is order-free (a sum of row hashes), so it is computed
-    in one streaming pass; bare tars are compared by size and modification time or ETag."""
+    """The input's shards with a digest each. A build's digest covers every (key,
+    content_hash) of the shard (``fingerprint.row_hash``): read from ``shards.parquet``, or
+    summed in one pass over an older build's index. Bare tars are compared by size and
+    modification time or ETag."""
     urls = resolve_shards(spec)
     by_stem = {shard_stem(u): u for u in urls}
     index = join(spec, "index.parquet")
     if exists(join(spec, "build.json")) and exists(index):
-        sums: dict[str, int] = {}
-        counts: dict[str, int] = {}
-        groups: dict[str, list[int]] = {}
-        for rg, table in iter_row_groups(index, ["key", "shard", "content_hash"]):
-            keys = table.column("key").to_pylist()
-            hashes = table.column("content_hash").to_pylist()
-            for k, h, s in zip(keys, hashes, table.column("shard").to_pylist()):
-                stem = shard_stem(s)
-                sums[stem] = (sums.get(stem, 0) + _row_hash(k, h)) % _MOD
-                counts[stem] = counts.get(stem, 0) + 1
-                if not groups.setdefault(stem, []) or groups[stem][-1] != rg:
-                    groups[stem].append(rg)
-        return index, {
-            stem: ShardInput(
-                url,
-                f"{sums.get(stem, 0):032x}:{counts.get(stem, 0)}",
-                counts.get(stem, 0),
-                groups.get(stem, []),
-            )
-            for stem, url in by_stem.items()
-        }
+        digests = join(spec, "shards.parquet")
+        found = shard_digests(digests) if exists(digests) else index_digests(index)
+        out = {}
+        for stem, url in by_stem.items():  # a shard the index never names holds no samples
+            si = found.get(stem) or ShardInput(url, digest_text(0, 0), 0)
+            out[stem] = ShardInput(url, si.digest, si.count, si.row_groups)
+        return index, out
     out = {}
     for stem, url in by_stem.items():
         fs, path = get_fs(url)
@@ -100,6 +81,37 @@ def scan_input(spec: str) -> tuple[str | None, dict[str, ShardInput]]:
         )
         out[stem] = ShardInput(url, f"file:{info.get('size')}:{stamp}", None)
     return None, out
+
+
+def shard_digests(url: str) -> dict[str, ShardInput]:
+    """stem -> digest, samples and index row groups, as the build recorded them."""
+    out = {}
+    for t in iter_tables([url], ["shard", "samples", "digest", "index_row_groups"]):
+        for row in t.to_pylist():
+            out[shard_stem(row["shard"])] = ShardInput(
+                row["shard"], row["digest"], int(row["samples"]), list(row["index_row_groups"])
+            )
+    return out
+
+
+def index_digests(index_url: str) -> dict[str, ShardInput]:
+    """The same digests summed over the index, for builds without ``shards.parquet``."""
+    sums: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    groups: dict[str, list[int]] = {}
+    for rg, table in iter_row_groups(index_url, ["key", "shard", "content_hash"]):
+        keys = table.column("key").to_pylist()
+        hashes = table.column("content_hash").to_pylist()
+        for k, h, s in zip(keys, hashes, table.column("shard").to_pylist()):
+            stem = shard_stem(s)
+            sums[stem] = (sums.get(stem, 0) + row_hash(k, h)) % DIGEST_MOD
+            counts[stem] = counts.get(stem, 0) + 1
+            if not groups.setdefault(stem, []) or groups[stem][-1] != rg:
+                groups[stem].append(rg)
+    return {
+        stem: ShardInput(stem, digest_text(sums[stem], counts[stem]), counts[stem], groups[stem])
+        for stem in sums
+    }
 
 
 def index_hashes(index_url: str, stem: str, row_groups: list[int]) -> dict[str, str]:

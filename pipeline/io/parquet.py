@@ -24,17 +24,27 @@ def to_table(rows: list[dict[str, Any]] | dict[str, list[Any]], schema: pa.Schem
 class ParquetSink:
     """Stream tables into one Parquet file that becomes visible only on ``close()``."""
 
+    ROW_GROUP_ROWS = 1 << 20  # pyarrow's default, stated: write() says which groups it made
+
     def __init__(self, url: str, schema: pa.Schema, name: str, **writer_kwargs: Any) -> None:
         self.schema = with_schema_metadata(schema, name)
         self._cm = atomic_open(url, "wb")
         self._f = self._cm.__enter__()
         self._writer = pq.ParquetWriter(self._f, self.schema, compression="zstd", **writer_kwargs)
-        self.rows = 0
+        self.rows = self.row_groups = 0
 
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self._writer.write_table(table.select(self.schema.names).cast(self.schema))
-            self.rows += table.num_rows
+    def write(self, table: pa.Table) -> list[int]:
+        """Append ``table``; returns the numbers of the row groups that hold its rows."""
+        if not table.num_rows:
+            return []
+        t = table.select(self.schema.names).cast(self.schema)
+        self._writer.write_table(t, row_group_size=self.ROW_GROUP_ROWS)
+        self.rows += t.num_rows
+        first, self.row_groups = (
+            self.row_groups,
+            self.row_groups + -(-t.num_rows // self.ROW_GROUP_ROWS),
+        )
+        return list(range(first, self.row_groups))
 
     def close(self) -> None:
         self._writer.close()
