@@ -132,6 +132,12 @@ def test_a_graph_that_differs_from_eager_fails_in_one_line_and_writes_nothing(
     record = json.loads((run / "export" / "export.json").read_text())
     assert record["tolerance"] == 0.05
     assert record["graphs"]["model.onnx"]["max_abs_diff"]["fused"] == pytest.approx(1e-2, 1e-3)
+    # A head is not a model that embed can run: refused in one line.
+    from pipeline.embed.model import EmbeddingModel
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match=r"not the model graph .*pass RUN/export/model.onnx"):
+        EmbeddingModel(RunArtifact.open(str(run / "export" / "head_text.onnx")), "cpu")
 
 
 def test_export_refuses_an_export_and_an_unknown_format(tmp_path, capsys):
@@ -142,6 +148,11 @@ def test_export_refuses_an_export_and_an_unknown_format(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(run / "export" / "model.torchscript.pt")]) == 2
     assert "is an export already" in capsys.readouterr().err
+    for bad in (["--tolerance", "-1"], ["--output", str(run / "model.json")]):
+        assert main(["export", str(run), *bad]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["export", str(tmp_path / "nothing")]) == 2
+    assert "holds no run of mmpipe train" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(

@@ -34,6 +34,12 @@ class EmbeddingModel:
     def __init__(self, ref: RunArtifact, device: str, threads: int | None = None) -> None:
         self.ref, self.device = ref, device
         self.model = ref.load(device, threads=threads)
+        wanted = ["fused", *(f"{m}_emb" for m in ref.modalities)]
+        if ref.kind == "onnx" and self.model.outputs[: len(wanted)] != wanted:
+            raise UserError(
+                f"{ref.weights_url} is not the model graph of an export (outputs "
+                f"{self.model.outputs}); pass RUN/export/model.onnx"
+            )
 
     def __call__(self, feats: dict[str, Any], masks: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         import torch.nn.functional as F

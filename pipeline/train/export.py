@@ -9,9 +9,16 @@ import json
 import os
 from typing import Any
 
-from pipeline.artifact import EXPORT_DIR, EXPORT_FILE, TORCHSCRIPT_FILE, ModelInfo, RunArtifact
+from pipeline.artifact import (
+    EXPORT_DIR,
+    EXPORT_FILE,
+    INFO_FILE,
+    TORCHSCRIPT_FILE,
+    ModelInfo,
+    RunArtifact,
+)
 from pipeline.errors import UserError
-from pipeline.io.fs import join, write_bytes_atomic
+from pipeline.io.fs import check_output, exists, join, write_bytes_atomic
 from pipeline.models.weights import torchscript_quietly
 
 FORMATS = ("both", "onnx", "torchscript")
@@ -114,10 +121,15 @@ def export_run(
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
+    if tolerance is not None and not tolerance >= 0:  # NaN too
+        raise UserError(f"--tolerance {tolerance} must be 0 or more (default 1e-4)")
+    if not exists(join(run_dir, INFO_FILE)) and not run_dir.endswith((".pt", ".onnx")):
+        raise UserError(f"{run_dir} holds no run of mmpipe train (model.json); pass its folder")
     art = RunArtifact.open(run_dir)
     if art.kind != "state_dict":
         raise UserError(f"{run_dir} is an export already; pass the run directory")
     out = output or join(art.run_dir, EXPORT_DIR)
+    check_output(out)  # a file in the way fails now, not after a minute of exporting
     tol = onnx_export.TOLERANCE if tolerance is None else tolerance
     files: dict[str, bytes] = {}
     graphs: dict[str, Any] = {}
