@@ -28,17 +28,15 @@ def make_run(
     features: dict[str, Any] | None = None,
     d_model: int = 32,
     embed_dim: int = 16,
-    **kw: Any,
+    encoders: dict[str, Any] | None = None,
 ) -> Path:
-    """A run directory whose model.json names the features config and (``encoders``, or
-    ``real=True`` to load them) its encoders."""
+    """A run directory whose model.json names the features config and, when given, the
+    encoders its features came from (``features.stages.encoder_info``)."""
     import torch
 
     from pipeline.features.config import FeaturesConfig
-    from pipeline.features.stages import encoder_info
 
     cfg = FeaturesConfig(**(features or FEATURES))
-    encoders = kw.pop("encoders", None) or (encoder_info(cfg) if kw.pop("real", False) else {})
     dims = {"image": 64, "text": 48} if preset else cfg.dims()
     info = ModelInfo(
         fusion=preset or fusion,
@@ -53,7 +51,7 @@ def make_run(
         label_field="label" if classes else None,
         dropout=0.0,
         lineage=Lineage(
-            "features", "fp", "", {"config": cfg.model_dump(), "encoders": encoders}, {}
+            "features", "fp", "", {"config": cfg.model_dump(), "encoders": encoders or {}}, {}
         ),
     )
     torch.manual_seed(0)
