@@ -109,3 +109,38 @@ def test_audio_cnn_random_and_from_path(tmp_path):
     again = audio_encoder("audio_cnn", str(path))
     with torch.inference_mode():
         np.testing.assert_allclose(again.model(mel).numpy(), enc.model(mel).numpy(), atol=1e-6)
+
+
+def _chirp(seconds: float, rate: int = 16000) -> bytes:
+    """A rising tone: the statistics of its start and end differ."""
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, 0.3 * np.sin(2 * np.pi * (200 + 900 * t) * t), rate, format="WAV")
+    return buf.getvalue()
+
+
+def test_mel_stats_needs_no_weights_and_padding_never_counts():
+    from pipeline.models.audio_stats import MEL_STATS_DIM, N_MFCC, dct_matrix
+
+    enc = audio_encoder("mel_stats")
+    assert enc.dim == MEL_STATS_DIM == 288 and enc.weights_id == "mel_stats-v1"
+    clip = _chirp(1.0)
+    mels = [
+        AudioLogMel(LogMelConfig(num_frames=n))({"audio": [clip]}) for n in (150, 300)
+    ]  # the same second of audio, padded to 1.5 s and to 3 s
+    with torch.inference_mode():
+        a, b = (enc.model(torch.from_numpy(m["log_mel"])).numpy()[0] for m in mels)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # The first block is the mean MFCC (c1..c31) over real frames: DCT of the mean spectrum.
+    mel, real = mels[0]["log_mel"][0], mels[0]["audio_frames_mask"][0]
+    want = dct_matrix(64, N_MFCC) @ mel[:, real].mean(axis=1)
+    np.testing.assert_allclose(a[:N_MFCC], want, rtol=1e-4, atol=1e-3)
+    # The thirds of a rising tone differ; a few mel bands still give the full width.
+    thirds = a[6 * (N_MFCC + 1) :].reshape(3, N_MFCC + 1)
+    assert np.abs(thirds[0] - thirds[2]).max() > 1.0
+    small = audio_encoder("mel_stats", n_mels=16)
+    m16 = AudioLogMel(LogMelConfig(num_frames=150, n_mels=16))({"audio": [clip]})["log_mel"]
+    with torch.inference_mode():
+        assert small.model(torch.from_numpy(m16)).shape == (1, MEL_STATS_DIM)

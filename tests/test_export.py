@@ -111,6 +111,23 @@ def test_the_encoders_and_heads_export_and_equal_the_features_stage(tmp_path):
     np.testing.assert_allclose(head(xs[1]).numpy(), embs[2].numpy(), atol=1e-5)
 
 
+def test_the_default_audio_encoder_exports_with_its_padding_rule(tmp_path):
+    from pipeline.features.config import FeaturesConfig
+    from pipeline.features.stages import encoder_info
+    from pipeline.models.onnx_runtime import OnnxModel
+    from tests.onnx_runs import FEATURES
+
+    feats = {**FEATURES, "image": None, "text": None, "audio": {"name": "mel_stats"}}
+    run = make_run(tmp_path / "run", features=feats, encoders=encoder_info(FeaturesConfig(**feats)))
+    export_run(str(run), "onnx")
+    graph = OnnxModel((run / "export" / "audio_encoder.onnx").read_bytes())
+    (g,) = onnx_export.encoder_graphs(RunArtifact.open(str(run)))
+    mel = torch.cat([g.probe[0], g.probe[0][:1]])
+    mel[1, :, 40:] = float(np.log(1e-6))  # a short clip: the rest is padding
+    with torch.no_grad():
+        np.testing.assert_allclose(graph(mel).numpy(), g.module(mel).numpy(), atol=1e-4)
+
+
 def test_a_graph_that_differs_from_eager_fails_in_one_line_and_writes_nothing(
     tmp_path, monkeypatch, capsys
 ):

@@ -25,7 +25,6 @@ def features_cfg(shards, out, **kw):
     base = {
         "shards": str(shards),
         "output": str(out),
-        "audio": {"name": "audio_cnn", "weights": "random"},
         "actor_num_cpus": 0.5,
         "batch_size": 8,
         "audio_frames": 100,
@@ -64,10 +63,12 @@ def test_every_built_sample_has_features(built, features):
     assert sorted(table["key"].to_pylist()) == sorted(index["key"].to_pylist())
     assert report["counts"] == {"rows": 12, "rejected": 0, "resumed": 0}
     assert (out / "_SUCCESS").exists()
-    assert table.schema.field("image_emb").type == pa.list_(pa.float32(), 1280)
-    assert table.schema.field("text_emb").type == pa.list_(pa.float32(), 384)
-    assert table.schema.field("audio_emb").type == pa.list_(pa.float32(), 256)
+    # The defaults: grid-pooled EfficientNet-Lite0, MiniLM plus n-grams, audio statistics.
+    assert table.schema.field("image_emb").type == pa.list_(pa.float32(), 5 * 1280)
+    assert table.schema.field("text_emb").type == pa.list_(pa.float32(), 384 + 1024)
+    assert table.schema.field("audio_emb").type == pa.list_(pa.float32(), 288)
     assert all(table["has_image"].to_pylist()) and all(table["has_text"].to_pylist())
+    assert any(table["has_audio"].to_pylist())  # every modality the samples hold
     # The build's per-sample metadata travels with the features: labels for training.
     metas = [json.loads(m) for m in table["meta"].to_pylist()]
     assert all(m["key"] == k for m, k in zip(metas, table["key"].to_pylist()))
@@ -77,7 +78,8 @@ def test_every_built_sample_has_features(built, features):
     meta = pq.read_schema(sorted((out / "parts").rglob("*.parquet"))[0]).metadata
     enc = json.loads(meta[b"mmpipe.encoders"])
     assert (
-        enc["image"]["encoder"] == "image:efficientnet_lite0" and len(enc["image"]["weights"]) == 64
+        enc["image"]["encoder"] == "image:efficientnet_lite0+grid"
+        and len(enc["image"]["weights"]) == 64
     )
 
 
@@ -85,22 +87,21 @@ def test_features_equal_a_direct_call_of_the_encoders(built, features):
     import torch
     import webdataset as wds
 
-    from pipeline.models.encoders import image_encoder, text_encoder
+    from pipeline.models.encoders import audio_encoder, image_encoder, text_encoder
+    from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
     from pipeline.preprocess.image import ImagePreprocess
     from pipeline.preprocess.text import TextTokenize
 
     out, _ = features
     table = read_all(out)
+    cols = ("key", "image_emb", "text_emb", "audio_emb")
     got = {
-        k: (np.asarray(i), np.asarray(t))
-        for k, i, t in zip(
-            table["key"].to_pylist(), table["image_emb"].to_pylist(), table["text_emb"].to_pylist()
-        )
+        k: tuple(np.asarray(x) for x in v) for k, *v in zip(*(table[c].to_pylist() for c in cols))
     }
     samples = list(
         wds.WebDataset(sorted(str(p) for p in (built / "shards").glob("*.tar")), shardshuffle=False)
     )[:4]
-    img_enc, txt_enc = image_encoder("efficientnet_lite0"), text_encoder("minilm")
+    img_enc, txt_enc = image_encoder("efficientnet_lite0", pool="grid"), text_encoder("minilm")
     pix = ImagePreprocess("efficientnet_lite")(
         {"image": [s["jpg"] if "jpg" in s else s["png"] for s in samples]}
     )
@@ -112,7 +113,16 @@ def test_features_equal_a_direct_call_of_the_encoders(built, features):
         ).numpy()
     for s, i, t in zip(samples, ie, te):
         np.testing.assert_allclose(got[s["__key__"]][0], i, atol=1e-4)
-        np.testing.assert_allclose(got[s["__key__"]][1], t, atol=1e-4)
+        np.testing.assert_allclose(got[s["__key__"]][1][:384], t, atol=1e-4)
+    voiced = [s for s in samples if "wav" in s or "flac" in s][:2]
+    assert voiced, "the corpus has audio"
+    mel = AudioLogMel(LogMelConfig(num_frames=100))(
+        {"audio": np.array([s.get("wav", s.get("flac")) for s in voiced], dtype=object)}
+    )["log_mel"]
+    with torch.inference_mode():
+        ae = audio_encoder("mel_stats").model(torch.from_numpy(mel)).numpy()
+    for s, a in zip(voiced, ae):
+        np.testing.assert_allclose(got[s["__key__"]][2], a, atol=1e-4)
 
 
 def test_images_decoded_inside_the_encoder_actor_give_the_same_features(built, features, tmp_path):
@@ -120,7 +130,9 @@ def test_images_decoded_inside_the_encoder_actor_give_the_same_features(built, f
     # Either way it must not change the features (the uint8 hand-over is exact).
     out, _ = features
     alt = tmp_path / "f"
-    report = run_features(features_cfg(built, alt, image_decode="gpu", audio=None), quiet=True)
+    report = run_features(
+        features_cfg(built, alt, image_decode="gpu", ignore=["text", "audio"]), quiet=True
+    )
     assert report["counts"]["rows"] == 12
     a, b = read_all(out), read_all(alt)
     ref = dict(zip(a["key"].to_pylist(), a["image_emb"].to_pylist()))
@@ -136,14 +148,14 @@ def test_parquet_reads_with_pandas_and_duckdb(features):
     out, _ = features
     files = sorted(str(p) for p in (out / "parts").rglob("*.parquet"))
     df = pd.concat(pd.read_parquet(f) for f in files)
-    assert len(df) == 12 and len(df["image_emb"].iloc[0]) == 1280
+    assert len(df) == 12 and len(df["image_emb"].iloc[0]) == 5 * 1280
     con = duckdb.connect()
     rows = con.execute(
-        f"SELECT key, len(text_emb) AS d, list_dot_product(text_emb, text_emb) AS n "
+        "SELECT key, len(text_emb) AS d, list_dot_product(text_emb[1:384], text_emb[1:384]) AS n "
         f"FROM read_parquet({files!r}) ORDER BY key"
     ).fetchall()
     assert len(rows) == 12 and all(
-        d == 384 and abs(n - 1.0) < 1e-3 for _, d, n in rows
+        d == 384 + 1024 and abs(n - 1.0) < 1e-3 for _, d, n in rows
     )  # MiniLM is L2-normalised
 
 
@@ -183,13 +195,28 @@ def test_broken_sample_becomes_a_reject_row(tmp_path):
         )
     )
     out = tmp_path / "f"
-    rep = run_features(features_cfg(str(tar), out, audio=None), quiet=True)
+    rep = run_features(features_cfg(str(tar), out), quiet=True)
     assert rep["counts"]["rows"] == 2 and rep["counts"]["rejected"] == 1
     rej = pq.read_table(sorted((out / "rejects").rglob("*.parquet")))
     assert rej["key"].to_pylist() == ["b"] and rej["stage"].to_pylist() == ["preprocess_image"]
     table = read_all(out)
     c = table.filter(pa.compute.equal(table["key"], "c")).to_pylist()[0]
     assert c["has_image"] is False and c["image_emb"] is None and c["has_text"] is True
+
+
+def test_a_modality_that_the_samples_hold_with_no_encoder_stops_with_the_fix(built, tmp_path):
+    from pipeline.features.config import FeaturesConfig
+
+    out = tmp_path / "f"
+    yaml_file = tmp_path / "f.yaml"
+    yaml_file.write_text("features:\n  audio: null\n")  # what a user writes to turn it off
+    cfg = load_features_config({"shards": str(built), "output": str(out)}, str(yaml_file))
+    assert cfg.audio is None and cfg.model_fields_set >= {"audio"}
+    with pytest.raises(UserError, match=r"holds audio, but features\.audio is off.*ignore"):
+        run_features(cfg.model_copy(update={"actor_num_cpus": 0.5}), quiet=True)
+    assert not (out / "_SUCCESS").exists()
+    ignored = FeaturesConfig(shards=str(built), output=str(out), ignore=["audio"])
+    assert ignored.audio is None  # ignore is the explicit way
 
 
 def test_bad_features_config_is_one_clear_error(tmp_path):

@@ -81,3 +81,18 @@ def test_train_job_refuses_a_bad_config_and_the_shipped_one_validates(tmp_path, 
     assert train_main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "unknown field 'learning_rate'" in err and "lr" in err
+
+
+def test_the_shipped_features_config_shows_the_defaults():
+    """jobs/configs/features.yaml is what `mmpipe features` does with no config at all."""
+    import yaml
+
+    from pipeline.features.config import FeaturesConfig
+
+    with open("jobs/configs/features.yaml") as f:
+        shipped = yaml.safe_load(f)["features"]
+    paths = {"shards": shipped["shards"], "output": shipped["output"]}
+    assert FeaturesConfig(**shipped) == FeaturesConfig(**paths)
+    # It shows every field a user is likely to change; these few stay in docs/features.md.
+    unshown = set(FeaturesConfig.model_fields) - set(shipped)
+    assert unshown <= {"preprocess_num_cpus", "amp", "max_block_bytes", "image_decode"}

@@ -13,8 +13,9 @@ class EncoderConfig(BaseModel):
     name: str
     # "default" (offline package), a path/URL, "torchvision" (registry, online) or "random".
     weights: str | None = "default"
-    # Image encoders only: "avg" (global average) or "grid" (plus a 2x2 grid: keeps position).
-    pool: Literal["avg", "grid"] = "avg"
+    # Image encoders only: "grid" (global average plus a 2x2 grid: keeps where things are)
+    # or "avg" (the global average alone).
+    pool: Literal["avg", "grid"] = "grid"
 
 
 class FeaturesConfig(BaseModel):
@@ -24,10 +25,14 @@ class FeaturesConfig(BaseModel):
 
     shards: str
     output: str
+    # Every modality has an encoder that needs no download (docs/features.md, "Defaults").
     image: EncoderConfig | None = EncoderConfig(name="efficientnet_lite0")
-    text: EncoderConfig | None = EncoderConfig(name="minilm")
-    # The audio CNN ships no weights: give a path, or say ``weights: random`` explicitly.
-    audio: EncoderConfig | None = None
+    text: EncoderConfig | None = EncoderConfig(name="minilm_bow")
+    # mel_stats takes no weights; the audio CNN needs a path/URL or ``weights: random``.
+    audio: EncoderConfig | None = EncoderConfig(name="mel_stats")
+    # Modalities left out on purpose. Any other modality that the samples hold must have an
+    # encoder: the features stage stops with the fix rather than drop it without a word.
+    ignore: list[Literal["image", "text", "audio"]] = []
     tokenizer: str = "minilm"
     max_text_tokens: int = Field(64, ge=4, le=4096)
     audio_sample_rate: int = Field(16000, ge=1000)
@@ -48,14 +53,22 @@ class FeaturesConfig(BaseModel):
     @model_validator(mode="after")
     def _encoders(self) -> FeaturesConfig:
         """Known encoders with weights to load, and at least one modality on."""
-        from pipeline.models.encoders import AUDIO_ENCODERS, IMAGE_ENCODERS, TEXT_ENCODERS
+        from pipeline.models.encoders import (
+            AUDIO_ENCODERS,
+            IMAGE_ENCODERS,
+            LEARNED_AUDIO,
+            TEXT_ENCODERS,
+        )
 
         tables = {"image": IMAGE_ENCODERS, "text": TEXT_ENCODERS, "audio": AUDIO_ENCODERS}
+        for m in self.ignore:
+            setattr(self, m, None)
         for m, table in tables.items():
             enc = getattr(self, m)
             if enc is not None and enc.name not in table:
                 raise ValueError(f"{m}.name = {enc.name!r} is unknown; allowed: {sorted(table)}")
-        if self.audio is not None and self.audio.weights in (None, "default"):
+        learned = self.audio is not None and self.audio.name in LEARNED_AUDIO
+        if learned and self.audio.weights in (None, "default"):  # type: ignore[union-attr]
             raise ValueError(
                 f"audio.weights is {self.audio.weights!r} but {self.audio.name} has no bundled "
                 "weights; set a path/URL, or 'random' to ask for random weights explicitly"

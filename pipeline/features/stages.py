@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.device import autocast, local_device
-from pipeline.errors import Reason, Reject
+from pipeline.errors import Reason, Reject, UserError
 from pipeline.faults import maybe_fail
 from pipeline.features.config import FeaturesConfig
 from pipeline.io.parts import PartWriter
@@ -21,6 +21,11 @@ from pipeline.stage import Batch, Resources, Stage
 from schemas import FEATURE_REJECTS_SCHEMA, features_schema
 
 MODALITIES = ("image", "text", "audio")
+
+
+def _default_encoder(m: str) -> str:
+    enc = FeaturesConfig.model_fields[m].default
+    return f"{{name: {enc.name}}}"
 
 
 def _errors(batch: Batch, n: int) -> list[str]:
@@ -68,8 +73,15 @@ class FeaturePreprocess(Stage):
     def resources(self) -> Resources:
         return Resources(num_cpus=self.cfg.preprocess_num_cpus)
 
+    def _unencoded(self) -> tuple[str, ...]:
+        """Modalities with no encoder that were not ignored on purpose: checked per batch."""
+        return tuple(
+            m for m in MODALITIES if getattr(self.cfg, m) is None and m not in self.cfg.ignore
+        )
+
     def inputs(self) -> tuple[str, ...]:
-        return (*self.reads, *(c for part in self.parts for c in part.inputs()))
+        parts = (c for part in self.parts for c in part.inputs())
+        return tuple(dict.fromkeys((*self.reads, *parts, *self._unencoded())))
 
     def outputs(self) -> tuple[str, ...]:
         made = [c for part in self.parts for c in part.outputs() if not c.endswith("_error")]
@@ -79,8 +91,20 @@ class FeaturePreprocess(Stage):
         errors = tuple(f"{m}_error" for m in MODALITIES)
         return (*(raw for raw in MODALITIES if raw not in self.keep), *errors)
 
+    def _check_present(self, batch: Batch) -> None:
+        """A modality that the samples hold and no encoder takes is a mistake, not a choice."""
+        for m in self._unencoded():
+            held = [k for k, v in zip(batch["key"], batch[m]) if v is not None and len(v)]
+            if held:
+                raise UserError(
+                    f"sample {held[0]!r} holds {m}, but features.{m} is off: set "
+                    f"features.{m} (the default: {_default_encoder(m)}), or add {m} to "
+                    "features.ignore to leave it out on purpose"
+                )
+
     def __call__(self, batch: Batch) -> Batch:
         maybe_fail("preprocess")  # reliability tests: this worker dies mid-batch
+        self._check_present(batch)
         for part in self.parts:
             batch = part.run(batch)
         for raw in ("image", "audio", "text"):

@@ -1,4 +1,4 @@
-"""Encoder registry: image (EfficientNet-Lite0 offline, torchvision), text (MiniLM), audio (CNN)."""
+"""Encoder registry: image (EfficientNet-Lite0, torchvision), text (MiniLM), audio (stats, CNN)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.models.audio_stats import MEL_STATS_DIM
 from pipeline.models.weights import load_state_dict
 
 TORCHVISION_IMAGE = {"resnet18": 512, "resnet50": 2048, "vit_b_16": 768, "efficientnet_b0": 1280}
@@ -20,7 +21,9 @@ TEXT_ENCODERS = {"minilm": 384, "minilm_bow": 384 + BOW_DIM}
 # Image pooling: "avg" is the usual global average; "grid" adds a 2x2 grid of averages, so
 # that where things are in the picture survives (a global average discards position).
 POOLS = {"avg": 1, "grid": 5}
-AUDIO_ENCODERS = {"audio_cnn": 256}
+# mel_stats: no weights (MFCC and energy statistics); audio_cnn: learned, weights from the user.
+AUDIO_ENCODERS = {"mel_stats": MEL_STATS_DIM, "audio_cnn": 256}
+LEARNED_AUDIO = frozenset({"audio_cnn"})
 
 
 @dataclass
@@ -258,13 +261,21 @@ def audio_cnn(n_mels: int = 64, dim: int = 256) -> Any:
 
 
 def audio_encoder(
-    name: str = "audio_cnn", weights: str | None = None, *, n_mels: int = 64, seed: int = 0
+    name: str = "mel_stats", weights: str | None = None, *, n_mels: int = 64, seed: int = 0
 ) -> Encoder:
-    """Raises UserError unless ``weights`` is a path/URL or explicitly ``random``."""
+    """``mel_stats`` has no weights; ``audio_cnn`` needs a path/URL or explicitly ``random``.
+
+    Raises:
+        UserError: an unknown name, or a learned encoder without weights.
+    """
     import torch
 
     if name not in AUDIO_ENCODERS:
         raise UserError(f"unknown audio encoder {name!r}; known: {sorted(AUDIO_ENCODERS)}")
+    if name not in LEARNED_AUDIO:
+        from pipeline.models.audio_stats import VERSION, mel_stats
+
+        return Encoder("audio", name, AUDIO_ENCODERS[name], VERSION, mel_stats(n_mels).eval())
     if not weights or weights == "default":
         raise UserError(
             "audio encoder audio_cnn has no bundled weights; set weights: a path/URL, or 'random'"
