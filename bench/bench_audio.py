@@ -16,8 +16,11 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WORDS = {
     "en": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
@@ -110,7 +113,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if shutil.which("espeak-ng") is None:
-        print("bench_audio: espeak-ng is not installed (apt-get install espeak-ng)", file=sys.stderr)
+        print(
+            "bench_audio: espeak-ng is not installed (apt-get install espeak-ng)", file=sys.stderr
+        )
         return 2
     clips, y = corpus(args.per_class, tuple(args.snr_db), args.seed)
     print(f"{len(clips)} clips, 10 digits, English and Mandarin, SNR {args.snr_db} dB")

@@ -108,8 +108,11 @@ def test_eval_report_and_export(run, feats):
     r = ev["retrieval"]["image->text"]
     assert set(r["class"]) == {"R@1", "R@5", "R@10"} and 0 <= r["instance"]["R@1"] <= 1
     assert {"fused", "image_only", "text_only", "audio_only", "best_single"} <= set(ev["accuracy"])
+    base = ev["baselines"]  # linear probes on the same features and split, beside the model
+    assert set(base["probe"]) == {"image", "text", "audio"} and 0 <= base["late_fusion"] <= 1
     page = Path(write_report(str(out))).read_text()
     assert page.count("<img") >= 5 and "data:image/png;base64," in page
+    assert "late fusion of linear probes" in page
     path = export_torchscript(str(out))
     traced = torch.jit.load(path)
     model, info = load_run(str(out))

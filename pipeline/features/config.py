@@ -61,16 +61,16 @@ class FeaturesConfig(BaseModel):
         )
 
         tables = {"image": IMAGE_ENCODERS, "text": TEXT_ENCODERS, "audio": AUDIO_ENCODERS}
-        for m in self.ignore:
-            setattr(self, m, None)
+        for off in self.ignore:
+            setattr(self, off, None)
         for m, table in tables.items():
             enc = getattr(self, m)
             if enc is not None and enc.name not in table:
                 raise ValueError(f"{m}.name = {enc.name!r} is unknown; allowed: {sorted(table)}")
-        learned = self.audio is not None and self.audio.name in LEARNED_AUDIO
-        if learned and self.audio.weights in (None, "default"):  # type: ignore[union-attr]
+        audio = self.audio
+        if audio is not None and audio.name in LEARNED_AUDIO and audio.weights in (None, "default"):
             raise ValueError(
-                f"audio.weights is {self.audio.weights!r} but {self.audio.name} has no bundled "
+                f"audio.weights is {audio.weights!r} but {audio.name} has no bundled "
                 "weights; set a path/URL, or 'random' to ask for random weights explicitly"
             )
         if all(getattr(self, m) is None for m in tables):

@@ -1,4 +1,4 @@
-"""`mmpipe eval`: cross-modal Recall@K (class and instance level), accuracy, single-modality baselines."""
+"""`mmpipe eval`: cross-modal Recall@K, accuracy, single-modality and linear-probe baselines."""
 
 from __future__ import annotations
 
@@ -179,6 +179,14 @@ def run_eval(run_dir: str, data: str, *, split: str = "val", quiet: bool = False
         "classes": info.classes,
         **score(rows, info),
     }
+    if info.classes and not info.preset:  # probes read input features: a preset has none
+        from pipeline.train.baselines import probe_baselines
+
+        result["baselines"] = probe_baselines(
+            _batches(info, data, "train", fraction),
+            _batches(info, data, split, fraction),
+            len(info.classes),
+        )
     write_bytes_atomic(join(run_dir, "eval.json"), json.dumps(result, indent=2).encode())
     pts = pca_2d(rows["fused"][:3000])
     points = {"xy": pts.round(4).tolist(), "label": rows["labels"][:3000].tolist()}
@@ -193,6 +201,11 @@ def summary_line(r: dict[str, Any]) -> str:
     parts = [f"eval ({r['fusion']}, {r['rows']} {r['split']} rows):"]
     if acc:
         parts.append(f"acc fused {acc['fused']:.3f}, best single {acc['best_single']:.3f};")
+    base = r.get("baselines") or {}
+    if base.get("best_probe") is not None:
+        parts.append(
+            f"linear probes: late fusion {base['late_fusion']:.3f}, best {base['best_probe']:.3f};"
+        )
     worst = (
         min((v["class"]["R@1"], k) for k, v in r["retrieval"].items()) if r["retrieval"] else None
     )

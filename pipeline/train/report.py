@@ -150,6 +150,8 @@ def write_html_report(run: str, compare: list[str] | None = None, output: str | 
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{e['rows']}</td><td>{_fmt(e['accuracy'].get('fused'))}</td>"
         f"<td>{_fmt(e['accuracy'].get('best_single'))}</td>"
+        f"<td>{_fmt((e.get('baselines') or {}).get('late_fusion'))}</td>"
+        f"<td>{_fmt((e.get('baselines') or {}).get('best_probe'))}</td>"
         f"<td>{_fmt(min(v['class']['R@1'] for v in e['retrieval'].values()))}</td></tr>"
         for n, e in evals.items()
     )
@@ -162,6 +164,7 @@ def write_html_report(run: str, compare: list[str] | None = None, output: str | 
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px}}</style></head><body>
 <h1>mmpipe run report</h1><p>{html.escape(run)}, split: {html.escape(ev["split"])}</p>
 <table><tr><th>run</th><th>rows</th><th>fused acc</th><th>best single-modality acc</th>
+<th>late fusion of linear probes</th><th>best linear probe</th>
 <th>min class R@1</th></tr>{rows}</table>{body}</body></html>"""
     out = output or join(run, "report.html")
     write_bytes_atomic(out, page.encode())
