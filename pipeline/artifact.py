@@ -236,9 +236,9 @@ class RunArtifact:
         from pipeline.features.config import FeaturesConfig
 
         data = dict(self.info.lineage.preprocessing["config"])
-        for m in MODALITIES:
-            if m not in self.info.dims:
-                data[m] = None  # the model never sees it: do not decode or encode it
+        # What the model never sees is left out on purpose: not decoded, not encoded.
+        unseen = [m for m in MODALITIES if m not in self.info.dims]
+        data["ignore"] = sorted({*data.get("ignore", []), *unseen})
         data.update({k: v for k, v in runtime.items() if v is not None})
         return FeaturesConfig(**data)
 

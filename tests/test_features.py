@@ -229,3 +229,21 @@ def test_bad_features_config_is_one_clear_error(tmp_path):
             load_features_config({"shards": str(tmp_path), "output": str(tmp_path / "o")}),
             quiet=True,
         )
+
+
+def test_a_model_without_audio_reads_shards_with_audio(tmp_path):
+    """What the model never saw is ignored on purpose when embed preprocesses for it."""
+    from pipeline.artifact import RunArtifact
+    from pipeline.features.stages import FeaturePreprocess
+    from tests.onnx_runs import FEATURES, make_run
+
+    feats = {**FEATURES, "audio": {"name": "mel_stats"}}
+    run = make_run(tmp_path / "run", features={**feats, "audio": None})
+    cfg = RunArtifact.open(str(run)).features_config(shards="-", output="-")
+    assert cfg.audio is None and cfg.ignore == ["audio"]
+    batch = {"key": np.array(["a"]), "shard": np.array(["s"]), "audio": np.array([b"RIFF"], object)}
+    FeaturePreprocess(cfg)._check_present(batch)  # no error: nothing unencoded was held
+    strict = FeaturePreprocess(load_features_config({"shards": "-", "output": "-"}))
+    strict.cfg = strict.cfg.model_copy(update={"audio": None})
+    with pytest.raises(UserError, match="holds audio"):
+        strict._check_present(batch)

@@ -94,10 +94,12 @@ class FeaturePreprocess(Stage):
     def _check_present(self, batch: Batch) -> None:
         """A modality that the samples hold and no encoder takes is a mistake, not a choice."""
         for m in self._unencoded():
-            held = [k for k, v in zip(batch["key"], batch[m]) if v is not None and len(v)]
-            if held:
+            held = next(
+                (k for k, v in zip(batch["key"], batch[m]) if v is not None and len(v)), None
+            )
+            if held is not None:
                 raise UserError(
-                    f"sample {held[0]!r} holds {m}, but features.{m} is off: set "
+                    f"sample {held!r} holds {m}, but features.{m} is off: set "
                     f"features.{m} (the default: {_default_encoder(m)}), or add {m} to "
                     "features.ignore to leave it out on purpose"
                 )
