@@ -118,6 +118,8 @@ def explain(err: ValidationError, model: type[BaseModel]) -> str:
     flag = "--" + field.replace("_", "-")
     if first["type"] == "missing":  # pydantic's input here is the whole mapping: not shown
         return f"{label}: {field} is required; pass {flag} or set {field}: in the YAML file"
+    if len(first["loc"]) > 1:  # inside a mapping or a list: only the YAML file can set it
+        return f"{label}: {field} = {value!r} is invalid: {msg}"
     return f"{label}: {field} ({flag}) = {value!r} is invalid: {msg}"
 
 

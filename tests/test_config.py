@@ -24,6 +24,15 @@ def test_bad_literal_names_field_value_and_choices():
     assert "\n" not in msg
 
 
+def test_a_bad_value_inside_a_list_names_no_flag_that_does_not_exist():
+    from pipeline.features.config import load_features_config
+
+    with pytest.raises(UserError) as e:
+        load_features_config({"shards": "x", "output": "y", "ignore": ["video"]})
+    msg = str(e.value)
+    assert "ignore.0 = 'video'" in msg and "'audio'" in msg and "--" not in msg
+
+
 def test_unknown_yaml_field_is_refused(tmp_path):
     cfg = tmp_path / "b.yaml"
     cfg.write_text("build:\n  input: a.jsonl\n  output: out\n  shard_sampels: 10\n")
