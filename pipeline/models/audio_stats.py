@@ -49,7 +49,7 @@ def mel_stats(n_mels: int = 64, eps: float = 1e-6) -> Any:
             d2, m2 = _delta(d1, m1)
             stats = [s for t, m in ((x, real), (d1, m1), (d2, m2)) for s in _mean_std(t, m)]
             out = torch.cat([*stats, *_segment_means(x, real)], dim=1)
-            if n_out < N_MFCC:  # few mel bands: the same width, zeros where no MFCC exists
+            if n_out < N_MFCC:  # few mel bands: the same width, zero-filled at the end
                 out = nn.functional.pad(out, (0, MEL_STATS_DIM - out.shape[1]))
             return out
 
