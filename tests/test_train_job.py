@@ -81,7 +81,7 @@ def test_two_worker_run_writes_model_metrics_and_lineage(run, feats):
     features_report = json.loads((feats / "features.json").read_text())
     assert info["lineage"]["features_fingerprint"] == features_report["fingerprint"]
     assert info["lineage"]["preprocessing"]["encoders"] == features_report["encoders"]
-    assert info["classes"] and info["dims"]["text"] == 384
+    assert info["classes"] and info["dims"]["text"] == 384 + 1024  # minilm_bow, the default
     # A rerun of a finished run is a no-op; a different config in the same place is refused.
     assert (
         run_train(tcfg(feats, out, fusion="mid"), quiet=True)["fingerprint"]
