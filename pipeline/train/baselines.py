@@ -33,12 +33,11 @@ def _collect(batches: Iterator[tuple[Any, ...]], limit: int) -> dict[str, Any]:
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0) -> Any:
-    """A multinomial logistic regression on standardised features (full-batch L-BFGS, L2);
-    returns ``predict(x) -> log-probabilities [n, n_classes]``."""
+def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int) -> Any:
+    """A multinomial logistic regression on standardised features (full-batch L-BFGS, L2,
+    from zero weights: deterministic, no seed); returns ``predict(x) -> log-probabilities``."""
     import torch
 
-    torch.manual_seed(seed)
     xt = torch.from_numpy(np.asarray(x, np.float32))
     mean, std = xt.mean(0), xt.std(0).clamp(min=1e-6)
     xs = (xt - mean) / std
