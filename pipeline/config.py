@@ -74,6 +74,9 @@ class BuildConfig(BaseModel):
     # server on the same small machine fewer do better (docs/benchmarks.md).
     fetch_concurrency: int = Field(16, ge=1, le=1024)
     num_cpus: float = Field(1.0, gt=0, le=64)
+    # Rows one dedup task holds: above it, dedup runs as passes over hash partitions of at
+    # most this many rows each (docs/build.md). It changes the work split, never the output.
+    dedup_partition_rows: int = Field(1_000_000, ge=1)
 
     @field_validator("shard_bytes", "max_file_bytes", mode="before")
     @classmethod
@@ -91,7 +94,9 @@ class BuildConfig(BaseModel):
         """Hash of every field that changes the output (not where it is written)."""
         from schemas import BUILD_SCHEMA_VERSION
 
-        fields = self.model_dump(exclude={"output", "fetch_concurrency", "num_cpus"})
+        fields = self.model_dump(
+            exclude={"output", "fetch_concurrency", "num_cpus", "dedup_partition_rows"}
+        )
         # A schema bump changes the fingerprint, so staged chunks are never reused across it.
         fields["_schema_version"] = BUILD_SCHEMA_VERSION
         return fingerprint(fields)

@@ -249,6 +249,21 @@ def map_stages(
     return ds
 
 
+def map_groups(
+    ds: Any, column: str, stage: Stage, *, columns: list[str], partitions: int | None = None
+) -> Any:
+    """Apply ``stage`` to each whole group of rows that share ``column``, after a hash
+    shuffle (Ray Data's groupby): the way to give one task everything of one partition.
+    ``partitions``: the shuffle's reduce tasks (Ray's default is 200, too many for a few
+    groups)."""
+    check_plan([stage], columns)
+    return ds.groupby(column, num_partitions=partitions).map_groups(
+        _stage_fn(stage, uuid.uuid4().hex),
+        batch_format=stage.batch_format,
+        num_cpus=stage.resources.num_cpus,
+    )
+
+
 def unwrap(err: BaseException) -> BaseException:
     """Find a UserError raised inside a Ray task, so the CLI prints it as one line."""
     seen = 0

@@ -121,6 +121,7 @@ BUILD_CONFIG_TYPE = pa.struct(
         pa.field("allow_local_refs", pa.bool_()),
         pa.field("fetch_concurrency", pa.int64()),
         pa.field("num_cpus", pa.float64()),
+        pa.field("dedup_partition_rows", pa.int64()),
     ]
 )
 

@@ -1,14 +1,36 @@
-"""Finalize: dedup in input order, give shards their final names, write index, rejects, digests."""
+"""Finalize, chunk by chunk: place staged tars under final names, then merge index and rejects.
+
+Dedup (``pipeline.build.dedup``) decides which rows are duplicates and leaves one small file
+per chunk that has any (``_work/dedup``). Placing a chunk then needs only that chunk: its
+metadata, its dedup rejects, and the number of its first final shard, which the job derives
+from per-chunk tar counts (O(chunks)). Chunks are placed in parallel; the merge streams
+their index and reject parts, in input order, into the final tables, one chunk at a time.
+"""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.build.chunk import chunk_meta_url
-from pipeline.errors import Reason
+from pipeline.build.dedup import CLAIMS_SCHEMA, REJECTED, new_claims, position, sequential
 from pipeline.fingerprint import digest_text, row_hash
-from pipeline.io.fs import atomic_open, exists, get_fs, join, move, write_bytes_atomic
+from pipeline.io.fs import (
+    atomic_open,
+    exists,
+    get_fs,
+    is_dir,
+    join,
+    list_files,
+    move,
+    remove_tree,
+    write_bytes_atomic,
+)
 from pipeline.io.parquet import parquet_sink, read_table, to_table, write_table
 from pipeline.io.tar import TarShardWriter, read_member
 from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
@@ -16,27 +38,76 @@ from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
 SHARD_DIR = "shards"
 # What finalize writes beside the shards folder, published before build.json.
 TABLES = ("index.parquet", "rejects.parquet", "shards.parquet")
+# A chunk's dedup rejects: its row number, the reason and the message.
+DEDUP_SCHEMA = pa.schema(
+    [pa.field("row", pa.int64()), pa.field("reason", pa.string()), pa.field("message", pa.string())]
+)
 
 
 def shard_name(n: int) -> str:
     return f"{SHARD_DIR}/{n:06d}.tar"
 
 
-def _reject(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
-    return {
-        "source_file": row["source_file"],
-        "source_row": row["source_row"],
-        "source_key": row.get("source_key"),
-        "key": row.get("key"),
-        "reason": reason,
-        "modality": "row",
-        "message": message,
-    }
+def dedup_dir(work_dir: str, chunk_id: str) -> str:
+    """A chunk's dedup rejects: one file per writer (a chunk's rows may meet in several)."""
+    return join(work_dir, "dedup", chunk_id)
 
 
-def _place(
-    work_dir: str, out_dir: str, staged: str, final: str, kept: list[dict[str, Any]], whole: bool
-) -> None:
+def part_url(work_dir: str, chunk_id: str, table: str) -> str:
+    return join(work_dir, "parts", f"{chunk_id}.{table}.parquet")
+
+
+def read_claims(work_dir: str, chunk_id: str, rank: int) -> pa.Table:
+    """The chunk's rows that passed validation, as dedup claims placed in input order."""
+    meta = read_table(chunk_meta_url(work_dir, chunk_id), ["key", "content_hash", "reason"])
+    rows = np.arange(meta.num_rows)
+    ok = pc.is_null(meta.column("reason")).to_numpy(zero_copy_only=False)
+    valid = meta.filter(pa.array(ok))
+    return new_claims(position(rank, rows[ok]), valid.column("key"), valid.column("content_hash"))
+
+
+def write_rejects(work_dir: str, ids: list[str], rejects: pa.Table, name: str) -> None:
+    """Write dedup rejects (claims rows, any chunks) into their chunks' folders as ``name``."""
+    chunk = pc.shift_right(rejects.column("pos"), 32).to_numpy()
+    for c in np.unique(chunk):
+        mine = rejects.filter(pa.array(chunk == c))
+        table = pa.table(
+            {
+                "row": pc.bit_wise_and(mine.column("pos"), (1 << 32) - 1),
+                "reason": mine.column("reason"),
+                "message": mine.column("message"),
+            },
+            schema=DEDUP_SCHEMA,
+        )
+        write_table(
+            join(dedup_dir(work_dir, ids[c]), f"{name}.parquet"), table, DEDUP_SCHEMA, "dedup"
+        )
+
+
+def chunk_rejects(work_dir: str, chunk_id: str) -> dict[int, tuple[str, str]]:
+    """A chunk's dedup rejects by row; O(its rejects), never more than the chunk."""
+    folder = dedup_dir(work_dir, chunk_id)
+    found: dict[int, tuple[str, str]] = {}
+    for rel in list_files(folder) if is_dir(folder) else []:
+        for d in read_table(join(folder, rel)).to_pylist():
+            found[d["row"]] = (d["reason"], d["message"])
+    return found
+
+
+def kept_tars(work_dir: str, chunk_id: str) -> int:
+    """How many of a chunk's staged tars keep a sample after dedup (its final shards)."""
+    tars = read_table(chunk_meta_url(work_dir, chunk_id), ["staged_tar"]).column(0).to_pylist()
+    gone = chunk_rejects(work_dir, chunk_id)
+    return len({t for i, t in enumerate(tars) if t and i not in gone})
+
+
+def _reject(row: dict[str, Any], reason: str, message: str, modality: str) -> dict[str, Any]:
+    fields = ("source_file", "source_row", "source_key", "key")
+    return {**{f: row.get(f) for f in fields}, "reason": reason, "modality": modality,
+            "message": message}  # fmt: skip
+
+
+def _place(work_dir: str, out_dir: str, staged: str, final: str, kept: list[dict], whole: bool):
     """Publish one staged tar under its final name: a rename when every sample survived
     dedup, else a filtered copy. Both are idempotent, so an interrupted finalize reruns."""
     src, dst = join(work_dir, "chunks", staged), join(out_dir, final)
@@ -60,14 +131,59 @@ def _place(
         w.close()
 
 
+def place_chunk(work_dir: str, out_dir: str, chunk_id: str, base: int) -> dict[str, Any]:
+    """Place one chunk's tars as shards ``base``, ``base + 1``...; write its index and
+    rejects parts; return its counts and one digest per shard."""
+    rows = read_table(chunk_meta_url(work_dir, chunk_id)).to_pylist()
+    dedup = chunk_rejects(work_dir, chunk_id)
+    per_tar: Counter[str] = Counter(r["staged_tar"] for r in rows if not r["reason"])
+    kept_by_tar: dict[str, list[dict[str, Any]]] = {}
+    bad: list[dict[str, Any]] = []
+    for i, r in enumerate(rows):
+        if r["reason"]:
+            bad.append(_reject(r, r["reason"], r["message"], r["modality"]))
+        elif i in dedup:
+            bad.append(_reject(r, *dedup[i], "row"))
+        else:
+            kept_by_tar.setdefault(r["staged_tar"], []).append(r)
+    shards, index_rows, nbytes = [], [], 0
+    for n, (staged, kept) in enumerate(kept_by_tar.items()):
+        final = shard_name(base + n)
+        _place(work_dir, out_dir, staged, final, kept, whole=len(kept) == per_tar[staged])
+        for r in kept:
+            r["shard"] = final
+            nbytes += sum(m["size"] for m in r["members"])
+        index_rows += kept
+        total = sum(row_hash(r["key"], r["content_hash"]) for r in kept)
+        shards.append(
+            {"shard": final, "samples": len(kept), "digest": digest_text(total, len(kept))}
+        )
+    index = to_table(
+        [{f.name: r.get(f.name) for f in INDEX_SCHEMA} for r in index_rows], INDEX_SCHEMA
+    )
+    write_table(part_url(work_dir, chunk_id, "index"), index, INDEX_SCHEMA, "index")
+    write_table(
+        part_url(work_dir, chunk_id, "rejects"),
+        to_table(bad, REJECTS_SCHEMA),
+        REJECTS_SCHEMA,
+        "rejects",
+    )
+    return {
+        "chunk_id": chunk_id,
+        "rows": len(rows),
+        "written": len(index_rows),
+        "bytes": nbytes,
+        "reasons": json.dumps(dict(Counter(b["reason"] for b in bad))),
+        "shards": json.dumps(shards),
+    }
+
+
 # What common WebDataset loaders read beside the tars: open_clip's sizes.json, and the
 # shard index of webdataset's `wids` (urls relative to the index file).
 LOADER_FILES = ("sizes.json", "shardindex.json")
 
 
 def write_loader_files(work_dir: str, sizes: dict[str, int]) -> None:
-    import json
-
     index = {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
@@ -85,81 +201,76 @@ def publish(work_dir: str, out_dir: str) -> None:
         move(join(work_dir, name), join(out_dir, name))
 
 
-def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any]:
-    """Walk chunks in input order; the first occurrence of a content hash or key wins.
+def merge(work_dir: str, placed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stream every chunk's parts, in input order, into index, rejects and shards tables.
 
-    A rejected row claims nothing, so a later copy of its content can still be written.
-    The index, the rejects and ``shards.parquet`` (one digest per shard, for refresh
-    planning) are written into ``work_dir``; the job publishes them just before
-    ``build.json``. Memory grows with the number of distinct samples (a hash and a key each), not with
-    their bytes; the bytes are only streamed from staged tars when dedup removed some.
-    """
-    first_hash: dict[str, str] = {}
-    sizes: dict[str, int] = {}
-    digests: list[dict[str, Any]] = []  # one per shard: O(shards), not O(samples)
-    seen_keys: set[str] = set()
-    n_shards = written = nbytes = rows_total = 0
+    Holds one chunk's part at a time. Each shard's index rows are one write, so the shard
+    table can name the index row groups that hold them (refresh reads only those)."""
+    digests, sizes = [], {}
     reasons: Counter[str] = Counter()
     with (
         parquet_sink(join(work_dir, "index.parquet"), INDEX_SCHEMA, "index") as index,
         parquet_sink(join(work_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects") as rejects,
     ):
-        for cid in sorted(chunk_ids):
-            rows = read_table(chunk_meta_url(work_dir, cid)).to_pylist()
-            rows_total += len(rows)
-            per_tar: Counter[str] = Counter(r["staged_tar"] for r in rows if not r["reason"])
-            kept_by_tar: dict[str, list[dict[str, Any]]] = {}
-            bad: list[dict[str, Any]] = []
-            for r in rows:
-                if r["reason"]:
-                    bad.append(_reject(r, r["reason"], r["message"]) | {"modality": r["modality"]})
-                elif r["content_hash"] in first_hash:
-                    same = f"same content as key {first_hash[r['content_hash']]!r}"
-                    bad.append(_reject(r, Reason.DUPLICATE.value, same))
-                elif r["key"] in seen_keys:
-                    bad.append(
-                        _reject(
-                            r, Reason.DUPLICATE_KEY.value, f"key {r['key']!r} was already written"
-                        )
-                    )
-                else:
-                    first_hash[r["content_hash"]] = r["key"]
-                    seen_keys.add(r["key"])
-                    kept_by_tar.setdefault(r["staged_tar"], []).append(r)
-            for staged, kept in kept_by_tar.items():
-                final = shard_name(n_shards)
-                n_shards += 1
-                _place(work_dir, out_dir, staged, final, kept, whole=len(kept) == per_tar[staged])
-                sizes[final.rsplit("/", 1)[-1]] = len(kept)
-                for r in kept:
-                    r["shard"] = final
-                    nbytes += sum(m["size"] for m in r["members"])
-                written += len(kept)
-                groups = index.write(
-                    to_table(
-                        [{f.name: r.get(f.name) for f in INDEX_SCHEMA} for r in kept], INDEX_SCHEMA
-                    )
-                )
-                total = sum(row_hash(r["key"], r["content_hash"]) for r in kept)
-                digests.append(
-                    {
-                        "shard": final,
-                        "samples": len(kept),
-                        "digest": digest_text(total, len(kept)),
-                        "index_row_groups": groups,
-                    }
-                )
-            reasons.update(b["reason"] for b in bad)
-            rejects.write(to_table(bad, REJECTS_SCHEMA))
+        for p in sorted(placed, key=lambda p: p["chunk_id"]):
+            part = read_table(part_url(work_dir, p["chunk_id"], "index"))
+            shard_col = part.column("shard")
+            for s in json.loads(p["shards"]):
+                rows = part.filter(pc.equal(shard_col, s["shard"]))
+                digests.append({**s, "index_row_groups": index.write(rows)})
+                sizes[s["shard"].rsplit("/", 1)[-1]] = s["samples"]
+            rejects.write(read_table(part_url(work_dir, p["chunk_id"], "rejects")))
+            reasons.update(json.loads(p["reasons"]))
     write_loader_files(work_dir, sizes)
     write_table(
         join(work_dir, "shards.parquet"), to_table(digests, SHARDS_SCHEMA), SHARDS_SCHEMA, "shards"
     )
     return {
-        "input_rows": rows_total,
-        "written": written,
+        "input_rows": sum(p["rows"] for p in placed),
+        "written": sum(p["written"] for p in placed),
         "rejected": sum(reasons.values()),
-        "shards": n_shards,
-        "bytes_written": nbytes,
+        "shards": len(digests),
+        "bytes_written": sum(p["bytes"] for p in placed),
         "rejects_by_reason": dict(sorted(reasons.items())),
     }
+
+
+def reset(work_dir: str) -> None:
+    """Drop what an interrupted finalize left: it is all derived again, identically."""
+    for name in ("dedup", "parts"):
+        remove_tree(join(work_dir, name))
+
+
+def first_shards(kept: dict[str, int]) -> dict[str, int]:
+    """Each chunk's first final shard number: a prefix sum over chunks in input order."""
+    out, n = {}, 0
+    for cid in sorted(kept):
+        out[cid] = n
+        n += kept[cid]
+    return out
+
+
+def dedup_one_task(work_dir: str, ids: list[str]) -> int:
+    """Dedup all chunks' claims in this process (the job does this when they fit in one
+    partition); write the rejects per chunk; return how many there were."""
+    claims = (
+        pa.concat_tables([read_claims(work_dir, cid, i) for i, cid in enumerate(ids)])
+        if ids
+        else CLAIMS_SCHEMA.empty_table()
+    )
+    decided = sequential(claims)
+    rejected = decided.filter(pc.equal(decided.column("state"), REJECTED))
+    write_rejects(work_dir, ids, rejected, "all")
+    return rejected.num_rows
+
+
+def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any]:
+    """The whole finalize in one process: the job's path for small builds, and for tests.
+
+    The same steps as the distributed finalize; memory grows with the valid rows, so the
+    job takes this path only below ``dedup_partition_rows``."""
+    reset(work_dir)
+    ids = sorted(chunk_ids)
+    dedup_one_task(work_dir, ids)
+    bases = first_shards({cid: kept_tars(work_dir, cid) for cid in ids})
+    return merge(work_dir, [place_chunk(work_dir, out_dir, cid, bases[cid]) for cid in ids])

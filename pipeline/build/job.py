@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from pipeline.build.chunk import BuildChunkStage
-from pipeline.build.finalize import SHARD_DIR, TABLES, finalize, publish
+from pipeline.build.distributed import finalize_distributed
+from pipeline.build.finalize import SHARD_DIR, TABLES, publish
 from pipeline.build.report import ProgressLine, make_report, summary_lines, write_build_json
 from pipeline.config import BuildConfig
 from pipeline.errors import UserError
@@ -24,7 +25,7 @@ from pipeline.io.fs import (
     remove_tree,
     write_bytes_atomic,
 )
-from pipeline.runner import map_stages, probe_address, ray_session, run_remote, stream
+from pipeline.runner import map_stages, probe_address, ray_session, stream
 
 OUTPUT_FILES = ("build.json", *TABLES, SHARD_DIR, "_work")
 
@@ -152,14 +153,16 @@ def run_build(
             override_num_blocks=len(plan.units),
         )
         ds = map_stages(ds, [BuildChunkStage(cfg, work)], columns=CHUNK_SCHEMA.names)
-        chunk_ids: list[str] = []
+        chunk_ids: list[str] = []  # O(chunks) on the driver
         for summary in stream(ds):
             chunk_ids.extend(summary.column("chunk_id").to_pylist())
             progress.update(summary)
         progress.done()
         t2 = time.perf_counter()
         timings["process"] = t2 - t1
-        counts = run_remote(finalize, work, cfg.output, chunk_ids)
+        counts = finalize_distributed(
+            work, cfg.output, chunk_ids, progress.staged, cfg.dedup_partition_rows
+        )
         timings["finalize"] = time.perf_counter() - t2
     if counts["input_rows"] != progress.rows:
         raise RuntimeError(

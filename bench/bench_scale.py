@@ -1,0 +1,151 @@
+"""How a text-only build grows with its rows: wall time, peak RSS, finalize old and new.
+
+    python bench/bench_scale.py [--sizes 250000 1000000] [--dup 0.01]
+
+Each size is one manifest of text rows, a share of them exact copies of the row before.
+For each size, on a fresh local Ray at the defaults:
+- the build (``run_build``), with the peak RSS of the driver and of the largest worker;
+- the one-task finalize over the same staged chunks (``finalize.finalize``: what every build
+  ran before dedup was distributed), timed beside the job's own finalize;
+- a bare loop over the same rows: parse, validate (UTF-8 and length), hash, tar write.
+Prints JSON; docs/benchmarks.md records the figures with this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import shutil
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_build import RssMonitor
+
+WORK = Path(__file__).resolve().parent / "_work" / "scale"
+
+
+def manifest(n: int, dup: float) -> Path:
+    path = WORK / f"m{n}.jsonl"
+    if not path.exists():
+        import random
+
+        rng = random.Random(n)
+        WORK.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            text = ""
+            for i in range(n):
+                if not (i and rng.random() < dup):  # else: the row before, again
+                    text = f"caption {i} " + " ".join(rng.choices(WORDS, k=12))
+                f.write(json.dumps({"key": f"s{i:09d}", "text": text}) + "\n")
+    return path
+
+
+WORDS = ["a", "red", "green", "blue", "small", "large", "dog", "cat", "bird", "tree"]
+
+
+def bare_loop(path: Path, limit: int) -> float:
+    """Rows/s of one process doing the per-row work of a text build, minus Ray and dedup."""
+    out = io.BytesIO()
+    t0 = time.perf_counter()
+    n = 0
+    with open(path, "rb") as f, tarfile.open(fileobj=out, mode="w") as tf:
+        for line in f:
+            if n >= limit:
+                break
+            row = json.loads(line)
+            data = row["text"].encode("utf-8")
+            assert len(row["text"]) <= 100_000
+            hashlib.sha256(data).hexdigest()
+            for name, payload in ((f"{row['key']}.txt", data), (f"{row['key']}.json", b"{}")):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+            n += 1
+            if out.tell() > 256 << 20:  # a shard is written out and dropped, as the build does
+                out.seek(0)
+                out.truncate()
+    return n / (time.perf_counter() - t0)
+
+
+def one_task_finalize(out: Path) -> float:
+    """Seconds of the one-task finalize on the build's staged chunks (kept aside)."""
+    from pipeline.build.finalize import finalize
+
+    work = out.parent / "old"
+    ids = sorted(p.stem for p in (work / "_work" / "chunks").glob("*.parquet"))
+    t0 = time.perf_counter()
+    finalize(str(work / "_work"), str(work), ids)
+    return time.perf_counter() - t0
+
+
+def run(n: int, dup: float) -> dict:
+    import ray
+
+    import pipeline.build.job as job
+    from pipeline.build.job import run_build
+    from pipeline.config import BuildConfig
+
+    path = manifest(n, dup)
+    out = WORK / f"out{n}" / "build"
+    shutil.rmtree(out.parent, ignore_errors=True)
+    kept: dict[str, float] = {}
+    original = job.finalize_distributed
+
+    def keep_chunks(work: str, *args: object) -> dict:
+        """Copy the staged chunks aside before the job's finalize moves them."""
+        t0 = time.perf_counter()
+        shutil.copytree(work, out.parent / "old" / "_work")
+        (out.parent / "old" / "shards").mkdir()
+        kept["copy_s"] = time.perf_counter() - t0
+        return original(work, *args)
+
+    job.finalize_distributed = keep_chunks
+    try:
+        with RssMonitor() as rss:
+            t0 = time.perf_counter()
+            report = run_build(BuildConfig(input=str(path), output=str(out)), quiet=True)
+            wall = time.perf_counter() - t0 - kept["copy_s"]
+    finally:
+        job.finalize_distributed = original
+        ray.shutdown()
+    old = one_task_finalize(out)
+    t = report["timings_s"]
+    c = report["counts"]
+    assert c["written"] + c["rejected"] == n
+    return {
+        "rows": n,
+        "written": c["written"],
+        "rejected": c["rejected"],
+        "wall_s": round(wall, 1),
+        "process_s": t["process"],
+        "finalize_s": t["finalize"],
+        "one_task_finalize_s": round(old, 1),
+        "rows_per_s": round(n / wall),
+        "driver_peak_mb": round(rss.driver / 2**20),
+        "worker_peak_mb": round(rss.worker / 2**20),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 1_000_000])
+    ap.add_argument("--dup", type=float, default=0.01)
+    args = ap.parse_args()
+    results = []
+    for n in args.sizes:
+        r = run(n, args.dup)
+        r["bare_loop_rows_per_s"] = round(bare_loop(manifest(n, args.dup), min(n, 250_000)))
+        r["vs_bare_loop"] = round(r["rows_per_s"] / r["bare_loop_rows_per_s"], 3)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+        shutil.rmtree(WORK / f"out{n}", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

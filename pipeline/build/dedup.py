@@ -1,0 +1,194 @@
+"""Exact dedup as passes over hash partitions: the first written row of a content hash or key wins.
+
+The rule is sequential: walk valid rows in input order; a row whose content hash an earlier
+*written* row holds is a ``duplicate``; else one whose key an earlier written row holds is a
+``duplicate_key``; else it is written and claims both. A rejected row claims nothing, so a
+later copy of its content can still be written. Rows meet only through a shared hash or
+key, so the rule can be applied per group: a pass over the rows partitioned by one column
+decides every row whose earlier group members (on that side) are all decided, and the next
+pass, on the other column, goes on from there. Each pass needs only one group at a time, so
+a task holds one partition, never the corpus. Rows stop taking part once decided; the few
+that remain (chains of rows linked by both hash and key) are finished by the same walk in
+one task when they fit in a partition (``sequential``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.errors import Reason
+
+UNDECIDED, WRITTEN, REJECTED = 0, 1, 2
+Side = Literal["hash", "key"]
+COLUMN = {"hash": "content_hash", "key": "key"}
+# The rows a pass reads and writes. ``hfree``/``kfree``: every earlier row of the row's hash
+# (key) group is rejected, so that side no longer blocks it. ``hn``/``kn``: undecided rows in
+# its group after the last pass on that side (-1 before one ran).
+CLAIMS_SCHEMA = pa.schema(
+    [
+        pa.field("pos", pa.int64()),
+        pa.field("key", pa.string()),
+        pa.field("content_hash", pa.string()),
+        pa.field("state", pa.int8()),
+        pa.field("hfree", pa.bool_()),
+        pa.field("kfree", pa.bool_()),
+        pa.field("hn", pa.int64()),
+        pa.field("kn", pa.int64()),
+        pa.field("reason", pa.string()),
+        pa.field("message", pa.string()),
+    ]
+)
+
+
+def position(chunk: int, row: np.ndarray) -> np.ndarray:
+    """A row's place in input order: its chunk's rank, then its row in the chunk."""
+    return (np.int64(chunk) << 32) | row.astype(np.int64)
+
+
+def new_claims(pos: np.ndarray, keys: pa.Array, hashes: pa.Array) -> pa.Table:
+    n = len(pos)
+    return pa.table(
+        {
+            "pos": pa.array(pos, pa.int64()),
+            "key": keys.cast(pa.string()),
+            "content_hash": hashes.cast(pa.string()),
+            "state": pa.array(np.zeros(n, np.int8)),
+            "hfree": pa.array(np.zeros(n, bool)),
+            "kfree": pa.array(np.zeros(n, bool)),
+            "hn": pa.array(np.full(n, -1, np.int64)),
+            "kn": pa.array(np.full(n, -1, np.int64)),
+            "reason": pa.nulls(n, pa.string()),
+            "message": pa.nulls(n, pa.string()),
+        },
+        schema=CLAIMS_SCHEMA,
+    )
+
+
+def _groups(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """The order that sorts rows by (group, pos), each sorted row's group id, and the count."""
+    codes = pc.dictionary_encode(table.column(column)).combine_chunks().indices
+    codes_np = codes.to_numpy(zero_copy_only=False)
+    order = np.lexsort((table.column("pos").to_numpy(), codes_np))
+    sorted_codes = codes_np[order]
+    starts = np.ones(len(order), bool)
+    starts[1:] = sorted_codes[1:] != sorted_codes[:-1]
+    gid = np.cumsum(starts) - 1
+    return order, gid, int(gid[-1]) + 1 if len(gid) else 0
+
+
+def _written_before(
+    state: np.ndarray, pos: np.ndarray, gid: np.ndarray, ngroups: int
+) -> np.ndarray:
+    """Per row: the index of its group's written row when that row comes earlier, else -1.
+
+    A group holds at most one written row: written rows claim their hash and their key.
+    """
+    w = np.flatnonzero(state == WRITTEN)
+    owner = np.full(ngroups, -1, np.int64)
+    owner[gid[w]] = w
+    found = owner[gid]
+    earlier = found >= 0
+    earlier[earlier] = pos[found[earlier]] < pos[earlier]
+    return np.where(earlier, found, -1)
+
+
+def resolve(table: pa.Table, side: Side) -> pa.Table:
+    """One pass over rows that hold whole groups of ``side``; returns them, sorted, with
+    the decisions this side allows. Pure and deterministic: no Ray, no I/O."""
+    if table.num_rows == 0:
+        return table
+    order, gid, ngroups = _groups(table, COLUMN[side])
+    t = table.take(pa.array(order))
+    pos = t.column("pos").to_numpy()
+    state = t.column("state").to_numpy().copy()
+    hfree = t.column("hfree").to_numpy(zero_copy_only=False).copy()
+    kfree = t.column("kfree").to_numpy(zero_copy_only=False).copy()
+    keys = t.column("key").to_pylist()
+    reason = t.column("reason").to_pylist()
+    message = t.column("message").to_pylist()
+    live = (state != REJECTED).astype(np.int64)
+    csum = np.cumsum(live)
+    first = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
+    before = csum - live - (csum[first] - live[first])[gid]  # live rows earlier in the group
+    free = hfree if side == "hash" else kfree
+    free |= (state == UNDECIDED) & (before == 0)
+    for _ in range(2):  # again after new writes: they claim later rows of their group
+        claim = _written_before(state, pos, gid, ngroups)
+        dup = (state == UNDECIDED) & (claim >= 0) & (hfree | (side == "hash"))
+        for i in np.flatnonzero(dup):
+            state[i] = REJECTED
+            if side == "hash":
+                reason[i] = Reason.DUPLICATE.value
+                message[i] = f"same content as key {keys[claim[i]]!r}"
+            else:
+                reason[i] = Reason.DUPLICATE_KEY.value
+                message[i] = f"key {keys[i]!r} was already written"
+        state[(state == UNDECIDED) & hfree & kfree] = WRITTEN
+    # Undecided rows per group: a written row stays in play only while one shares its group.
+    sizes = np.bincount(gid, weights=(state == UNDECIDED), minlength=ngroups).astype(np.int64)
+    cols = {
+        "state": pa.array(state, pa.int8()),
+        "hfree": pa.array(hfree),
+        "kfree": pa.array(kfree),
+        ("hn" if side == "hash" else "kn"): pa.array(sizes[gid]),
+        "reason": pa.array(reason, pa.string()),
+        "message": pa.array(message, pa.string()),
+    }
+    for name, col in cols.items():
+        t = t.set_column(t.schema.get_field_index(name), name, col)
+    return t
+
+
+def still_needed(table: pa.Table) -> pa.Table:
+    """Rows a later pass must see: the undecided, and written rows that an undecided row
+    may still meet (its group had one at the last pass on that side, or none ran yet)."""
+    state, hn, kn = (table.column(c) for c in ("state", "hn", "kn"))
+    meets = pc.or_(pc.not_equal(hn, 0), pc.not_equal(kn, 0))
+    keep = pc.or_(pc.equal(state, UNDECIDED), pc.and_(pc.equal(state, WRITTEN), meets))
+    return table.filter(keep)
+
+
+def sequential(table: pa.Table) -> pa.Table:
+    """The rule itself, walked in input order over rows held in one task; every row ends
+    decided. Written rows already decided keep their claims."""
+    t = table.sort_by("pos")
+    state = t.column("state").to_numpy().copy()
+    keys = t.column("key").to_pylist()
+    hashes = t.column("content_hash").to_pylist()
+    reason = t.column("reason").to_pylist()
+    message = t.column("message").to_pylist()
+    by_hash: dict[str, str] = {}
+    seen: set[str] = set()
+    for i, (k, h) in enumerate(zip(keys, hashes)):
+        if state[i] == REJECTED:
+            continue
+        if state[i] == UNDECIDED and h in by_hash:
+            state[i], reason[i] = REJECTED, Reason.DUPLICATE.value
+            message[i] = f"same content as key {by_hash[h]!r}"
+        elif state[i] == UNDECIDED and k in seen:
+            state[i], reason[i] = REJECTED, Reason.DUPLICATE_KEY.value
+            message[i] = f"key {k!r} was already written"
+        else:
+            state[i] = WRITTEN
+            by_hash.setdefault(h, k)
+            seen.add(k)
+    for name, col in (
+        ("state", pa.array(state, pa.int8())),
+        ("reason", pa.array(reason, pa.string())),
+        ("message", pa.array(message, pa.string())),
+    ):
+        t = t.set_column(t.schema.get_field_index(name), name, col)
+    return t
+
+
+def partition(table: pa.Table, side: Side, parts: int) -> pa.Array:
+    """Which of ``parts`` partitions each row's group goes to. Any hash that every task
+    computes alike will do: the decisions do not depend on it, only the split of work."""
+    import polars as pl
+
+    hashed = pl.Series(table.column(COLUMN[side]).combine_chunks()).hash(seed=0)
+    return (hashed % parts).cast(pl.Int64).to_arrow()

@@ -1,0 +1,228 @@
+"""Finalize on Ray Data: claims read in parallel, dedup over hash partitions, chunks placed in parallel.
+
+No task and not the driver holds per-sample state for the whole build: a dedup pass holds
+one partition (at most ``dedup_partition_rows`` rows, by configuration), a placement task
+one chunk, the merge one chunk's parts; the driver holds one small record per chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import Any, ClassVar, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.build import dedup
+from pipeline.build.finalize import (
+    dedup_one_task,
+    finalize,
+    first_shards,
+    kept_tars,
+    merge,
+    place_chunk,
+    read_claims,
+    reset,
+    write_rejects,
+)
+from pipeline.faults import maybe_fail
+from pipeline.runner import map_groups, map_stages, run_remote, stream
+from pipeline.stage import Batch, Resources, Stage
+
+CLAIMS = tuple(dedup.CLAIMS_SCHEMA.names)
+# Dedup tasks are light on CPU and heavy on shuffle; place tasks mostly move bytes.
+TASK_CPUS = 0.5
+# Up to this many staged rows, finalize runs in one task (``finalize.finalize``): it takes
+# ~1 s there, against ~6 s of start-up for the distributed steps on a 2-CPU Ray (measured:
+# tests/test_build.py went from 38 s to 90 s when every build took the distributed path).
+ONE_TASK_ROWS = 20_000
+
+
+def _table(batch: Batch) -> pa.Table:
+    return batch if isinstance(batch, pa.Table) else pa.Table.from_pydict(batch)
+
+
+class ReadClaims(Stage):
+    """Chunk ids and ranks in, the chunks' valid rows out, as dedup claims."""
+
+    name = "read_claims"
+    reads: ClassVar[tuple[str, ...]] = ("chunk_id", "rank")
+    adds = CLAIMS
+    passthrough: ClassVar[bool] = False
+
+    def __init__(self, work_dir: str) -> None:
+        super().__init__()
+        self.work_dir = work_dir
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(num_cpus=TASK_CPUS)
+
+    def __call__(self, batch: Batch) -> Batch:
+        t = _table(batch)
+        parts = [
+            read_claims(self.work_dir, cid, rank)
+            for cid, rank in zip(t.column("chunk_id").to_pylist(), t.column("rank").to_pylist())
+        ]
+        return pa.concat_tables(parts) if parts else dedup.CLAIMS_SCHEMA.empty_table()
+
+
+class Partition(Stage):
+    """Tag each claim with the partition of its group on one side."""
+
+    name = "dedup_partition"
+    reads = CLAIMS
+    adds: ClassVar[tuple[str, ...]] = ("part",)
+
+    def __init__(self, side: dedup.Side, parts: int) -> None:
+        super().__init__()
+        self.side, self.parts = side, parts
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(num_cpus=TASK_CPUS)
+
+    def __call__(self, batch: Batch) -> Batch:
+        t = _table(batch).select(list(CLAIMS))
+        return t.append_column("part", dedup.partition(t, self.side, self.parts))
+
+
+class Resolve(Stage):
+    """One partition in; its rows decided as far as this side allows, the rejected ones
+    written to their chunks' dedup folders; out: the rows a later pass still needs."""
+
+    name = "dedup_resolve"
+    reads: ClassVar[tuple[str, ...]] = (*CLAIMS, "part")
+    adds = CLAIMS
+    passthrough: ClassVar[bool] = False
+
+    def __init__(self, side: dedup.Side, work_dir: str, ids: list[str]) -> None:
+        super().__init__()
+        self.side, self.work_dir, self.ids = side, work_dir, ids
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(num_cpus=TASK_CPUS)
+
+    def __call__(self, batch: Batch) -> Batch:
+        maybe_fail("dedup_resolve")  # reliability tests: this worker dies mid-pass
+        t = dedup.resolve(_table(batch).select(list(CLAIMS)).cast(dedup.CLAIMS_SCHEMA), self.side)
+        found = t.filter(pc.equal(t.column("state"), dedup.REJECTED))
+        if found.num_rows:  # a file of its own per call: a chunk's rejects come from many
+            write_rejects(self.work_dir, self.ids, found, f"{self.side}-{uuid.uuid4().hex}")
+        return dedup.still_needed(t)
+
+
+class ChunkStep(Stage):
+    """Chunk ids in; per chunk, its kept tar count (``count``) or its placement (``place``,
+    which also needs ``base``, the chunk's first final shard number)."""
+
+    name = "finalize_chunks"
+    reads: ClassVar[tuple[str, ...]] = ("chunk_id",)
+    adds: ClassVar[tuple[str, ...]] = ("chunk_id", "result")
+    passthrough: ClassVar[bool] = False
+    batch_size: ClassVar[int | None] = 1
+
+    def __init__(self, work_dir: str, out_dir: str, step: Literal["count", "place"]) -> None:
+        super().__init__()
+        self.work_dir, self.out_dir, self.step = work_dir, out_dir, step
+
+    def inputs(self) -> tuple[str, ...]:
+        return ("chunk_id", "base") if self.step == "place" else ("chunk_id",)
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(num_cpus=TASK_CPUS)
+
+    def __call__(self, batch: Batch) -> Batch:
+        t = _table(batch)
+        ids = t.column("chunk_id").to_pylist()
+        if self.step == "count":
+            out = [json.dumps(kept_tars(self.work_dir, cid)) for cid in ids]
+        else:
+            maybe_fail("place_chunk")  # reliability tests: this worker dies mid-placement
+            bases = t.column("base").to_pylist()
+            out = [
+                json.dumps(place_chunk(self.work_dir, self.out_dir, cid, b))
+                for cid, b in zip(ids, bases)
+            ]
+        return pa.table({"chunk_id": ids, "result": out})
+
+
+def _finish(work_dir: str, ids: list[str], refs: list[Any]) -> int:
+    """The claims left after the passes, in one task: decide them by the sequential rule."""
+    import ray
+
+    left = pa.concat_tables([t.select(list(CLAIMS)) for t in ray.get(refs)])
+    decided = dedup.sequential(left.cast(dedup.CLAIMS_SCHEMA))
+    rejected = decided.filter(pc.equal(decided.column("state"), dedup.REJECTED))
+    write_rejects(work_dir, ids, rejected, "last")
+    return rejected.num_rows
+
+
+def decide(work_dir: str, ids: list[str], claims: Any, n: int, partition_rows: int) -> None:
+    """Run dedup passes over hash partitions until the claims still in play fit in one
+    task, then finish them there. Rejects are written per chunk as they are found.
+
+    Passes alternate key and hash. Each decides at least the earliest undecided row, and
+    in practice all rows but chains linked by both hash and key: two passes for copies and
+    re-keyed copies, three for reused keys (tests/test_dedup.py). Written rows leave play
+    once no undecided row shares a group with them, so ``n`` falls to zero."""
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    passes = 0
+    while n > partition_rows:
+        side: dedup.Side = ("key", "hash")[passes % 2]
+        parts = max(math.ceil(n / partition_rows), cpus)
+        ds = map_stages(claims, [Partition(side, parts)], columns=list(CLAIMS))
+        resolve = Resolve(side, work_dir, ids)
+        claims = map_groups(
+            ds, "part", resolve, columns=[*CLAIMS, "part"], partitions=parts
+        ).materialize()
+        n, passes = claims.count(), passes + 1
+    if n:
+        run_remote(_finish, work_dir, ids, claims.to_arrow_refs())
+
+
+def finalize_distributed(
+    work_dir: str, out_dir: str, chunk_ids: list[str], staged: int, partition_rows: int
+) -> dict[str, Any]:
+    """Finalize on the running Ray: returns the build's counts, as ``finalize`` does.
+
+    ``staged``: the rows that passed validation, which dedup will hold."""
+    import ray.data
+
+    ids = sorted(chunk_ids)
+    if staged <= min(partition_rows, ONE_TASK_ROWS):
+        return run_remote(finalize, work_dir, out_dir, ids)
+    reset(work_dir)
+    blocks = min(len(ids), 64)
+    if staged <= partition_rows:
+        run_remote(dedup_one_task, work_dir, ids)
+    else:
+        jobs = ray.data.from_items(
+            [{"chunk_id": cid, "rank": i} for i, cid in enumerate(ids)], override_num_blocks=blocks
+        )
+        claims = map_stages(jobs, [ReadClaims(work_dir)], columns=["chunk_id", "rank"])
+        claims = claims.materialize()
+        decide(work_dir, ids, claims, claims.count(), partition_rows)
+
+    def each(step: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        stage = ChunkStep(work_dir, out_dir, step)  # type: ignore[arg-type]
+        got: dict[str, Any] = {}
+        for t in stream(map_stages(ds, [stage], columns=list(rows[0]))):
+            got.update(
+                zip(
+                    t.column("chunk_id").to_pylist(),
+                    map(json.loads, t.column("result").to_pylist()),
+                )
+            )
+        return got
+
+    bases = first_shards(each("count", [{"chunk_id": cid} for cid in ids]))
+    placed = each("place", [{"chunk_id": cid, "base": bases[cid]} for cid in ids])
+    return run_remote(merge, work_dir, [placed[cid] for cid in ids])

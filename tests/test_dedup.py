@@ -1,0 +1,141 @@
+"""Exact dedup: the partitioned passes decide exactly what the sequential rule decides.
+
+The passes run here without Ray, over partitions made the same way the job makes them, so
+hypothesis can try thousands of inputs: rows whose hashes and keys collide in every way
+(copies, re-keyed copies, reused keys, chains linked by both). The job's path on Ray is
+tested against the one-task path, byte for byte, in ``test_distributed_finalize_*``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.build import dedup
+
+ROWS = st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=80)
+
+
+def claims(rows):
+    pos = np.array([dedup.position(i // 7, np.array([i % 7]))[0] for i in range(len(rows))])
+    return dedup.new_claims(
+        pos, pa.array([f"k{k}" for _, k in rows]), pa.array([f"h{h}" for h, _ in rows])
+    )
+
+
+def rejected(table):
+    t = table.filter(pc.equal(table.column("state"), dedup.REJECTED))
+    return t.sort_by("pos").select(["pos", "reason", "message"])
+
+
+def passes(table, parts, partition_rows):
+    """What ``distributed.decide`` does, in-process: returns the rejects and the passes
+    after which no row was undecided."""
+    found, n, decided = [], 0, None
+    while table.num_rows:
+        if table.num_rows <= partition_rows:
+            found.append(rejected(dedup.sequential(table)))
+            break
+        side = ("key", "hash")[n % 2]
+        part = dedup.partition(table, side, parts).to_numpy()
+        done = [dedup.resolve(table.filter(pa.array(part == p)), side) for p in range(parts)]
+        table = pa.concat_tables([d for d in done if d.num_rows])
+        found.append(rejected(table))
+        table = dedup.still_needed(table)
+        n += 1
+        if decided is None and not pc.any(pc.equal(table.column("state"), 0)).as_py():
+            decided = n
+        assert n < 200
+    return pa.concat_tables(found).sort_by("pos") if found else None, decided
+
+
+@settings(max_examples=400, deadline=None)
+@given(ROWS, st.integers(1, 4), st.sampled_from([0, 0, 3]))
+def test_passes_decide_what_the_sequential_rule_decides(rows, parts, partition_rows):
+    table = claims(rows)
+    want = rejected(dedup.sequential(table))
+    got, _ = passes(table, parts, partition_rows)
+    assert (got if got is not None else want.slice(0, 0)).equals(want)
+
+
+def test_common_cases_take_two_or_three_passes():
+    copies = [(i, i) for i in range(20)] + [(i, i) for i in range(0, 20, 3)]  # a file read twice
+    rekeyed = [(i, i) for i in range(20)] + [(i, 100 + i) for i in range(0, 20, 3)]
+    reused = [(i, i % 5) for i in range(20)]  # another content under a written key
+    for rows, most in ((copies, 2), (rekeyed, 2), (reused, 3)):
+        table = claims(rows)
+        got, n = passes(table, parts=3, partition_rows=0)
+        assert got.equals(rejected(dedup.sequential(table))) and n is not None and n <= most
+
+
+def test_rejected_rows_claim_nothing():
+    # b repeats a's key (duplicate_key), so c, b's content under a new key, is written.
+    table = claims([(0, 0), (1, 0), (1, 1)])
+    out = dedup.sequential(table).to_pylist()
+    assert [r["state"] for r in out] == [dedup.WRITTEN, dedup.REJECTED, dedup.WRITTEN]
+    assert (
+        out[1]["reason"] == "duplicate_key" and out[1]["message"] == "key 'k0' was already written"
+    )
+    got, _ = passes(table, parts=2, partition_rows=0)
+    assert got.equals(rejected(dedup.sequential(table)))
+
+
+def _text_manifest(path, n=240, seed=3):
+    rng = np.random.default_rng(seed)
+    lines = [
+        {"key": f"s{int(rng.integers(0, 200))}", "text": f"caption {int(rng.integers(0, 150))}"}
+        for _ in range(n)
+    ]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def _same_build(a, b):
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for f in files:
+        if f.name != "build.json":
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+def _build_paths(tmp_path, monkeypatch, paths):
+    """Build the same manifest (text rows in 12 chunks with copies, re-keyed copies and
+    reused keys across chunks) along each path; check the outputs are byte-identical."""
+    import pipeline.build.distributed as d
+    from pipeline.build.job import run_build
+    from pipeline.config import BuildConfig
+
+    manifest = _text_manifest(tmp_path / "m.jsonl")
+    reports = {}
+    for name, one_task, rows in paths:
+        monkeypatch.setattr(d, "ONE_TASK_ROWS", one_task)
+        cfg = BuildConfig(
+            input=str(manifest), output=str(tmp_path / name), shard_samples=20,
+            dedup_partition_rows=rows,
+        )  # fmt: skip
+        reports[name] = run_build(cfg, quiet=True)
+    first = paths[0][0]
+    counts = reports[first]["counts"]
+    assert counts["written"] + counts["rejected"] == 240
+    assert set(reports[first]["rejects_by_reason"]) == {"duplicate", "duplicate_key"}
+    for name, *_ in paths[1:]:
+        assert reports[name]["counts"] == counts
+        _same_build(tmp_path / first, tmp_path / name)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_placing_chunks_in_parallel_writes_what_one_task_writes(tmp_path, monkeypatch):
+    _build_paths(tmp_path, monkeypatch, [("one", 20_000, 1_000_000), ("place", 0, 1_000_000)])
+
+
+@pytest.mark.slow  # three shuffles on Ray: ~2 min on 2 CPUs, mostly actor start-up
+@pytest.mark.usefixtures("ray_local")
+def test_dedup_over_hash_partitions_writes_what_one_task_writes(tmp_path, monkeypatch):
+    """Dedup as passes over 4 hash partitions of at most 60 rows each."""
+    _build_paths(tmp_path, monkeypatch, [("one", 20_000, 1_000_000), ("parts", 0, 60)])
