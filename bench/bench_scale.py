@@ -1,8 +1,13 @@
-"""How a text-only build grows with its rows: wall time, peak RSS, finalize old and new.
+"""How a build grows with its rows: wall time, peak RSS, finalize old and new.
 
-    python bench/bench_scale.py [--sizes 250000 1000000] [--dup 0.01]
+    python bench/bench_scale.py [--sizes 250000 1000000] [--dup 0.01] [--kind text|images]
 
-Each size is one manifest of text rows, a share of them exact copies of the row before.
+``text`` (the default): each size is one manifest of text rows, a share of them exact
+copies of the row before. ``images``: a Parquet of tiny 32x32 PNGs as Hugging Face image
+bytes, ``--dup`` of them exact copies of an earlier image and ``--dup`` near copies (a few
+pixels changed, so other bytes and a pHash within 4 bits), built with
+``near_duplicates: true`` (the only field set: it is what the run measures); the recall and
+precision of the near-dup search at scale are printed beside the timings.
 For each size, on a fresh local Ray at the defaults:
 - the build (``run_build``), with the peak RSS of the driver and of the largest worker;
 - the one-task finalize over the same staged chunks (``finalize.finalize``: what every build
@@ -46,6 +51,57 @@ def manifest(n: int, dup: float) -> Path:
     return path
 
 
+def image_manifest(n: int, dup: float) -> tuple[Path, set[str], set[str]]:
+    """Tiny random images: (parquet, keys of exact copies, keys of near copies)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    path = WORK / f"img{n}.parquet"
+    rng = np.random.default_rng(n)
+    kind = rng.random(n)
+    exact = {f"s{i:09d}" for i in range(1, n) if kind[i] < dup}
+    near = {f"s{i:09d}" for i in range(1, n) if dup <= kind[i] < 2 * dup}
+    if path.exists():
+        return path, exact, near
+    WORK.mkdir(parents=True, exist_ok=True)
+    writer = None
+    prev = None
+    for lo in range(0, n, 10_000):
+        keys, images = [], []
+        for i in range(lo, min(n, lo + 10_000)):
+            key = f"s{i:09d}"
+            if key in exact:
+                data = images[-1] if images else prev
+            else:
+                if key in near:  # the last image with 3 pixels nudged: other bytes, same look
+                    px = np.array(Image.open(io.BytesIO(images[-1] if images else prev)))
+                    px[rng.integers(0, 32, 3), rng.integers(0, 32, 3)] ^= 4
+                else:  # smooth random structure: a pHash of its own
+                    px = np.kron(rng.integers(0, 256, (8, 8, 3)), np.ones((4, 4, 1)))
+                buf = io.BytesIO()
+                Image.fromarray(px.astype("uint8")).save(buf, "PNG")
+                data = buf.getvalue()
+            keys.append(key)
+            images.append(data)
+        prev = images[-1]
+        image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+        table = pa.table(
+            {
+                "key": keys,
+                "image": pa.array([{"bytes": b, "path": None} for b in images], image_type),
+            }
+        )
+        if writer is None:
+            writer = pq.ParquetWriter(str(path) + ".tmp", table.schema)
+        writer.write_table(table)
+    assert writer is not None
+    writer.close()
+    Path(str(path) + ".tmp").rename(path)
+    return path, exact, near
+
+
 WORDS = ["a", "red", "green", "blue", "small", "large", "dog", "cat", "bird", "tree"]
 
 
@@ -73,25 +129,30 @@ def bare_loop(path: Path, limit: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def one_task_finalize(out: Path) -> float:
+def one_task_finalize(out: Path, near: int | None) -> float:
     """Seconds of the one-task finalize on the build's staged chunks (kept aside)."""
     from pipeline.build.finalize import finalize
 
     work = out.parent / "old"
     ids = sorted(p.stem for p in (work / "_work" / "chunks").glob("*.parquet"))
     t0 = time.perf_counter()
-    finalize(str(work / "_work"), str(work), ids)
+    finalize(str(work / "_work"), str(work), ids, near)
     return time.perf_counter() - t0
 
 
-def run(n: int, dup: float) -> dict:
+def run(n: int, dup: float, kind: str) -> dict:
     import ray
 
     import pipeline.build.job as job
     from pipeline.build.job import run_build
     from pipeline.config import BuildConfig
 
-    path = manifest(n, dup)
+    extra: dict = {}
+    if kind == "images":
+        path, exact, near = image_manifest(n, dup)
+        extra = {"near_duplicates": True}
+    else:
+        path = manifest(n, dup)
     out = WORK / f"out{n}" / "build"
     shutil.rmtree(out.parent, ignore_errors=True)
     kept: dict[str, float] = {}
@@ -109,16 +170,31 @@ def run(n: int, dup: float) -> dict:
     try:
         with RssMonitor() as rss:
             t0 = time.perf_counter()
-            report = run_build(BuildConfig(input=str(path), output=str(out)), quiet=True)
+            cfg = BuildConfig(input=str(path), output=str(out), **extra)
+            report = run_build(cfg, quiet=True)
             wall = time.perf_counter() - t0 - kept["copy_s"]
     finally:
         job.finalize_distributed = original
         ray.shutdown()
-    old = one_task_finalize(out)
+    old = one_task_finalize(out, cfg.near_dup_distance if extra else None)
     t = report["timings_s"]
     c = report["counts"]
     assert c["written"] + c["rejected"] == n
+    found: dict = {}
+    if kind == "images":
+        import pyarrow.parquet as pq
+
+        rejects = pq.read_table(out / "rejects.parquet", columns=["key", "reason"]).to_pylist()
+        got = {r["key"] for r in rejects if r["reason"] == "near_duplicate"}
+        found = {
+            "rejects_by_reason": report["rejects_by_reason"],
+            "exact_copies": len(exact),
+            "near_copies": len(near),
+            "near_recall": round(len(got & near) / max(1, len(near)), 4),
+            "near_precision": round(len(got & near) / max(1, len(got)), 4),
+        }
     return {
+        "kind": kind,
         "rows": n,
         "written": c["written"],
         "rejected": c["rejected"],
@@ -129,6 +205,7 @@ def run(n: int, dup: float) -> dict:
         "rows_per_s": round(n / wall),
         "driver_peak_mb": round(rss.driver / 2**20),
         "worker_peak_mb": round(rss.worker / 2**20),
+        **found,
     }
 
 
@@ -136,12 +213,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 1_000_000])
     ap.add_argument("--dup", type=float, default=0.01)
+    ap.add_argument("--kind", choices=["text", "images"], default="text")
     args = ap.parse_args()
     results = []
     for n in args.sizes:
-        r = run(n, args.dup)
-        r["bare_loop_rows_per_s"] = round(bare_loop(manifest(n, args.dup), min(n, 250_000)))
-        r["vs_bare_loop"] = round(r["rows_per_s"] / r["bare_loop_rows_per_s"], 3)
+        r = run(n, args.dup, args.kind)
+        if args.kind == "text":  # the bare loop is the text build's per-row work
+            r["bare_loop_rows_per_s"] = round(bare_loop(manifest(n, args.dup), min(n, 250_000)))
+            r["vs_bare_loop"] = round(r["rows_per_s"] / r["bare_loop_rows_per_s"], 3)
         results.append(r)
         print(json.dumps(r), flush=True)
         shutil.rmtree(WORK / f"out{n}", ignore_errors=True)

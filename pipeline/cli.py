@@ -53,6 +53,15 @@ def _add_build(sub: Any) -> None:
     p.add_argument("--min-image-size", type=int, help="reject images with a smaller side (px)")
     p.add_argument("--max-image-size", type=int, help="reject images with a larger side (px)")
     p.add_argument("--max-image-pixels", type=int, help="decompression-bomb guard (pixels)")
+    p.add_argument(
+        "--near-duplicates",
+        action="store_true",
+        default=None,
+        help="also reject images whose pHash is near an earlier image's (docs/build.md)",
+    )
+    p.add_argument(
+        "--near-dup-distance", type=int, help="pHash bits that still count as near (default 4)"
+    )
     p.add_argument("--audio-rate", type=int, help="transcode audio to mono FLAC at this rate")
     add_choice(p, "--audio-format", BuildConfig, "one audio format per build")
     p.add_argument("--min-audio-seconds", type=float, help="reject shorter audio")

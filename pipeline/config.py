@@ -77,6 +77,13 @@ class BuildConfig(BaseModel):
     # Rows one dedup task holds: above it, dedup runs as passes over hash partitions of at
     # most this many rows each (docs/build.md). It changes the work split, never the output.
     dedup_partition_rows: int = Field(1_000_000, ge=1)
+    # Reject images whose pHash is within near_dup_distance bits of an earlier image's. Off
+    # by default: pHash sees grey structure only, so images that differ in colour collide
+    # (half of the sample corpus would), and choosing what is "the same" is a curation call.
+    near_duplicates: bool = False
+    # 4 keeps every resized, re-encoded or brightened copy of scikit-image's photos and no
+    # pair of different ones; 5 bands of 12-13 bits keep buckets small (docs/build.md).
+    near_dup_distance: int = Field(4, ge=0, le=16)
 
     @field_validator("shard_bytes", "max_file_bytes", mode="before")
     @classmethod

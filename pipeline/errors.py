@@ -27,6 +27,7 @@ class Reason(str, Enum):
     NO_MODALITY = "no_modality"
     DUPLICATE = "duplicate"
     DUPLICATE_KEY = "duplicate_key"
+    NEAR_DUPLICATE = "near_duplicate"
 
 
 REASON_DOCS: dict[Reason, str] = {
@@ -43,6 +44,7 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.NO_MODALITY: "the row holds no image, audio or text",
     Reason.DUPLICATE: "the same content (hash) was already written from an earlier row",
     Reason.DUPLICATE_KEY: "the same key was already written from an earlier row",
+    Reason.NEAR_DUPLICATE: "an earlier image's perceptual hash is within near_dup_distance bits",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 # Bump when a column is added, removed or changes meaning; readers check it.
-BUILD_SCHEMA_VERSION = 1
+BUILD_SCHEMA_VERSION = 2
 SCHEMA_KEY = b"mmpipe.schema"
 SCHEMA_VERSION_KEY = b"mmpipe.schema_version"
 
@@ -26,6 +26,8 @@ _SAMPLE_FIELDS = [
     pa.field("image_format", pa.string()),
     pa.field("image_width", pa.int32()),
     pa.field("image_height", pa.int32()),
+    # 64-bit pHash of the upright image (imagehash's bits, first bit highest); near-dup search.
+    pa.field("image_phash", pa.uint64()),
     pa.field("audio_format", pa.string()),
     pa.field("audio_duration", pa.float64()),
     pa.field("audio_sample_rate", pa.int32()),
@@ -122,6 +124,8 @@ BUILD_CONFIG_TYPE = pa.struct(
         pa.field("fetch_concurrency", pa.int64()),
         pa.field("num_cpus", pa.float64()),
         pa.field("dedup_partition_rows", pa.int64()),
+        pa.field("near_duplicates", pa.bool_()),
+        pa.field("near_dup_distance", pa.int64()),
     ]
 )
 

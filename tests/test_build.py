@@ -13,7 +13,7 @@ import pytest
 from pipeline.build.job import run_build
 from pipeline.config import BuildConfig
 from pipeline.sample_corpus import write_corpus
-from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
+from schemas import BUILD_SCHEMA_VERSION, INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -104,10 +104,10 @@ def test_files_carry_schema_and_version(built):
     ):
         s = pq.read_schema(Path(out) / f"{name}.parquet")
         assert s.metadata[b"mmpipe.schema"] == name.encode()
-        assert s.metadata[b"mmpipe.schema_version"] == b"1"
+        assert s.metadata[b"mmpipe.schema_version"] == str(BUILD_SCHEMA_VERSION).encode()
         assert s.remove_metadata().equals(schema.remove_metadata())
     disk = json.loads((Path(out) / "build.json").read_text())
-    assert disk["schema_version"] == 1 and disk["config"]["resize"] == 32
+    assert disk["schema_version"] == BUILD_SCHEMA_VERSION and disk["config"]["resize"] == 32
     assert set(disk["timings_s"]) >= {"startup", "process", "finalize", "total"}
     assert not (Path(out) / "_work").exists()
 

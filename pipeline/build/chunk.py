@@ -132,6 +132,7 @@ class ChunkWriter:
                 "image_format": row.get("image_ext"),
                 "image_width": row.get("image_width"),
                 "image_height": row.get("image_height"),
+                "image_phash": row.get("image_phash"),
                 "audio_format": row.get("audio_ext"),
                 "audio_duration": row.get("audio_duration"),
                 "audio_sample_rate": row.get("audio_sample_rate"),

@@ -188,7 +188,10 @@ def sequential(table: pa.Table) -> pa.Table:
 def partition(table: pa.Table, side: Side, parts: int) -> pa.Array:
     """Which of ``parts`` partitions each row's group goes to. Any hash that every task
     computes alike will do: the decisions do not depend on it, only the split of work."""
-    import polars as pl
+    # pandas comes with Ray Data; its hash_array is vectorised and has a fixed key, so every
+    # worker agrees on it.
+    import pandas as pd
 
-    hashed = pl.Series(table.column(COLUMN[side]).combine_chunks()).hash(seed=0)
-    return (hashed % parts).cast(pl.Int64).to_arrow()
+    values = table.column(COLUMN[side]).to_numpy(zero_copy_only=False)
+    hashed = pd.util.hash_array(values.astype(object), categorize=False)
+    return pa.array((hashed % np.uint64(parts)).astype(np.int64))

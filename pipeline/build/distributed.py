@@ -22,6 +22,7 @@ from pipeline.build.finalize import (
     first_shards,
     kept_tars,
     merge,
+    near_one_task,
     place_chunk,
     read_claims,
     reset,
@@ -188,27 +189,40 @@ def decide(work_dir: str, ids: list[str], claims: Any, n: int, partition_rows: i
 
 
 def finalize_distributed(
-    work_dir: str, out_dir: str, chunk_ids: list[str], staged: int, partition_rows: int
+    work_dir: str,
+    out_dir: str,
+    chunk_ids: list[str],
+    staged: int,
+    partition_rows: int,
+    near_distance: int | None = None,
 ) -> dict[str, Any]:
     """Finalize on the running Ray: returns the build's counts, as ``finalize`` does.
 
-    ``staged``: the rows that passed validation, which dedup will hold."""
+    ``staged``: the rows that passed validation, which dedup will hold. ``near_distance``:
+    also reject near-duplicate images (pHash within that many bits); None leaves them."""
     import ray.data
+
+    from pipeline.build.near_ray import near_distributed
 
     ids = sorted(chunk_ids)
     if staged <= min(partition_rows, ONE_TASK_ROWS):
-        return run_remote(finalize, work_dir, out_dir, ids)
+        return run_remote(finalize, work_dir, out_dir, ids, near_distance)
     reset(work_dir)
     blocks = min(len(ids), 64)
+    jobs = ray.data.from_items(
+        [{"chunk_id": cid, "rank": i} for i, cid in enumerate(ids)], override_num_blocks=blocks
+    )
     if staged <= partition_rows:
         run_remote(dedup_one_task, work_dir, ids)
     else:
-        jobs = ray.data.from_items(
-            [{"chunk_id": cid, "rank": i} for i, cid in enumerate(ids)], override_num_blocks=blocks
-        )
         claims = map_stages(jobs, [ReadClaims(work_dir)], columns=["chunk_id", "rank"])
         claims = claims.materialize()
         decide(work_dir, ids, claims, claims.count(), partition_rows)
+    if near_distance is not None:  # after exact dedup: its rejects take no part
+        if staged <= partition_rows:
+            run_remote(near_one_task, work_dir, ids, near_distance)
+        else:
+            near_distributed(work_dir, ids, jobs, near_distance, staged, partition_rows)
 
     def each(step: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         ds = ray.data.from_items(rows, override_num_blocks=blocks)

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.build import neardup
 from pipeline.build.chunk import chunk_meta_url
 from pipeline.build.dedup import CLAIMS_SCHEMA, REJECTED, new_claims, position, sequential
 from pipeline.fingerprint import digest_text, row_hash
@@ -66,6 +67,23 @@ def read_claims(work_dir: str, chunk_id: str, rank: int) -> pa.Table:
     return new_claims(position(rank, rows[ok]), valid.column("key"), valid.column("content_hash"))
 
 
+def read_near(work_dir: str, chunk_id: str, rank: int) -> pa.Table:
+    """The chunk's images still written after exact dedup, as near-dup candidates."""
+    meta = read_table(chunk_meta_url(work_dir, chunk_id), ["key", "image_phash", "reason"])
+    ok = pc.and_(pc.is_null(meta.column("reason")), pc.is_valid(meta.column("image_phash")))
+    rows = np.flatnonzero(ok.to_numpy(zero_copy_only=False))
+    gone = chunk_rejects(work_dir, chunk_id)
+    rows = rows[~np.isin(rows, np.fromiter(gone, np.int64, len(gone)))]
+    return pa.table(
+        {
+            "pos": pa.array(position(rank, rows), pa.int64()),
+            "key": meta.column("key").take(pa.array(rows)),
+            "phash": meta.column("image_phash").take(pa.array(rows)),
+        },
+        schema=neardup.NEAR_SCHEMA,
+    )
+
+
 def write_rejects(work_dir: str, ids: list[str], rejects: pa.Table, name: str) -> None:
     """Write dedup rejects (claims rows, any chunks) into their chunks' folders as ``name``."""
     chunk = pc.shift_right(rejects.column("pos"), 32).to_numpy()
@@ -99,6 +117,9 @@ def kept_tars(work_dir: str, chunk_id: str) -> int:
     tars = read_table(chunk_meta_url(work_dir, chunk_id), ["staged_tar"]).column(0).to_pylist()
     gone = chunk_rejects(work_dir, chunk_id)
     return len({t for i, t in enumerate(tars) if t and i not in gone})
+
+
+_MODALITY = {"near_duplicate": "image"}  # which part of the row a dedup reason is about
 
 
 def _reject(row: dict[str, Any], reason: str, message: str, modality: str) -> dict[str, Any]:
@@ -143,7 +164,8 @@ def place_chunk(work_dir: str, out_dir: str, chunk_id: str, base: int) -> dict[s
         if r["reason"]:
             bad.append(_reject(r, r["reason"], r["message"], r["modality"]))
         elif i in dedup:
-            bad.append(_reject(r, *dedup[i], "row"))
+            reason, message = dedup[i]
+            bad.append(_reject(r, reason, message, _MODALITY.get(reason, "row")))
         else:
             kept_by_tar.setdefault(r["staged_tar"], []).append(r)
     shards, index_rows, nbytes = [], [], 0
@@ -264,13 +286,28 @@ def dedup_one_task(work_dir: str, ids: list[str]) -> int:
     return rejected.num_rows
 
 
-def finalize(work_dir: str, out_dir: str, chunk_ids: list[str]) -> dict[str, Any]:
+def near_one_task(work_dir: str, ids: list[str], distance: int) -> int:
+    """Near-duplicate images of all chunks, in this process, after exact dedup; their
+    rejects written per chunk. Returns how many there were."""
+    near = [read_near(work_dir, cid, i) for i, cid in enumerate(ids)]
+    found = neardup.one_task(pa.concat_tables(near), distance) if near else None
+    if found is not None and found.num_rows:
+        write_rejects(work_dir, ids, found, "near")
+    return 0 if found is None else found.num_rows
+
+
+def finalize(
+    work_dir: str, out_dir: str, chunk_ids: list[str], near_distance: int | None = None
+) -> dict[str, Any]:
     """The whole finalize in one process: the job's path for small builds, and for tests.
 
     The same steps as the distributed finalize; memory grows with the valid rows, so the
-    job takes this path only below ``dedup_partition_rows``."""
+    job takes this path only below ``dedup_partition_rows``. ``near_distance``: near-dup
+    images within that many pHash bits are rejected too; None leaves them."""
     reset(work_dir)
     ids = sorted(chunk_ids)
     dedup_one_task(work_dir, ids)
+    if near_distance is not None:
+        near_one_task(work_dir, ids, near_distance)
     bases = first_shards({cid: kept_tars(work_dir, cid) for cid in ids})
     return merge(work_dir, [place_chunk(work_dir, out_dir, cid, bases[cid]) for cid in ids])

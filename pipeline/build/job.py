@@ -160,8 +160,9 @@ def run_build(
         progress.done()
         t2 = time.perf_counter()
         timings["process"] = t2 - t1
+        near = cfg.near_dup_distance if cfg.near_duplicates else None
         counts = finalize_distributed(
-            work, cfg.output, chunk_ids, progress.staged, cfg.dedup_partition_rows
+            work, cfg.output, chunk_ids, progress.staged, cfg.dedup_partition_rows, near
         )
         timings["finalize"] = time.perf_counter() - t2
     if counts["input_rows"] != progress.rows:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import Reason, SampleError
+from pipeline.validate.phash import perceptual_hash
 
 _PASSTHROUGH = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
 _SAVE = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -22,6 +23,7 @@ class ImageResult:
     ext: str
     width: int
     height: int
+    phash: int | None = None  # 64-bit perceptual hash of the upright image (validate.phash)
 
 
 # ImageOptions field -> the BuildConfig field it is read from.
@@ -198,7 +200,8 @@ def validate_image(data: bytes, opts: ImageOptions) -> ImageResult:
             Reason.DECODE_ERROR, f"image data is corrupt or truncated: {_clean(e)}", "image"
         ) from None
     if passthrough:
-        return ImageResult(data, _PASSTHROUGH[fmt], dw, dh)
+        upright = perceptual_hash(im if im.mode in ("RGB", "L") else to_rgb(im), orientation)
+        return ImageResult(data, _PASSTHROUGH[fmt], dw, dh, upright)
     try:
         if orientation != 1:
             im = ImageOps.exif_transpose(im)
@@ -211,4 +214,4 @@ def validate_image(data: bytes, opts: ImageOptions) -> ImageResult:
     ext = "png" if opts.image_format == "keep" and fmt not in _PASSTHROUGH else opts.image_format
     if ext == "keep":
         ext = _PASSTHROUGH[fmt]
-    return ImageResult(encode(im, ext, opts.quality), ext, im.width, im.height)
+    return ImageResult(encode(im, ext, opts.quality), ext, im.width, im.height, perceptual_hash(im))

@@ -23,6 +23,7 @@ RESULT_COLUMNS = (
     "image_ext",
     "image_width",
     "image_height",
+    "image_phash",
     "audio",
     "audio_ext",
     "audio_duration",
