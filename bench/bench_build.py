@@ -57,13 +57,19 @@ def bare_loop(manifest: Path, limit: int) -> float:
 
 
 class RssMonitor:
-    """Peak RSS of this process (the driver) and of its children (Ray's workers)."""
+    """Peak RSS of this process (the driver) and of its children (Ray's workers).
+
+    ``worker_task``: the process title (``ray::<task>``) of the largest worker when it peaked,
+    so a figure says which step holds the memory, not only how much.
+    """
 
     def __init__(self) -> None:
         import psutil
 
         self.proc = psutil.Process()
         self.driver = self.worker = self.total = 0
+        self.worker_task = ""
+        self._last: dict[int, str] = {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -73,12 +79,18 @@ class RssMonitor:
         while not self._stop.wait(0.2):
             try:
                 kids = self.proc.children(recursive=True)
-                rss = [k.memory_info().rss for k in kids if "ray::" in " ".join(k.cmdline()[:1])]
+                seen = [(k.memory_info().rss, " ".join(k.cmdline()[:1])) for k in kids]
             except (psutil.Error, OSError):
                 continue
+            rss = [(k.pid, r, name) for k, (r, name) in zip(kids, seen) if "ray::" in name]
             self.driver = max(self.driver, self.proc.memory_info().rss)
-            self.worker = max([self.worker, *rss])
-            self.total = max(self.total, sum(rss))
+            self.total = max(self.total, sum(r for _, r, _ in rss))
+            for pid, r, name in rss:
+                # A worker keeps its memory when it goes idle: name the task it last ran.
+                if name != "ray::IDLE":
+                    self._last[pid] = name
+                if r > self.worker:
+                    self.worker, self.worker_task = r, self._last.get(pid, name)
 
     def __enter__(self) -> RssMonitor:
         self._t.start()

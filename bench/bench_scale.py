@@ -205,6 +205,7 @@ def run(n: int, dup: float, kind: str) -> dict:
         "rows_per_s": round(n / wall),
         "driver_peak_mb": round(rss.driver / 2**20),
         "worker_peak_mb": round(rss.worker / 2**20),
+        "worker_peak_task": rss.worker_task,
         **found,
     }
 
