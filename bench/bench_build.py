@@ -59,8 +59,8 @@ def bare_loop(manifest: Path, limit: int) -> float:
 class RssMonitor:
     """Peak RSS of this process (the driver) and of its children (Ray's workers).
 
-    ``worker_task``: the process title (``ray::<task>``) of the largest worker when it peaked,
-    so a figure says which step holds the memory, not only how much.
+    ``worker_task``: the last task title (``ray::<task>``) the largest worker ran before its
+    peak, so a figure says which step holds the memory, not only how much.
     """
 
     def __init__(self) -> None:
