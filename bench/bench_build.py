@@ -61,14 +61,20 @@ class RssMonitor:
 
     ``worker_task``: the last task title (``ray::<task>``) the largest worker ran before its
     peak, so a figure says which step holds the memory, not only how much.
+    ``worker_private`` (``driver_private``): the largest worker's (the driver's) RSS less
+    its shared pages. Blocks a process reads from Ray's object store are mapped shared
+    memory and count in its RSS; Ray's own memory monitor subtracts them
+    (``ray._private.memory_monitor``), and so does this.
+    ``by_task``: per task title, the peak RSS and private memory of a worker running it.
     """
 
     def __init__(self) -> None:
         import psutil
 
         self.proc = psutil.Process()
-        self.driver = self.worker = self.total = 0
+        self.driver = self.worker = self.total = self.worker_private = self.driver_private = 0
         self.worker_task = ""
+        self.by_task: dict[str, list[int]] = {}
         self._last: dict[int, str] = {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -79,18 +85,30 @@ class RssMonitor:
         while not self._stop.wait(0.2):
             try:
                 kids = self.proc.children(recursive=True)
-                seen = [(k.memory_info().rss, " ".join(k.cmdline()[:1])) for k in kids]
+                seen = [(k.memory_info(), " ".join(k.cmdline()[:1])) for k in kids]
             except (psutil.Error, OSError):
                 continue
-            rss = [(k.pid, r, name) for k, (r, name) in zip(kids, seen) if "ray::" in name]
-            self.driver = max(self.driver, self.proc.memory_info().rss)
-            self.total = max(self.total, sum(r for _, r, _ in rss))
-            for pid, r, name in rss:
+            rss = [(k.pid, m, name) for k, (m, name) in zip(kids, seen) if "ray::" in name]
+            own = self.proc.memory_info()
+            self.driver = max(self.driver, own.rss)
+            self.driver_private = max(self.driver_private, own.rss - own.shared)
+            self.total = max(self.total, sum(m.rss for _, m, _ in rss))
+            for pid, m, name in rss:
                 # A worker keeps its memory when it goes idle: name the task it last ran.
                 if name != "ray::IDLE":
                     self._last[pid] = name
-                if r > self.worker:
-                    self.worker, self.worker_task = r, self._last.get(pid, name)
+                task = self._last.get(pid, name)
+                private = m.rss - m.shared
+                peak = self.by_task.setdefault(task, [0, 0])
+                peak[0], peak[1] = max(peak[0], m.rss), max(peak[1], private)
+                if m.rss > self.worker:
+                    self.worker, self.worker_task = m.rss, task
+                self.worker_private = max(self.worker_private, private)
+
+    def tasks_mb(self, top: int = 6) -> dict[str, list[int]]:
+        """The ``top`` task titles by peak RSS: ``[rss_mb, private_mb]`` each."""
+        ranked = sorted(self.by_task.items(), key=lambda kv: -kv[1][0])[:top]
+        return {name: [r // 2**20, p // 2**20] for name, (r, p) in ranked}
 
     def __enter__(self) -> RssMonitor:
         self._t.start()

@@ -9,7 +9,8 @@ pixels changed, so other bytes and a pHash within 4 bits), built with
 ``near_duplicates: true`` (the only field set: it is what the run measures); the recall and
 precision of the near-dup search at scale are printed beside the timings.
 For each size, on a fresh local Ray at the defaults:
-- the build (``run_build``), with the peak RSS of the driver and of the largest worker;
+- the build (``run_build``), with the peak RSS and private memory (RSS less shared pages)
+  of the driver and of the largest worker, and the peak per task title;
 - the one-task finalize over the same staged chunks (``finalize.finalize``: what every build
   ran before dedup was distributed), timed beside the job's own finalize;
 - a bare loop over the same rows: parse, validate (UTF-8 and length), hash, tar write.
@@ -204,8 +205,11 @@ def run(n: int, dup: float, kind: str) -> dict:
         "one_task_finalize_s": round(old, 1),
         "rows_per_s": round(n / wall),
         "driver_peak_mb": round(rss.driver / 2**20),
+        "driver_private_peak_mb": round(rss.driver_private / 2**20),
         "worker_peak_mb": round(rss.worker / 2**20),
         "worker_peak_task": rss.worker_task,
+        "worker_private_peak_mb": round(rss.worker_private / 2**20),
+        "peak_by_task_mb": rss.tasks_mb(),
         **found,
     }
 

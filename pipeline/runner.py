@@ -19,6 +19,7 @@ ALLOCATOR_ENV = {
     "MALLOC_TRIM_THRESHOLD_": "1073741824",
     "PILLOW_BLOCKS_MAX": "32",
 }
+SHUFFLE_INPUT_BYTES = 128 * 1024 * 1024
 # Per-process cache so that a stage's setup() runs once per worker, not once per task.
 _READY: dict[str, Stage] = {}
 
@@ -167,6 +168,11 @@ def configure_data_context(quiet: bool, small: bool = False) -> None:
     ctx.print_on_execution_start = not quiet
     # Read tasks yield whole chunks (<= 128 MiB of inline bytes); never split them.
     ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 512 * 1024 * 1024)
+    # A hash-shuffle map task joins its input blocks up to this many bytes before it
+    # partitions them, and holds several times that while it partitions and encodes them.
+    # Ray's default (1 GiB) let that grow with a build up to ~10M claims; this cap bounds a
+    # dedup pass's map side whatever the build's size (docs/benchmarks.md).
+    ctx.shuffle_input_batch_bytes = SHUFFLE_INPUT_BYTES
     if small:
         # Ray Data reserves half of the cluster per operator; on a 2-CPU Ray that leaves a
         # one-operator pipeline running one task at a time (measured: 32 x 150 ms tasks took

@@ -134,8 +134,25 @@ def test_placing_chunks_in_parallel_writes_what_one_task_writes(tmp_path, monkey
     _build_paths(tmp_path, monkeypatch, [("one", 20_000, 1_000_000), ("place", 0, 1_000_000)])
 
 
-@pytest.mark.slow  # three shuffles on Ray: ~2 min on 2 CPUs, mostly actor start-up
+@pytest.mark.slow  # three shuffles on Ray: ~2 min on 2 CPUs, mostly fixed per-pass cost
 @pytest.mark.usefixtures("ray_local")
 def test_dedup_over_hash_partitions_writes_what_one_task_writes(tmp_path, monkeypatch):
     """Dedup as passes over 4 hash partitions of at most 60 rows each."""
     _build_paths(tmp_path, monkeypatch, [("one", 20_000, 1_000_000), ("parts", 0, 60)])
+
+
+def test_the_shuffle_map_input_is_capped_for_every_job():
+    """Ray's default lets one shuffle map task join 1 GiB of claims, so the task grew with
+    the build up to ~10M rows (docs/benchmarks.md); every job's data context caps it."""
+    from ray.data import DataContext
+
+    from pipeline.runner import SHUFFLE_INPUT_BYTES, configure_data_context
+
+    ctx = DataContext.get_current()
+    saved = ctx.shuffle_input_batch_bytes
+    try:
+        ctx.shuffle_input_batch_bytes = 1 << 30
+        configure_data_context(quiet=True)
+        assert ctx.shuffle_input_batch_bytes == SHUFFLE_INPUT_BYTES == 128 * 2**20
+    finally:
+        ctx.shuffle_input_batch_bytes = saved

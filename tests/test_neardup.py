@@ -184,7 +184,7 @@ def test_copies_of_real_photos_are_rejected_naming_the_original(tmp_path):
     assert index.column("image_phash").null_count == 0
 
 
-@pytest.mark.slow  # four shuffles on Ray: ~2 min on 2 CPUs, mostly actor start-up
+@pytest.mark.slow  # four shuffles on Ray: ~2 min on 2 CPUs, mostly fixed per-pass cost
 @pytest.mark.usefixtures("ray_local")
 def test_near_dup_search_over_hash_partitions_writes_what_one_task_writes(tmp_path, monkeypatch):
     import pipeline.build.distributed as d
