@@ -1,4 +1,4 @@
-"""Driver memory per Ray Data read task: a custom datasource against ``ray.data.range``.
+"""Driver memory per Ray Data task, with the operator reservation off and on.
 
     python bench/bench_driver.py [--tasks 100 1000]
 
@@ -9,9 +9,8 @@ yield one Arrow block of 100 x 200-byte binary values (the shape of a build's re
 a chunk), or ``range``, ``ray.data.range`` with the same number of blocks. The map stage
 returns a one-row Arrow summary per block (``summary``, as a build's chunk stage does) or
 its input block (``echo``). Each runs with Ray Data's operator reservation off (what the
-runner does on clusters of <= 8 CPUs) and on (Ray's default). A build's driver grows with its
-chunk count
-(docs/benchmarks.md); this separates Ray Data's share from the build's own.
+runner does on clusters of <= 8 CPUs) and on (Ray's default). A build's driver grows with
+its chunk count (docs/benchmarks.md); this separates Ray Data's share from the build's own.
 Prints one JSON line per run.
 """
 
