@@ -247,3 +247,48 @@ def test_a_model_without_audio_reads_shards_with_audio(tmp_path):
     strict.cfg = strict.cfg.model_copy(update={"audio": None})
     with pytest.raises(UserError, match="holds audio"):
         strict._check_present(batch)
+
+
+def test_a_users_own_models_embed_every_modality_on_ray(built, tmp_path):
+    """CLIP's image tower (transformers), open_clip's text tower and wav2vec2, through the job:
+    the widths are the models' own and the values equal a direct call on the same samples."""
+    import torch
+    import webdataset as wds
+
+    from pipeline.features.config import EncoderConfig
+    from pipeline.models.encoders import load_encoder
+    from pipeline.preprocess.processors import ModelAudioPreprocess
+    from tests import tiny_models
+
+    clip = tiny_models.make_clip(tmp_path / "clip")
+    oc = tiny_models.make_open_clip(tmp_path / "oc")
+    w2v = tiny_models.make_wav2vec2(tmp_path / "w2v")
+    out = tmp_path / "f"
+    encoders = {
+        "image": {"name": "hf", "weights": str(clip)},
+        "text": {"name": "open_clip", "weights": str(oc)},
+        "audio": {"name": "hf", "weights": str(w2v)},
+    }
+    report = run_features(features_cfg(built, out, **encoders), quiet=True)
+    assert report["counts"] == {"rows": 12, "rejected": 0, "resumed": 0}
+    table = read_all(out)
+    assert table.schema.field("image_emb").type == pa.list_(pa.float32(), 24)
+    assert table.schema.field("text_emb").type == pa.list_(pa.float32(), 16)
+    assert table.schema.field("audio_emb").type == pa.list_(pa.float32(), 32)
+    assert report["encoders"]["image"]["encoder"] == "image:hf:CLIPModel"
+    voiced = next(
+        s
+        for s in wds.WebDataset(
+            sorted(str(p) for p in (built / "shards").glob("*.tar")), shardshuffle=False
+        )
+        if "flac" in s or "wav" in s
+    )
+    row = table.filter(pa.compute.equal(table["key"], voiced["__key__"])).to_pylist()[0]
+    assert row["has_audio"] and row["has_image"] and row["has_text"]
+    enc = load_encoder("audio", EncoderConfig(name="hf", weights=str(w2v)))
+    pre = ModelAudioPreprocess(str(w2v), 1.0).run(
+        {"audio": [voiced.get("flac", voiced.get("wav"))]}
+    )
+    with torch.inference_mode():
+        ref = enc.model(*(torch.from_numpy(pre[c]) for c in enc.inputs)).numpy()[0]
+    np.testing.assert_allclose(row["audio_emb"], ref, atol=1e-4)

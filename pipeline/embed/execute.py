@@ -102,7 +102,7 @@ def _embed_dataset(run: Execution, work: list[ShardPlan]) -> Any:
     )
     # The weights load in the actors, once each, with the encoders they are checked against.
     gpus = actor_gpus(cfg.device)
-    on_gpu = decode_on_gpu(fcfg.image_decode, fcfg.image is not None, gpus)
+    on_gpu = decode_on_gpu(fcfg.image_decode, fcfg.decodes_jpeg_in_actor(), gpus)
     preset = ref.image_preset
     if cfg.actors == "auto":
         per = gpus if gpus else cfg.actor_num_cpus

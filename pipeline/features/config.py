@@ -12,6 +12,7 @@ class EncoderConfig(BaseModel):
 
     name: str
     # "default" (offline package), a path/URL, "torchvision" (registry, online) or "random".
+    # For name "hf" or "open_clip": the model itself, as a folder, an fsspec URL or a hub id.
     weights: str | None = "default"
     # Image encoders only: "grid" (global average plus a 2x2 grid: keeps where things are)
     # or "avg" (the global average alone).
@@ -55,6 +56,7 @@ class FeaturesConfig(BaseModel):
         """Known encoders with weights to load, and at least one modality on."""
         from pipeline.models.encoders import (
             AUDIO_ENCODERS,
+            FOREIGN,
             IMAGE_ENCODERS,
             LEARNED_AUDIO,
             TEXT_ENCODERS,
@@ -65,8 +67,19 @@ class FeaturesConfig(BaseModel):
             setattr(self, off, None)
         for m, table in tables.items():
             enc = getattr(self, m)
-            if enc is not None and enc.name not in table:
-                raise ValueError(f"{m}.name = {enc.name!r} is unknown; allowed: {sorted(table)}")
+            if enc is None:
+                continue
+            if enc.name not in table and enc.name not in FOREIGN[m]:
+                allowed = sorted(table) + list(FOREIGN[m])
+                raise ValueError(f"{m}.name = {enc.name!r} is unknown; allowed: {allowed}")
+            if enc.name in FOREIGN[m] and enc.weights in (None, "default", "random"):
+                raise ValueError(
+                    f"{m}.weights must name the {enc.name} model (a folder, an fsspec URL or a "
+                    f"hub id{', or ARCH:TAG' if enc.name == 'open_clip' else ''}), not "
+                    f"{enc.weights!r}"
+                )
+            if enc.name in FOREIGN[m] and "pool" in enc.model_fields_set:
+                raise ValueError(f"remove {m}.pool: {enc.name} pools as the model itself does")
         audio = self.audio
         if audio is not None and audio.name in LEARNED_AUDIO and audio.weights in (None, "default"):
             raise ValueError(
@@ -78,7 +91,16 @@ class FeaturesConfig(BaseModel):
         return self
 
     def dims(self) -> dict[str, int]:
-        from pipeline.models.encoders import AUDIO_ENCODERS, IMAGE_ENCODERS, POOLS, TEXT_ENCODERS
+        """Each enabled modality's feature width. A user's own model is loaded (once per
+        process) to measure it, so call this on the driver and hand the result on."""
+        from pipeline.models.encoders import (
+            AUDIO_ENCODERS,
+            IMAGE_ENCODERS,
+            POOLS,
+            TEXT_ENCODERS,
+            is_foreign,
+            load_encoder,
+        )
 
         out = {}
         for m, table in (
@@ -87,9 +109,24 @@ class FeaturesConfig(BaseModel):
             ("audio", AUDIO_ENCODERS),
         ):
             enc = getattr(self, m)
-            if enc is not None:
+            if enc is None:
+                continue
+            if is_foreign(enc.name):
+                out[m] = load_encoder(m, enc).dim
+            else:
                 out[m] = table[enc.name] * (POOLS[enc.pool] if m == "image" else 1)
         return out
+
+    def decodes_jpeg_in_actor(self) -> bool:
+        """Whether images may be decoded next to the encoder (nvJPEG): our own image encoders
+        only; a user's model takes its library's preprocessing, on CPUs."""
+        from pipeline.models.encoders import is_foreign
+
+        return self.image is not None and not is_foreign(self.image.name)
+
+    def audio_seconds(self) -> float:
+        """The clip length every audio encoder sees: ``audio_frames`` frames of 10 ms."""
+        return self.audio_frames / 100.0
 
 
 def load_features_config(overrides: dict[str, Any], yaml_path: str | None = None) -> FeaturesConfig:

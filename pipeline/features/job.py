@@ -105,7 +105,7 @@ def run_features(
         )
         preset = (info.get("image") or {}).get("preset") or "imagenet"
         gpus = actor_gpus(cfg.device)
-        on_gpu = decode_on_gpu(cfg.image_decode, cfg.image is not None, gpus)
+        on_gpu = decode_on_gpu(cfg.image_decode, cfg.decodes_jpeg_in_actor(), gpus)
         stages = [
             FeaturePreprocess(cfg, preset, decode_images=not on_gpu),
             EncodeStage(cfg, gpus, decode_preset=preset if on_gpu else None),

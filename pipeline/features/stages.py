@@ -13,9 +13,15 @@ from pipeline.faults import maybe_fail
 from pipeline.features.config import FeaturesConfig
 from pipeline.io.parts import PartWriter
 from pipeline.io.shards import as_text
-from pipeline.models.encoders import BOW_DIM
+from pipeline.models.encoders import BOW_DIM, is_foreign, load_encoder
 from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
 from pipeline.preprocess.image import ImagePreprocess, normalize_uint8
+from pipeline.preprocess.processors import (
+    AUDIO_COLUMNS,
+    ModelAudioPreprocess,
+    ModelImagePreprocess,
+    ModelTokenize,
+)
 from pipeline.preprocess.text import TextTokenize
 from pipeline.stage import Batch, Resources, Stage
 from schemas import FEATURE_REJECTS_SCHEMA, features_schema
@@ -53,15 +59,23 @@ class FeaturePreprocess(Stage):
         self.parts: list[Stage] = []
         # decode_images=False leaves the JPEG bytes for the encoder actor to decode on its GPU.
         self.keep = () if decode_images or cfg.image is None else ("image",)
-        if cfg.image is not None and decode_images:
+        # A user's own model preprocesses as its library does (resize, tokenizer, extractor).
+        image, text, audio = cfg.image, cfg.text, cfg.audio
+        if image is not None and is_foreign(image.name):
+            self.parts.append(ModelImagePreprocess(image.name, str(image.weights)))
+        elif image is not None and decode_images:
             # uint8 out: the encoder actor normalises (on its GPU when it has one).
             self.parts.append(ImagePreprocess(image_preset, dtype="uint8"))
-        if cfg.text is not None:
-            bow = BOW_DIM if cfg.text.name.endswith("_bow") else 0
+        if text is not None and is_foreign(text.name):
+            self.parts.append(ModelTokenize(text.name, str(text.weights), cfg.max_text_tokens))
+        elif text is not None:
+            bow = BOW_DIM if text.name.endswith("_bow") else 0
             self.parts.append(
                 TextTokenize(cfg.tokenizer, max_length=cfg.max_text_tokens, bow_dim=bow)
             )
-        if cfg.audio is not None:
+        if audio is not None and is_foreign(audio.name):
+            self.parts.append(ModelAudioPreprocess(str(audio.weights), cfg.audio_seconds()))
+        elif audio is not None:
             lm = LogMelConfig(
                 sample_rate=cfg.audio_sample_rate,
                 n_mels=cfg.audio_n_mels,
@@ -144,7 +158,8 @@ class EncodeStage(Stage):
         c = self.cfg
         image = ("pixel_values",) if self.decode_preset is None else ("image", "error")
         text = ("input_ids", "attention_mask")
-        found = {"image": image, "text": text, "audio": ("log_mel",)}
+        audio = AUDIO_COLUMNS if c.audio is not None and is_foreign(c.audio.name) else ("log_mel",)
+        found = {"image": image, "text": text, "audio": audio}
         return {m: cols for m, cols in found.items() if getattr(c, m) is not None}
 
     def inputs(self) -> tuple[str, ...]:
@@ -161,23 +176,15 @@ class EncodeStage(Stage):
     def setup(self) -> None:
         import torch
 
-        from pipeline.models.encoders import audio_encoder, image_encoder, text_encoder
-
         c = self.cfg
         self.device = local_device(c.device)
         # Intra-op threads = the CPUs this actor was given, so actors do not oversubscribe.
         torch.set_num_threads(max(1, int(c.actor_num_cpus)))
-        self.encoders: dict[str, Any] = {}
-        if c.image is not None:
-            self.encoders["image"] = image_encoder(
-                c.image.name, c.image.weights or "default", pool=c.image.pool
-            )
-        if c.text is not None:
-            self.encoders["text"] = text_encoder(c.text.name, c.text.weights or "default")
-        if c.audio is not None:
-            self.encoders["audio"] = audio_encoder(
-                c.audio.name, c.audio.weights, n_mels=c.audio_n_mels
-            )
+        self.encoders: dict[str, Any] = {
+            m: load_encoder(m, getattr(c, m), n_mels=c.audio_n_mels)
+            for m in MODALITIES
+            if getattr(c, m) is not None
+        }
         if self.decode_preset is not None:
             self.image_pre = ImagePreprocess(self.decode_preset, device=self.device, dtype="uint8")
         for m, enc in self.encoders.items():
@@ -211,9 +218,11 @@ class EncodeStage(Stage):
                     )
                 batch["text_emb"] = emb
             if "audio" in self.encoders:
-                mel = torch.from_numpy(np.asarray(batch.pop("log_mel"))).to(self.device)
+                enc = self.encoders["audio"]
+                cols = enc.inputs or ("log_mel",)
+                xs = [torch.from_numpy(np.asarray(batch.pop(c))).to(self.device) for c in cols]
                 batch.pop("audio_frames_mask", None)
-                batch["audio_emb"] = self.encoders["audio"].model(mel).float().cpu().numpy()
+                batch["audio_emb"] = enc.model(*xs).float().cpu().numpy()
         return batch
 
     def _decode(self, batch: Batch) -> Any:
@@ -243,19 +252,21 @@ class FeatureWriter(PartWriter):
     name = "feature_writer"
 
     def inputs(self) -> tuple[str, ...]:
-        dims = self.cfg.dims()
+        dims = self.dims
         return (*self.reads, *(f"{m}_emb" for m in dims), *(f"{m}_mask" for m in dims))
 
     def __init__(self, cfg: FeaturesConfig, metadata: dict[str, str]) -> None:
         self.cfg = cfg
-        schema = features_schema(cfg.dims()).with_metadata(
+        # Measured here, on the driver: a worker must not load a user's model to learn a width.
+        self.dims = cfg.dims()
+        schema = features_schema(self.dims).with_metadata(
             {k.encode(): v.encode() for k, v in metadata.items()}
         )
         super().__init__(cfg.output, schema, "features", FEATURE_REJECTS_SCHEMA, "feature_rejects")
 
     def rows_table(self, batch: Batch, ok: list[int], keys: np.ndarray, shard: str) -> pa.Table:
         cols: dict[str, Any] = {"key": keys[ok].tolist(), "shard": [shard] * len(ok)}
-        for m, dim in self.cfg.dims().items():
+        for m, dim in self.dims.items():
             emb = np.asarray(batch[f"{m}_emb"], dtype=np.float32)[ok].reshape(len(ok), dim)
             present = np.asarray(batch[f"{m}_mask"], dtype=bool)[ok]
             flat = pa.array(emb.reshape(-1), pa.float32())

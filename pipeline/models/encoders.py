@@ -1,4 +1,5 @@
-"""Encoder registry: image (EfficientNet-Lite0, torchvision), text (MiniLM), audio (stats, CNN)."""
+"""Encoder registry: image (EfficientNet-Lite0, torchvision), text (MiniLM), audio (stats, CNN), and
+the user's own models (transformers, open_clip)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ POOLS = {"avg": 1, "grid": 5}
 # mel_stats: no weights (MFCC and energy statistics); audio_cnn: learned, weights from the user.
 AUDIO_ENCODERS = {"mel_stats": MEL_STATS_DIM, "audio_cnn": 256}
 LEARNED_AUDIO = frozenset({"audio_cnn"})
+# The user's own models, named by ``weights`` (a folder, an fsspec URL, a hub id or a tag):
+# their dims, preprocessing and pooling come from the model itself (models/foreign.py).
+FOREIGN = {"image": ("hf", "open_clip"), "text": ("hf", "open_clip"), "audio": ("hf",)}
+
+
+def is_foreign(name: str) -> bool:
+    return name in ("hf", "open_clip")
 
 
 @dataclass
@@ -40,6 +48,9 @@ class Encoder:
     @property
     def encoder_id(self) -> str:
         return f"{self.modality}:{self.name}"
+
+    # The batch columns ``model`` takes, in order (a foreign audio tower takes three).
+    inputs: tuple[str, ...] = ()
 
     def to(self, device: str) -> Encoder:
         self.model = self.model.to(device)
@@ -288,3 +299,16 @@ def audio_encoder(
         state, weights_id = load_state_dict(weights)
         model.load_state_dict(state, strict=True)
     return Encoder("audio", name, AUDIO_ENCODERS[name], weights_id, model.eval())
+
+
+def load_encoder(modality: str, cfg: Any, *, n_mels: int = 64) -> Encoder:
+    """The encoder a ``features.<modality>`` entry names (an ``EncoderConfig``)."""
+    if is_foreign(cfg.name):
+        from pipeline.models.foreign import foreign_encoder
+
+        return foreign_encoder(modality, cfg.name, cfg.weights)
+    if modality == "image":
+        return image_encoder(cfg.name, cfg.weights or "default", pool=cfg.pool)
+    if modality == "text":
+        return text_encoder(cfg.name, cfg.weights or "default")
+    return audio_encoder(cfg.name, cfg.weights, n_mels=n_mels)
