@@ -37,7 +37,7 @@ _LOADED: dict[tuple[str, str, str], Any] = {}
 class ModelSpec:
     """Enough to rebuild the untrained architecture; weights are loaded into it afterwards."""
 
-    fusion_type: str  # early | mid | late | gated | bilinear
+    fusion_type: str  # early | mid | late | gated | bilinear | zero_shot (no parameters)
     preset: str | None  # None: a FusionModel on features; else an end-to-end preset
     dims: dict[str, int]
     d_model: int
@@ -49,6 +49,10 @@ class ModelSpec:
 
 def build_model(spec: ModelSpec, *, dropout: float = 0.0, freeze_fraction: float = 1.0) -> Any:
     """The one place that maps a spec to a module: training, eval, export and embed all use it."""
+    if spec.fusion_type == "zero_shot":  # mmpipe zero-shot: a paired model's own space
+        from pipeline.zeroshot import zero_shot_module
+
+        return zero_shot_module(spec.dims)
     if spec.preset == "finetune":
         from pipeline.train.presets import FinetuneFusion
 

@@ -22,6 +22,17 @@ def fingerprint(obj: Any) -> str:
     return short_hash(json.dumps(obj, sort_keys=True, default=str).encode())
 
 
+def features_fingerprint(cfg: Any, info: dict[str, Any]) -> str:
+    """What decides features (a ``FeaturesConfig``): its computing fields and the encoders'
+    identities; how the run is spread over workers does not count."""
+    from schemas import FEATURES_SCHEMA_VERSION
+
+    fields = cfg.model_dump(
+        exclude={"output", "actors", "actor_num_cpus", "preprocess_num_cpus", "batch_size"}
+    )
+    return fingerprint({"cfg": fields, "encoders": info, "v": FEATURES_SCHEMA_VERSION})
+
+
 # A shard's digest: the sum of its rows' (key, content) hashes mod 2^128, and the row count.
 # A sum is order-free and streams, so the build (per final shard) and refresh planning (over an
 # index) compute the same value from rows in any order.

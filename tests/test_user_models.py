@@ -218,7 +218,6 @@ def test_user_model_config_mistakes_are_one_clear_line(tmp_path):
     for bad, match in (
         ({"image": {"name": "hf"}}, "image.weights must name the hf model"),
         ({"audio": {"name": "open_clip", "weights": "x"}}, "audio.name = 'open_clip' is unknown"),
-        ({"image": {"name": "hf", "weights": "x", "pool": "avg"}}, "remove image.pool"),
     ):
         with pytest.raises(UserError, match=match) as e:
             load_features_config({**base, **bad})

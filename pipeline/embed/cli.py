@@ -72,6 +72,20 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_search)
 
+    p = sub.add_parser(
+        "zero-shot",
+        help="a run around a paired model (CLIP, SigLIP, CLAP): embed and search, no training",
+    )
+    p.add_argument("model", help="the paired model: a folder, an fsspec URL, a hub id (hf)")
+    p.add_argument("--output", "-o", required=True, help="the run folder to write")
+    p.add_argument(
+        "--library",
+        choices=["hf", "open_clip"],
+        default="hf",
+        help="transformers (hf) or open_clip; open_clip also takes ARCH:TAG (default hf)",
+    )
+    p.set_defaults(func=_cmd_zero_shot)
+
     p = sub.add_parser("index", help="build an HNSW index (usearch) for the latest version")
     p.add_argument("store")
     p.add_argument(
@@ -156,4 +170,11 @@ def _cmd_index(args: argparse.Namespace) -> int:
     res = build_index(args.store, args.column, args.dtype)
     cols = ", ".join(f"{c} ({n} rows)" for c, n in res["columns"].items())
     print(f"index: {res['version']}: {cols} -> {args.store}/index/", file=sys.stderr)
+    return 0
+
+
+def _cmd_zero_shot(args: argparse.Namespace) -> int:
+    from pipeline.zeroshot import write_zero_shot_run
+
+    write_zero_shot_run(args.model, args.output, args.library)
     return 0

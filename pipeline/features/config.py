@@ -14,8 +14,8 @@ class EncoderConfig(BaseModel):
     # "default" (offline package), a path/URL, "torchvision" (registry, online) or "random".
     # For name "hf" or "open_clip": the model itself, as a folder, an fsspec URL or a hub id.
     weights: str | None = "default"
-    # Image encoders only: "grid" (global average plus a 2x2 grid: keeps where things are)
-    # or "avg" (the global average alone).
+    # Our image encoders only: "grid" (global average plus a 2x2 grid: keeps where things
+    # are) or "avg" (the global average alone). A user's own model pools as it does itself.
     pool: Literal["avg", "grid"] = "grid"
 
 
@@ -78,8 +78,6 @@ class FeaturesConfig(BaseModel):
                     f"hub id{', or ARCH:TAG' if enc.name == 'open_clip' else ''}), not "
                     f"{enc.weights!r}"
                 )
-            if enc.name in FOREIGN[m] and "pool" in enc.model_fields_set:
-                raise ValueError(f"remove {m}.pool: {enc.name} pools as the model itself does")
         audio = self.audio
         if audio is not None and audio.name in LEARNED_AUDIO and audio.weights in (None, "default"):
             raise ValueError(

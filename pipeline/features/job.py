@@ -11,7 +11,7 @@ from pipeline.device import actor_gpus, decode_on_gpu
 from pipeline.errors import UserError
 from pipeline.features.config import FeaturesConfig
 from pipeline.features.stages import EncodeStage, FeaturePreprocess, FeatureWriter, encoder_info
-from pipeline.fingerprint import fingerprint
+from pipeline.fingerprint import features_fingerprint
 from pipeline.io.fs import (
     absolute,
     check_output,
@@ -26,15 +26,6 @@ from pipeline.io.shards import SAMPLE_SCHEMA, make_shard_datasource, resolve_sha
 from pipeline.redact import redact_obj
 from pipeline.runner import map_stages, probe_address, ray_session, stream
 from schemas import FEATURES_SCHEMA_VERSION
-
-
-def features_fingerprint(cfg: FeaturesConfig, info: dict[str, Any]) -> str:
-    """What decides the features: the config's computing fields and the encoders' identities."""
-    fields = cfg.model_dump(
-        exclude={"output", "actors", "actor_num_cpus", "preprocess_num_cpus", "batch_size"}
-    )
-    return fingerprint({"cfg": fields, "encoders": info, "v": FEATURES_SCHEMA_VERSION})
-
 
 STARTED = "_started.json"  # the fingerprint of an unfinished run: what a rerun may resume
 

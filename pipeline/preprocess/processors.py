@@ -59,6 +59,10 @@ class ModelImagePreprocess(Stage):
             _, tf, _ = load(self.source, weights=False)
             self.side = 512
             self.transform = lambda ims: torch.stack([tf(im) for im in ims])
+        from PIL import Image
+
+        # What the model takes, learned once: a batch with no image still gets that shape.
+        self.shape = tuple(self.transform([Image.new("RGB", (8, 8))]).shape[1:])
 
     def __call__(self, batch: Batch) -> Batch:
         self.ensure_setup()
@@ -73,8 +77,7 @@ class ModelImagePreprocess(Stage):
             except Exception as e:  # any decoder failure is this sample's reject
                 errors[i] = _error(e)
         out = self._transform(images, errors)
-        shape = next(iter(out.values())).shape if out else (3, self.side, self.side)
-        pixels = np.zeros((n, *shape), dtype=np.float32)
+        pixels = np.zeros((n, *self.shape), dtype=np.float32)
         for i, x in out.items():
             pixels[i] = x
         mask = np.zeros(n, dtype=bool)

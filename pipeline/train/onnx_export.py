@@ -229,6 +229,7 @@ def encoder_graphs(art: RunArtifact) -> list[Graph]:
     import torch
 
     from pipeline.features.stages import EncodeStage
+    from pipeline.models.encoders import is_foreign
     from pipeline.preprocess.image import IMAGE_PRESETS
 
     cfg = art.features_config(device="cpu")
@@ -253,6 +254,8 @@ def encoder_graphs(art: RunArtifact) -> list[Graph]:
         return (torch.randn(n, cfg.audio_n_mels, cfg.audio_frames, generator=g),)
 
     names = {"image": ["pixel_values"], "text": ["input_ids", "attention_mask"]}
+    # A user's own transformers or open_clip tower stays with its library (embed runs it
+    # eagerly beside the ONNX model): its inputs are the library's, not ours.
     return [
         Graph(
             f"{m}_encoder",
@@ -263,6 +266,7 @@ def encoder_graphs(art: RunArtifact) -> list[Graph]:
             inputs(m, 3),
         )
         for m, enc in stage.encoders.items()
+        if not is_foreign(getattr(cfg, m).name)
     ]
 
 

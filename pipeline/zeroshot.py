@@ -1,0 +1,122 @@
+"""``mmpipe zero-shot``: a run directory around a paired model (CLIP, SigLIP, CLAP, open_clip)
+whose towers already share a space, so that embed and search work with no training."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from pipeline.errors import UserError
+
+FUSION = "zero_shot"
+# Which towers each library's paired models have: the shared space is theirs.
+TOWERS = {
+    "hf": {
+        "image": "get_image_features",
+        "text": "get_text_features",
+        "audio": "get_audio_features",
+    },
+    "open_clip": {"image": "encode_image", "text": "encode_text"},
+}
+
+
+def zero_shot_module(dims: dict[str, int]) -> Any:
+    """The fusion of a zero-shot run: no parameters. Each modality's embedding is its tower's
+    output, L2-normalised; the fused embedding is the normalised mean of those present."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    mods = [m for m in ("image", "text", "audio") if m in dims]
+
+    class ZeroShot(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mods = mods
+
+        def forward(self, feats: dict[str, Any], mask: dict[str, Any]) -> dict[str, Any]:
+            emb = {m: F.normalize(feats[m].float(), dim=-1) for m in self.mods}
+            present = torch.stack([mask[m] for m in self.mods], dim=1).float()  # [B, M]
+            total = torch.stack(
+                [emb[m] * present[:, i : i + 1] for i, m in enumerate(self.mods)]
+            ).sum(0)
+            return {"emb": emb, "fused": F.normalize(total, dim=-1)}
+
+    return ZeroShot()
+
+
+def towers_of(library: str, source: str) -> list[str]:
+    """The modalities the paired model has towers for, found on the model itself."""
+    if library == "open_clip":
+        return ["image", "text"]
+    from pipeline.models.hf import load_model
+    from pipeline.models.sources import local_folder
+
+    hf = load_model(local_folder(source))
+    found = [m for m, method in TOWERS["hf"].items() if hasattr(hf, method)]
+    if len(found) < 2:
+        raise UserError(
+            f"{source} ({type(hf).__name__}) is not a paired model: it has no two towers in one "
+            "space (CLIP, SigLIP, CLAP do); train a fusion model with mmpipe train instead"
+        )
+    return found
+
+
+def write_zero_shot_run(
+    source: str, output: str, library: str = "hf", *, quiet: bool = False
+) -> dict[str, Any]:
+    """Write ``OUTPUT/model.json`` and an empty ``model.pt``: a run that embed, refresh and
+    search open like a trained one. Its features config names the paired model's towers.
+
+    Raises:
+        UserError: an unknown library, a model without two towers, or towers of other widths.
+    """
+    from pipeline.artifact import Lineage, ModelInfo, save_run
+    from pipeline.features.config import FeaturesConfig
+    from pipeline.features.stages import encoder_info
+    from pipeline.fingerprint import features_fingerprint
+    from pipeline.io.fs import absolute, check_output
+
+    if library not in TOWERS:
+        raise UserError(f"--library must be one of {sorted(TOWERS)}, not {library!r}")
+    output = absolute(output)
+    check_output(output)
+    local = source if "://" in source or ":" in source.split("/")[0] else absolute(source)
+    mods = towers_of(library, local)
+    enc = {"name": library, "weights": local}
+    towers: dict[str, Any] = {m: (enc if m in mods else None) for m in ("image", "text", "audio")}
+    unused = [m for m in ("image", "text", "audio") if m not in mods]
+    cfg = FeaturesConfig.model_validate({"shards": "-", "output": "-", **towers, "ignore": unused})
+    info = encoder_info(cfg)
+    dims = {m: int(v["dim"]) for m, v in info.items()}
+    if len(set(dims.values())) != 1:
+        raise UserError(f"the towers of {source} differ in width ({dims}): they share no space")
+    dim = next(iter(dims.values()))
+    model = ModelInfo(
+        fusion=FUSION,
+        preset=None,
+        fusion_type=FUSION,
+        image_size=0,
+        max_text_tokens=cfg.max_text_tokens,
+        dims=dims,
+        d_model=dim,
+        embed_dim=dim,
+        classes=[],
+        label_field=None,
+        dropout=0.0,
+        lineage=Lineage(
+            features=local,
+            features_fingerprint=features_fingerprint(cfg, info),
+            features_manifest_sha256="",
+            preprocessing={"config": cfg.model_dump(), "encoders": info},
+            train_config={"zero_shot": {"library": library, "model": local}},
+        ),
+    )
+    saved = save_run(output, model, {})
+    if not quiet:
+        print(
+            f"zero-shot: {'+'.join(dims)} towers of {source}, {dim} dims -> {output} "
+            "(use it as --model for embed, refresh and search)",
+            file=sys.stderr,
+        )
+    return saved.to_json()
