@@ -92,3 +92,23 @@ def test_a_model_without_two_towers_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="not a paired model") as e:
         write_zero_shot_run(str(bert), str(tmp_path / "run"), quiet=True)
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
+
+
+def test_an_open_clip_query_is_the_librarys_own_normalised_embedding(tmp_path):
+    import open_clip
+
+    from pipeline.artifact import RunArtifact
+    from pipeline.embed.search import encode_query
+
+    folder = tiny_models.make_open_clip(tmp_path / "oc")
+    info = write_zero_shot_run(str(folder), str(tmp_path / "run"), "open_clip", quiet=True)
+    assert info["dims"] == {"image": 16, "text": 16}
+    fused, embs = encode_query(RunArtifact.open(str(tmp_path / "run")), text="a red circle")
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    with torch.inference_mode():
+        ref = model.eval().encode_text(
+            open_clip.get_tokenizer(f"local-dir:{folder}")(["a red circle"])
+        )
+    ref = torch.nn.functional.normalize(ref, dim=-1).numpy()[0]
+    np.testing.assert_allclose(embs["text"], ref, atol=1e-5)
+    np.testing.assert_allclose(fused, ref, atol=1e-5)  # one modality present: the fusion is it

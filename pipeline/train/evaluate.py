@@ -119,17 +119,18 @@ def score(rows: dict[str, Any], info: ModelInfo) -> dict[str, Any]:
     attrs = rows["attrs"]
     keys = np.asarray(rows["keys"])
     result: dict[str, Any] = {"rows": len(keys), "retrieval": {}, "accuracy": {}}
+    labelled = info.label_field is not None
     for a in mods:
         for b in mods:
             if a == b:
                 continue
-            qi = np.flatnonzero(rows[f"has_{a}"] & (labels >= 0))
+            # With no labels (captions only), every row is a query, scored by its own pair.
+            qi = np.flatnonzero(rows[f"has_{a}"] & ((labels >= 0) | (not labelled)))
             gi = np.flatnonzero(rows[f"has_{b}"])
             q, g = rows[f"emb_{a}"][qi], rows[f"emb_{b}"][gi]
-            entry = {
-                "queries": len(qi),
-                "class": recall_at_k(q, g, labels[qi][:, None] == labels[gi][None, :]),
-            }
+            entry: dict[str, Any] = {"queries": len(qi)}
+            if labelled:
+                entry["class"] = recall_at_k(q, g, labels[qi][:, None] == labels[gi][None, :])
             if all(attrs[i] is not None for i in qi) and all(attrs[j] is not None for j in gi):
                 ids: dict[Any, int] = {}
                 aid = np.array([ids.setdefault(x, len(ids)) for x in attrs])
@@ -206,11 +207,10 @@ def summary_line(r: dict[str, Any]) -> str:
         parts.append(
             f"linear probes: late fusion {base['late_fusion']:.3f}, best {base['best_probe']:.3f};"
         )
-    worst = (
-        min((v["class"]["R@1"], k) for k, v in r["retrieval"].items()) if r["retrieval"] else None
-    )
+    level = "class" if any("class" in v for v in r["retrieval"].values()) else "instance"
+    worst = min(((v[level]["R@1"], k) for k, v in r["retrieval"].items()), default=None)
     if worst:
-        parts.append(f"class R@1 min {worst[0]:.3f} ({worst[1]})")
+        parts.append(f"{level} R@1 min {worst[0]:.3f} ({worst[1]})")
     if "image->text" in r["retrieval"]:
         parts.append(
             f"; instance image->text R@1 {r['retrieval']['image->text']['instance']['R@1']:.3f}"

@@ -182,6 +182,31 @@ def _has_checkpoints(run_path: str) -> bool:
     return exists(run_path) and any("checkpoint_" in f for f in list_files(run_path))
 
 
+def without_absent_labels(cfg: TrainConfig, classes: list[str], quiet: bool) -> TrainConfig:
+    """Captions with no labels train contrastive-only: the default label field, absent from
+    every sample, turns the classifier off (eval then scores retrieval by Recall@K). A label
+    field the user named and no sample has is a mistake, and stops the run.
+
+    Raises:
+        UserError: a non-default label field that no sample's metadata holds.
+    """
+    if not cfg.label_field or classes or cfg.w_classify == 0:
+        return cfg
+    default = TrainConfig.model_fields["label_field"].default
+    if cfg.label_field != default or cfg.w_contrastive == 0:
+        raise UserError(
+            f"train config: label_field {cfg.label_field!r} is in no sample's metadata; "
+            "set label_field: null to train without a classifier"
+        )
+    if not quiet:
+        print(
+            f"train: no sample's metadata has a {default!r}; training contrastive-only "
+            "(eval scores retrieval by Recall@K)",
+            file=sys.stderr,
+        )
+    return cfg.model_copy(update={"label_field": None})
+
+
 def run_train(
     cfg: TrainConfig,
     *,
@@ -207,11 +232,7 @@ def run_train(
         fs_ = open_shards(cfg.data, cfg.label_field, cfg.image_size, cfg.max_text_tokens)
     else:
         fs_ = open_features(cfg.data, cfg.modalities, cfg.label_field)
-    if cfg.label_field and not fs_.classes and cfg.w_classify > 0:
-        raise UserError(
-            f"train config: label_field {cfg.label_field!r} is in no sample's metadata; "
-            "set label_field: null to train without a classifier"
-        )
+    cfg = without_absent_labels(cfg, fs_.classes, quiet)
     out, fp = cfg.output, train_fingerprint(cfg, fs_)
     report_url = join(out, "train.json")
     if exists(report_url):

@@ -53,6 +53,12 @@ def _curves(metrics: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
+def _min_r1(e: dict[str, Any]) -> float | None:
+    """The worst pair's class-level R@1, or instance-level for a run trained without labels."""
+    r1 = [v.get("class", v["instance"])["R@1"] for v in e["retrieval"].values()]
+    return min(r1, default=None)
+
+
 def _recall_bars(evals: dict[str, dict[str, Any]], level: str) -> str:
     import matplotlib.pyplot as plt
     import numpy as np
@@ -136,7 +142,9 @@ def write_html_report(run: str, compare: list[str] | None = None, output: str | 
     points = _load(run, "eval_points.json")
     sections = [
         ("Training curves", _curves(metrics)) if metrics else None,
-        ("Class-level Recall@1 per modality pair", _recall_bars(evals, "class")),
+        ("Class-level Recall@1 per modality pair", _recall_bars(evals, "class"))
+        if any("class" in v for e in evals.values() for v in e["retrieval"].values())
+        else None,
         ("Instance-level Recall@1 per modality pair", _recall_bars(evals, "instance")),
     ]
     if any(e["accuracy"] for e in evals.values()):
@@ -152,7 +160,7 @@ def write_html_report(run: str, compare: list[str] | None = None, output: str | 
         f"<td>{_fmt(e['accuracy'].get('best_single'))}</td>"
         f"<td>{_fmt((e.get('baselines') or {}).get('late_fusion'))}</td>"
         f"<td>{_fmt((e.get('baselines') or {}).get('best_probe'))}</td>"
-        f"<td>{_fmt(min(v['class']['R@1'] for v in e['retrieval'].values()))}</td></tr>"
+        f"<td>{_fmt(_min_r1(e))}</td></tr>"
         for n, e in evals.items()
     )
     body = "".join(
@@ -165,7 +173,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px}}
 <h1>mmpipe run report</h1><p>{html.escape(run)}, split: {html.escape(ev["split"])}</p>
 <table><tr><th>run</th><th>rows</th><th>fused acc</th><th>best single-modality acc</th>
 <th>late fusion of linear probes</th><th>best linear probe</th>
-<th>min class R@1</th></tr>{rows}</table>{body}</body></html>"""
+<th>min R@1 (class, or instance without labels)</th></tr>{rows}</table>{body}</body></html>"""
     out = output or join(run, "report.html")
     write_bytes_atomic(out, page.encode())
     return out
