@@ -3,6 +3,7 @@ whose towers already share a space, so that embed and search work with no traini
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -81,7 +82,8 @@ def write_zero_shot_run(
         raise UserError(f"--library must be one of {sorted(TOWERS)}, not {library!r}")
     output = absolute(output)
     check_output(output)
-    local = source if "://" in source or ":" in source.split("/")[0] else absolute(source)
+    # A local folder travels absolute (workers run elsewhere); a URL, hub id or tag as given.
+    local = absolute(source) if os.path.exists(source) else source
     mods = towers_of(library, local)
     enc = {"name": library, "weights": local}
     towers: dict[str, Any] = {m: (enc if m in mods else None) for m in ("image", "text", "audio")}

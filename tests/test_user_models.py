@@ -222,3 +222,18 @@ def test_user_model_config_mistakes_are_one_clear_line(tmp_path):
         with pytest.raises(UserError, match=match) as e:
             load_features_config({**base, **bad})
         assert "\n" not in str(e.value)
+
+
+def test_local_weights_travel_absolute_and_names_stay_as_given(models, tmp_path, monkeypatch):
+    from pipeline.features.config import FeaturesConfig
+
+    monkeypatch.chdir(models["clip"].parent)
+    cfg = FeaturesConfig(
+        shards="s",
+        output="o",
+        image={"name": "hf", "weights": "clip"},  # relative: workers run in another directory
+        text={"name": "hf", "weights": "org/hub-model"},  # a hub id: no such local folder
+    ).with_absolute_weights()
+    assert cfg.image is not None and cfg.image.weights == str(models["clip"])
+    assert cfg.text is not None and cfg.text.weights == "org/hub-model"
+    assert cfg.audio is not None and cfg.audio.weights == "default"

@@ -115,6 +115,21 @@ class FeaturesConfig(BaseModel):
                 out[m] = table[enc.name] * (POOLS[enc.pool] if m == "image" else 1)
         return out
 
+    def with_absolute_weights(self) -> FeaturesConfig:
+        """Weights given as local paths, made absolute: workers may run in another directory.
+        Names that are no local path (``default``, ``random``, URLs, hub ids) stay as they are."""
+        import os
+
+        from pipeline.io.fs import absolute, is_remote
+
+        update = {}
+        for m in ("image", "text", "audio"):
+            enc = getattr(self, m)
+            w = enc.weights if enc is not None else None
+            if w and not is_remote(w) and os.path.exists(w.removeprefix("file://")):
+                update[m] = enc.model_copy(update={"weights": absolute(w)})
+        return self.model_copy(update=update)
+
     def decodes_jpeg_in_actor(self) -> bool:
         """Whether images may be decoded next to the encoder (nvJPEG): our own image encoders
         only; a user's model takes its library's preprocessing, on CPUs."""

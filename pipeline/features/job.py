@@ -63,6 +63,7 @@ def run_features(
     t0 = time.perf_counter()
     # Every path is resolved once, here: workers run elsewhere (see io/fs.absolute).
     cfg = cfg.model_copy(update={"shards": absolute(cfg.shards), "output": absolute(cfg.output)})
+    cfg = cfg.with_absolute_weights()
     check_output(cfg.output)
     if address:
         probe_address(address)  # seconds, where ray.init would retry for ever

@@ -74,6 +74,23 @@ def decode_mono(data: bytes, rate: int) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def decode_clips(
+    items: Any, rate: int, samples: int
+) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """Each clip as mono float32 at ``rate``, cut to ``samples``; None where a sample has no
+    audio, or where it fails to decode, with the reason beside it (that sample's reject)."""
+    clips: list[np.ndarray | None] = [None] * len(items)
+    errors: list[str | None] = [None] * len(items)
+    for i, data in enumerate(items):
+        if data is None or len(data) == 0:
+            continue
+        try:
+            clips[i] = decode_mono(bytes(data), rate)[:samples]
+        except Exception as e:  # any decoder failure is this sample's reject, not the batch's
+            errors[i] = f"decode_error: {type(e).__name__}: {e}"[:300]
+    return clips, errors
+
+
 class AudioLogMel(Stage):
     """``audio`` (encoded bytes or None) -> ``log_mel`` [N, n_mels, F], ``audio_frames_mask`` [N, F],
     ``audio_mask``; clips are cropped or zero-padded to ``num_frames``, the mask marks real frames."""
@@ -106,17 +123,11 @@ class AudioLogMel(Stage):
         waves = np.zeros((n, samples), dtype=np.float32)
         lengths = np.zeros(n, dtype=np.int64)
         present = np.zeros(n, dtype=bool)
-        errors: list[str | None] = [None] * n
-        for i, data in enumerate(batch["audio"]):
-            if data is None or len(data) == 0:
-                continue
-            try:
-                x = decode_mono(bytes(data), c.sample_rate)[:samples]
-            except Exception as e:
-                errors[i] = f"decode_error: {type(e).__name__}: {e}"[:300]
-                continue
-            waves[i, : len(x)] = x
-            lengths[i], present[i] = len(x), True
+        clips, errors = decode_clips(batch["audio"], c.sample_rate, samples)
+        for i, x in enumerate(clips):
+            if x is not None:
+                waves[i, : len(x)] = x
+                lengths[i], present[i] = len(x), True
         with torch.inference_mode():
             mel = log_mel(torch.from_numpy(waves), c, self.fbank).numpy()
         frames = mel.shape[-1]

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.preprocess.audio import decode_mono
+from pipeline.preprocess.audio import decode_clips
 from pipeline.preprocess.image import decode_pil
 from pipeline.stage import Batch, Stage
 
@@ -192,17 +192,11 @@ class ModelAudioPreprocess(Stage):
         # CLAP crops a longer clip at random (rand_trunc): never hand it one, so that features
         # stay deterministic.
         samples = min(samples, int(getattr(self.fe, "nb_max_samples", samples)))
-        waves = [np.zeros(self.rate // 10, np.float32) for _ in range(n)]
-        present = np.zeros(n, dtype=bool)
-        errors: list[str | None] = [None] * n
-        for i, data in enumerate(batch["audio"]):
-            if data is None or len(data) == 0:
-                continue
-            try:
-                waves[i] = decode_mono(bytes(data), self.rate)[:samples]
-                present[i] = len(waves[i]) > 0
-            except Exception as e:
-                errors[i] = _error(e)
+        clips, errors = decode_clips(batch["audio"], self.rate, samples)
+        present = np.asarray([x is not None and len(x) > 0 for x in clips], dtype=bool)
+        # An absent clip is a short silence: the extractor still sees a rectangular batch.
+        silence = np.zeros(self.rate // 10, np.float32)
+        waves = [x if x is not None and p else silence for x, p in zip(clips, present)]
         out = self._extract(waves, samples)
         values = np.asarray(out[self.fe.model_input_names[0]], np.float32)
         att = out.get("attention_mask")
