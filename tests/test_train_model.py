@@ -147,6 +147,40 @@ def test_resume_is_bit_for_bit(grad_accum):
     assert full.opt.state_dict()["state"][0]["exp_avg"].equal(
         resumed.opt.state_dict()["state"][0]["exp_avg"]
     )
+    # The saved weights are the moving average, and it resumes bit for bit too.
+    for k, v in full.final_weights().items():
+        assert torch.equal(v, resumed.final_weights()[k])
+
+
+def test_the_saved_weights_are_the_moving_average_of_the_steps():
+    from pipeline.train.loop import Trainer
+
+    train, val = synthetic_table(96, seed=1), synthetic_table(32, seed=2)
+    cfg = _cfg(ema_decay=0.5, max_steps=4)
+    seen: list[dict[str, torch.Tensor]] = []
+    orig = Trainer.train_epoch
+
+    def capture(self, batches, on_step=None, **kw):
+        def step(m):
+            seen.append({k: v.detach().clone() for k, v in self.core.state_dict().items()})
+
+        return orig(self, batches, on_step=step, **kw)
+
+    Trainer.train_epoch = capture  # type: ignore[method-assign]
+    try:
+        tr = fit_local(cfg, train, val, DIMS, 3)
+    finally:
+        Trainer.train_epoch = orig  # type: ignore[method-assign]
+    assert len(seen) == 4
+    name = next(k for k, v in seen[0].items() if v.is_floating_point())
+    expected = seen[0][name]
+    for s in seen[1:]:
+        expected = 0.5 * expected + 0.5 * s[name]
+    got = tr.final_weights()[name]
+    torch.testing.assert_close(got, expected)
+    assert not torch.equal(got, tr.core.state_dict()[name])
+    last = fit_local(cfg.model_copy(update={"ema_decay": None}), train, val, DIMS, 3)
+    assert all(torch.equal(v, last.core.state_dict()[k]) for k, v in last.final_weights().items())
 
 
 def test_training_learns_the_synthetic_classes():

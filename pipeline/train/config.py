@@ -53,6 +53,10 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
     early_stop_patience: int | None = Field(8, ge=1)
+    # The saved model is an exponential moving average of the weights over optimizer steps
+    # (torch.optim.swa_utils), which evens out where the last step happened to land; null:
+    # the last weights. Fusion models on features only (docs/train.md).
+    ema_decay: float | None = Field(0.97, gt=0.0, lt=1.0)
     checkpoint_every_steps: int | None = Field(None, ge=1)  # besides every epoch
     log_every_steps: int = Field(1, ge=1)  # step metrics; each read waits for the GPU
     # Keep the feature splits in Ray's object store across epochs (false: re-read each epoch).

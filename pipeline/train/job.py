@@ -175,7 +175,7 @@ def train_in_process(cfg: TrainConfig) -> str:
     train = local_split(fs_, "train", cfg.val_fraction, cfg.label_field)
     val = local_split(fs_, "val", cfg.val_fraction, cfg.label_field)
     tr = fit_local(cfg, train, val, fs_.dims, len(fs_.classes))
-    return save_run(cfg.output, model_info(cfg, fs_), tr.core.state_dict()).model_sha256
+    return save_run(cfg.output, model_info(cfg, fs_), tr.final_weights()).model_sha256
 
 
 def _has_checkpoints(run_path: str) -> bool:
@@ -318,13 +318,13 @@ def run_train(
             raise result.error
         assert result.checkpoint is not None, "training reported no checkpoint"
         with result.checkpoint.as_directory() as d:
-            from pipeline.train.loop import load_state
+            from pipeline.train.loop import final_weights, load_state
 
             with open(os.path.join(d, "state.pt"), "rb") as f:
                 state = load_state(f.read())
             with open(os.path.join(d, "meta.json")) as f:
                 meta = json.load(f)
-    save_run(out, model_info(cfg, fs_), state["model"])
+    save_run(out, model_info(cfg, fs_), final_weights(state))
     report = {
         "fingerprint": fp,
         "metrics": meta["metrics"],

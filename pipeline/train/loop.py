@@ -100,6 +100,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.progress = TrainProgress()
         self.log_every = cfg.log_every_steps
+        self.ema = None
+        if cfg.ema_decay and not cfg.preset:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(
+                self.core, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+            )
         if cfg.preset:
             from pipeline.train.presets import e2e_tensors
 
@@ -174,6 +181,8 @@ class Trainer:
             self.scaler.update()
             self.opt.zero_grad(set_to_none=True)
             self.sched.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.core)
             pr.step += 1
             if on_step and (pr.step % self.log_every == 0 or pr.step == 1):
                 on_step(
@@ -221,9 +230,14 @@ class Trainer:
         pr.done = bool(pat is not None and pr.bad_epochs >= pat)
         return pr.done
 
+    def final_weights(self) -> dict[str, Any]:
+        """What the run saves: the averaged weights when averaging is on, else the last."""
+        return final_weights(self.state_dict())
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.core.state_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -233,11 +247,21 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.core.load_state_dict(state["model"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.progress = TrainProgress(**state["progress"])
         set_rng_state(state["rng"])
+
+
+def final_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The model weights of a training state: the moving average's, when it kept one."""
+    ema = state.get("ema")
+    if not ema:
+        return dict(state["model"])
+    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
 
 
 def prefetch(
