@@ -10,15 +10,7 @@ from typing import Any
 from pipeline.errors import UserError
 
 FUSION = "zero_shot"
-# Which towers each library's paired models have: the shared space is theirs.
-TOWERS = {
-    "hf": {
-        "image": "get_image_features",
-        "text": "get_text_features",
-        "audio": "get_audio_features",
-    },
-    "open_clip": {"image": "encode_image", "text": "encode_text"},
-}
+LIBRARIES = ("hf", "open_clip")
 
 
 def zero_shot_module(dims: dict[str, int]) -> Any:
@@ -50,11 +42,11 @@ def towers_of(library: str, source: str) -> list[str]:
     """The modalities the paired model has towers for, found on the model itself."""
     if library == "open_clip":
         return ["image", "text"]
-    from pipeline.models.hf import load_model
+    from pipeline.models.hf import FEATURE_METHODS, load_model
     from pipeline.models.sources import local_folder
 
     hf = load_model(local_folder(source))
-    found = [m for m, method in TOWERS["hf"].items() if hasattr(hf, method)]
+    found = [m for m, method in FEATURE_METHODS.items() if hasattr(hf, method)]
     if len(found) < 2:
         raise UserError(
             f"{source} ({type(hf).__name__}) is not a paired model: it has no two towers in one "
@@ -78,8 +70,8 @@ def write_zero_shot_run(
     from pipeline.fingerprint import features_fingerprint
     from pipeline.io.fs import absolute, check_output
 
-    if library not in TOWERS:
-        raise UserError(f"--library must be one of {sorted(TOWERS)}, not {library!r}")
+    if library not in LIBRARIES:
+        raise UserError(f"--library must be one of {list(LIBRARIES)}, not {library!r}")
     output = absolute(output)
     check_output(output)
     # A local folder travels absolute (workers run elsewhere); a URL, hub id or tag as given.

@@ -237,3 +237,10 @@ def test_local_weights_travel_absolute_and_names_stay_as_given(models, tmp_path,
     assert cfg.image is not None and cfg.image.weights == str(models["clip"])
     assert cfg.text is not None and cfg.text.weights == "org/hub-model"
     assert cfg.audio is not None and cfg.audio.weights == "default"
+
+
+def test_a_model_without_the_asked_for_tower_names_the_modality(models):
+    with pytest.raises(UserError, match=r"BertModel\) has no image tower.*features\.image"):
+        load_encoder("image", EncoderConfig(name="hf", weights=str(models["bert"])))
+    with pytest.raises(UserError, match="open_clip has no audio tower"):
+        load_encoder("audio", EncoderConfig(name="open_clip", weights=str(models["open_clip"])))
