@@ -97,6 +97,7 @@ def test_a_captioned_corpus_without_labels_trains_and_evaluates_by_recall(tmp_pa
         "data": str(tmp_path / "f"),
         "output": str(tmp_path / "run"),
         "epochs": 2,
+        "batch_size": 8,
         "workers": 1,
         "cpus_per_worker": 1,
     }
