@@ -70,6 +70,7 @@ def test_without_labels_every_row_is_a_query_scored_by_its_own_pair():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # build, features, Ray Train and eval: ~4 min here when alone
 @pytest.mark.usefixtures("ray_local")
 def test_a_captioned_corpus_without_labels_trains_and_evaluates_by_recall(tmp_path):
     from pipeline.build.job import run_build
