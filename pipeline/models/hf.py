@@ -129,7 +129,7 @@ def _tower(modality: str, hf: Any, passes_mask: bool) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def processor_config(modality: str, source: str) -> Any:
+def model_processor(modality: str, source: str) -> Any:
     """The model's own preprocessing: image processor, tokenizer or feature extractor."""
     from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
@@ -153,7 +153,7 @@ def processor_config(modality: str, source: str) -> Any:
 def passes_attention(modality: str, source: str) -> bool:
     """Whether the library itself hands the model an attention mask: SigLIP's tokenizer and
     group-norm wav2vec2 extractors do not, and the model was trained without one."""
-    proc = processor_config(modality, source)
+    proc = model_processor(modality, source)
     if modality == "text":
         return "attention_mask" in getattr(proc, "model_input_names", ["attention_mask"])
     if modality == "audio":

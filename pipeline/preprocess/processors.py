@@ -46,9 +46,9 @@ class ModelImagePreprocess(Stage):
 
     def setup(self) -> None:
         if self.kind == "hf":
-            from pipeline.models.hf import processor_config
+            from pipeline.models.hf import model_processor
 
-            proc = processor_config("image", self.source)
+            proc = model_processor("image", self.source)
             self.side = _target_side(proc)
             self.transform = lambda ims: proc(images=ims, return_tensors="pt")["pixel_values"]
         else:
@@ -116,9 +116,9 @@ class ModelTokenize(Stage):
 
     def setup(self) -> None:
         if self.kind == "hf":
-            from pipeline.models.hf import processor_config
+            from pipeline.models.hf import model_processor
 
-            tok = processor_config("text", self.source)
+            tok = model_processor("text", self.source)
             limit = getattr(tok, "model_max_length", None) or self.max_length
             length = min(self.max_length, int(limit)) if limit < 1_000_000 else self.max_length
 
@@ -170,9 +170,9 @@ class ModelAudioPreprocess(Stage):
         self.source, self.seconds = source, seconds
 
     def setup(self) -> None:
-        from pipeline.models.hf import processor_config
+        from pipeline.models.hf import model_processor
 
-        self.fe = processor_config("audio", self.source)
+        self.fe = model_processor("audio", self.source)
         self.rate = int(self.fe.sampling_rate)
 
     def _extract(self, waves: list[np.ndarray], samples: int) -> Any:
