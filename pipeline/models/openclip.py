@@ -67,10 +67,23 @@ def local_folder_for_file() -> str:
     return path
 
 
-@functools.lru_cache(maxsize=4)
 def load(source: str, weights: bool = True) -> tuple[Any, Any, Any]:
     """``(model, eval image transform, tokenizer)``; ``weights=False`` builds the architecture
-    only, for preprocessing workers that need the transform and the tokenizer alone.
+    only, for preprocessing workers that need the transform and the tokenizer alone. A process
+    that already loaded the weights (the driver measuring the width) reuses them."""
+    if (source, True) in _LOADED:
+        return _LOADED[(source, True)]
+    if (source, weights) not in _LOADED:
+        _LOADED[(source, weights)] = _build(source, weights)
+    return _LOADED[(source, weights)]
+
+
+# (source, with weights) -> what ``load`` returns: built once per process.
+_LOADED: dict[tuple[str, bool], tuple[Any, Any, Any]] = {}
+
+
+def _build(source: str, weights: bool) -> tuple[Any, Any, Any]:
+    """open_clip's own factory, with its logging kept quiet.
 
     Raises:
         UserError: an unknown architecture or tag, or a folder without weights.
