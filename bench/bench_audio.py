@@ -66,32 +66,61 @@ def corpus(per_class: int, snr: tuple[float, float], seed: int) -> tuple[list[by
 
 
 def features(clips: list[bytes], batch: int = 64) -> dict[str, np.ndarray]:
-    """Each encoder's features from the features stage's log-mel, and the mean-spectrum baseline."""
+    """Each encoder's features, each through its own front end as the features stage gives it,
+    plus two baselines: the mean log-mel spectrum, and resemblyzer's own speaker embedding."""
     import torch
 
-    from pipeline.models.encoders import AUDIO_ENCODERS, audio_encoder
-    from pipeline.preprocess.audio import AudioLogMel
+    from pipeline.models.encoders import AUDIO_ENCODERS, AUDIO_FRONT_ENDS, audio_encoder
+    from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
 
-    pre = AudioLogMel()
-    encoders = {
-        n: audio_encoder(n, "random").model for n in AUDIO_ENCODERS
-    }  # "random" only reaches the learned CNN: the stats take no weights
-    out: dict[str, list[np.ndarray]] = {n: [] for n in [*encoders, "mean_log_mel"]}
-    seconds = dict.fromkeys(out, 0.0)
-    for i in range(0, len(clips), batch):
-        b = pre({"audio": np.array(clips[i : i + batch], dtype=object)})
-        mel, fmask = torch.from_numpy(b["log_mel"]), b["audio_frames_mask"]
-        with torch.inference_mode():
-            for name, model in encoders.items():
-                t0 = time.perf_counter()
-                out[name].append(model(mel).numpy())
-                seconds[name] += time.perf_counter() - t0
-        w = fmask[:, None, :]
-        out["mean_log_mel"].append((b["log_mel"] * w).sum(-1) / np.maximum(w.sum(-1), 1))
+    out: dict[str, list[np.ndarray]] = {}
+    seconds: dict[str, float] = {}
+    for name in AUDIO_ENCODERS:
+        # "random" only reaches the learned CNN: the others load their own weights or none
+        weights = "random" if name == "audio_cnn" else "default"
+        model = audio_encoder(name, weights).model
+        pre = AudioLogMel(LogMelConfig(**AUDIO_FRONT_ENDS.get(name, {})))
+        out[name], seconds[name] = [], 0.0
+        for i in range(0, len(clips), batch):
+            b = pre({"audio": np.array(clips[i : i + batch], dtype=object)})
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out[name].append(model(torch.from_numpy(b["log_mel"])).numpy())
+            seconds[name] += time.perf_counter() - t0
+            if name == "mel_stats":
+                w = b["audio_frames_mask"][:, None, :]
+                mean = (b["log_mel"] * w).sum(-1) / np.maximum(w.sum(-1), 1)
+                out.setdefault("mean_log_mel", []).append(mean)
     for name, s in seconds.items():
-        if s:
-            print(f"  {name}: {len(clips) / s:,.0f} clips/s on this CPU", file=sys.stderr)
-    return {n: np.concatenate(v) for n, v in out.items()}
+        print(f"  {name}: {len(clips) / s:,.0f} clips/s on this CPU", file=sys.stderr)
+    feats = {n: np.concatenate(v) for n, v in out.items()}
+    feats["resemblyzer, top layer only"] = feats["resemblyzer"][:, -256:]
+    feats["resemblyzer's speaker embedding"] = speaker_embedding(clips)
+    return feats
+
+
+def speaker_embedding(clips: list[bytes]) -> np.ndarray:
+    """What resemblyzer itself returns: ReLU(linear(final state of the top layer)), L2-normed."""
+    import torch
+
+    from pipeline.models.voice import FRONT_END, load_voice_lstm, package_weights
+    from pipeline.models.weights import load_tensors, read_bytes
+    from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
+
+    model, _ = load_voice_lstm("default")
+    state = load_tensors(read_bytes(package_weights()), "resemblyzer")["model_state"]
+    pre = AudioLogMel(LogMelConfig(**FRONT_END))
+    out = []
+    for clip in clips:
+        b = pre({"audio": np.array([clip], dtype=object)})
+        frames = int(b["audio_frames_mask"][0].sum())
+        x = torch.from_numpy(np.exp(b["log_mel"][0, :, :frames]).T[None] - 1e-6)
+        with torch.inference_mode():
+            for lstm in model.layers:
+                x, (h, _) = lstm(x)
+            e = torch.relu(h[-1] @ state["linear.weight"].T + state["linear.bias"])
+        out.append((e / e.norm().clamp(min=1e-9)).numpy()[0])
+    return np.stack(out)
 
 
 def probe(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -144,3 +145,79 @@ def test_mel_stats_needs_no_weights_and_padding_never_counts():
     m16 = AudioLogMel(LogMelConfig(num_frames=150, n_mels=16))({"audio": [clip]})["log_mel"]
     with torch.inference_mode():
         assert small.model(torch.from_numpy(m16)).shape == (1, MEL_STATS_DIM)
+
+
+def test_resemblyzer_front_end_is_librosas_slaney_mel_at_minus_30_dbfs():
+    from transformers.audio_utils import mel_filter_bank
+
+    from pipeline.preprocess.audio import level_to, slaney_filterbank
+
+    ours = slaney_filterbank(400, 40, 16000, 0.0, 8000.0)
+    theirs = mel_filter_bank(
+        num_frequency_bins=201,
+        num_mel_filters=40,
+        min_frequency=0.0,
+        max_frequency=8000.0,
+        sampling_rate=16000,
+        norm="slaney",
+        mel_scale="slaney",
+    ).T
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+    x = np.random.default_rng(0).normal(0, 0.5, 16000).astype(np.float32)
+    for gain in (1.0, 0.001):  # loud and quiet clips both end at the level
+        y = level_to(gain * x, -30.0)
+        assert 10 * np.log10(np.mean(np.square(y, dtype=np.float64))) == pytest.approx(
+            -30, abs=1e-3
+        )
+    assert not level_to(np.zeros(100, np.float32), -30.0).any()  # silence stays silent
+
+
+def test_resemblyzer_loads_the_wheels_weights_and_equals_its_lstm():
+    """Our per-layer LSTMs give the same states as resemblyzer's one 3-layer LSTM, loaded
+    with the wheel's checkpoint; padding frames never count."""
+    from pipeline.models.voice import DIM, FRONT_END, package_weights
+    from pipeline.models.weights import load_tensors, read_bytes
+
+    enc = audio_encoder()  # the default
+    assert enc.name == "resemblyzer" and enc.dim == DIM == 768
+    state = load_tensors(read_bytes(package_weights()), "wheel")["model_state"]
+    lstm = torch.nn.LSTM(40, 256, 3, batch_first=True)
+    lstm.load_state_dict({k.removeprefix("lstm."): v for k, v in state.items() if "lstm" in k})
+    clip = _chirp(1.0)
+    mels = [
+        AudioLogMel(LogMelConfig(**{**FRONT_END, "num_frames": n}))({"audio": [clip]})
+        for n in (150, 300)
+    ]
+    with torch.inference_mode():
+        a, b = (enc.model(torch.from_numpy(m["log_mel"])).numpy()[0] for m in mels)
+        real = mels[0]["audio_frames_mask"][0]
+        power = np.exp(mels[0]["log_mel"][0][:, real]).T - 1e-6
+        top, _ = lstm(torch.from_numpy(power[None].astype(np.float32)))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # 1.5 s and 3 s of padding alike
+    np.testing.assert_allclose(a[-256:], top[0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    assert enc.weights_id == hashlib.sha256(read_bytes(package_weights())).hexdigest()
+
+
+def test_resemblyzer_weights_from_a_path_and_one_line_errors(tmp_path, monkeypatch):
+    from pipeline.models import voice
+
+    good = tmp_path / "voice.pt"
+    torch.save(
+        {
+            "model_state": {
+                f"lstm.{k}": v for k, v in torch.nn.LSTM(40, 256, 3).state_dict().items()
+            }
+        },
+        good,
+    )
+    enc = audio_encoder("resemblyzer", str(good))
+    assert enc.weights_id == hashlib.sha256(good.read_bytes()).hexdigest()
+    bad = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(UserError, match="not a resemblyzer voice encoder"):
+        audio_encoder("resemblyzer", str(bad))
+    with pytest.raises(UserError, match="random weights"):
+        audio_encoder("resemblyzer", "random")
+    monkeypatch.setattr(voice.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="pip install --no-deps resemblyzer"):
+        audio_encoder("resemblyzer")

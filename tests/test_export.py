@@ -111,13 +111,14 @@ def test_the_encoders_and_heads_export_and_equal_the_features_stage(tmp_path):
     np.testing.assert_allclose(head(xs[1]).numpy(), embs[2].numpy(), atol=1e-5)
 
 
-def test_the_default_audio_encoder_exports_with_its_padding_rule(tmp_path):
+@pytest.mark.parametrize("name", ["resemblyzer", "mel_stats"])  # the default, and the stats
+def test_the_offline_audio_encoders_export_with_their_padding_rule(tmp_path, name):
     from pipeline.features.config import FeaturesConfig
     from pipeline.features.stages import encoder_info
     from pipeline.models.onnx_runtime import OnnxModel
     from tests.onnx_runs import FEATURES
 
-    feats = {**FEATURES, "image": None, "text": None, "audio": {"name": "mel_stats"}}
+    feats = {**FEATURES, "image": None, "text": None, "audio": {"name": name}}
     run = make_run(tmp_path / "run", features=feats, encoders=encoder_info(FeaturesConfig(**feats)))
     export_run(str(run), "onnx")
     graph = OnnxModel((run / "export" / "audio_encoder.onnx").read_bytes())

@@ -66,7 +66,7 @@ def test_every_built_sample_has_features(built, features):
     # The defaults: grid-pooled EfficientNet-Lite0, MiniLM plus n-grams, audio statistics.
     assert table.schema.field("image_emb").type == pa.list_(pa.float32(), 5 * 1280)
     assert table.schema.field("text_emb").type == pa.list_(pa.float32(), 384 + 1024)
-    assert table.schema.field("audio_emb").type == pa.list_(pa.float32(), 288)
+    assert table.schema.field("audio_emb").type == pa.list_(pa.float32(), 768)
     assert all(table["has_image"].to_pylist()) and all(table["has_text"].to_pylist())
     assert any(table["has_audio"].to_pylist())  # every modality the samples hold
     # The build's per-sample metadata travels with the features: labels for training.
@@ -88,6 +88,7 @@ def test_features_equal_a_direct_call_of_the_encoders(built, features):
     import webdataset as wds
 
     from pipeline.models.encoders import audio_encoder, image_encoder, text_encoder
+    from pipeline.models.voice import FRONT_END
     from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
     from pipeline.preprocess.image import ImagePreprocess
     from pipeline.preprocess.text import TextTokenize
@@ -116,11 +117,11 @@ def test_features_equal_a_direct_call_of_the_encoders(built, features):
         np.testing.assert_allclose(got[s["__key__"]][1][:384], t, atol=1e-4)
     voiced = [s for s in samples if "wav" in s or "flac" in s][:2]
     assert voiced, "the corpus has audio"
-    mel = AudioLogMel(LogMelConfig(num_frames=100))(
+    mel = AudioLogMel(LogMelConfig(**{**FRONT_END, "num_frames": 100}))(
         {"audio": np.array([s.get("wav", s.get("flac")) for s in voiced], dtype=object)}
     )["log_mel"]
     with torch.inference_mode():
-        ae = audio_encoder("mel_stats").model(torch.from_numpy(mel)).numpy()
+        ae = audio_encoder().model(torch.from_numpy(mel)).numpy()  # the default: resemblyzer
     for s, a in zip(voiced, ae):
         np.testing.assert_allclose(got[s["__key__"]][2], a, atol=1e-4)
 

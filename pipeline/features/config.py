@@ -29,13 +29,15 @@ class FeaturesConfig(BaseModel):
     # Every modality has an encoder that needs no download (docs/features.md, "Defaults").
     image: EncoderConfig | None = EncoderConfig(name="efficientnet_lite0")
     text: EncoderConfig | None = EncoderConfig(name="minilm_bow")
-    # mel_stats takes no weights; the audio CNN needs a path/URL or ``weights: random``.
-    audio: EncoderConfig | None = EncoderConfig(name="mel_stats")
+    # resemblyzer's weights ship in its wheel; mel_stats takes none; the audio CNN needs a
+    # path/URL or ``weights: random``.
+    audio: EncoderConfig | None = EncoderConfig(name="resemblyzer")
     # Modalities left out on purpose. Any other modality that the samples hold must have an
     # encoder: the features stage stops with the fix rather than drop it without a word.
     ignore: list[Literal["image", "text", "audio"]] = []
     tokenizer: str = "minilm"
     max_text_tokens: int = Field(64, ge=4, le=4096)
+    # The front end of mel_stats and audio_cnn; resemblyzer fixes its own (16 kHz, 40 bands).
     audio_sample_rate: int = Field(16000, ge=1000)
     audio_n_mels: int = Field(64, ge=8, le=512)
     audio_frames: int = Field(200, ge=16)
@@ -136,6 +138,15 @@ class FeaturesConfig(BaseModel):
         from pipeline.models.encoders import is_foreign
 
         return self.image is not None and not is_foreign(self.image.name)
+
+    def log_mel(self) -> Any:
+        """The audio front end (``LogMelConfig``) that the audio encoder takes."""
+        from pipeline.models.encoders import AUDIO_FRONT_ENDS
+        from pipeline.preprocess.audio import LogMelConfig
+
+        fixed = AUDIO_FRONT_ENDS.get(self.audio.name, {}) if self.audio is not None else {}
+        mine = {"sample_rate": self.audio_sample_rate, "n_mels": self.audio_n_mels}
+        return LogMelConfig(**{**mine, **fixed, "num_frames": self.audio_frames})
 
     def audio_seconds(self) -> float:
         """The clip length every audio encoder sees: ``audio_frames`` frames of 10 ms."""

@@ -14,7 +14,7 @@ from pipeline.features.config import FeaturesConfig
 from pipeline.io.parts import PartWriter
 from pipeline.io.shards import as_text
 from pipeline.models.encoders import BOW_DIM, is_foreign, load_encoder
-from pipeline.preprocess.audio import AudioLogMel, LogMelConfig
+from pipeline.preprocess.audio import AudioLogMel
 from pipeline.preprocess.image import ImagePreprocess, normalize_uint8
 from pipeline.preprocess.processors import (
     AUDIO_COLUMNS,
@@ -76,12 +76,7 @@ class FeaturePreprocess(Stage):
         if audio is not None and is_foreign(audio.name):
             self.parts.append(ModelAudioPreprocess(str(audio.weights), cfg.audio_seconds()))
         elif audio is not None:
-            lm = LogMelConfig(
-                sample_rate=cfg.audio_sample_rate,
-                n_mels=cfg.audio_n_mels,
-                num_frames=cfg.audio_frames,
-            )
-            self.parts.append(AudioLogMel(lm))
+            self.parts.append(AudioLogMel(cfg.log_mel()))
 
     @property
     def resources(self) -> Resources:
@@ -181,7 +176,7 @@ class EncodeStage(Stage):
         # Intra-op threads = the CPUs this actor was given, so actors do not oversubscribe.
         torch.set_num_threads(max(1, int(c.actor_num_cpus)))
         self.encoders: dict[str, Any] = {
-            m: load_encoder(m, getattr(c, m), n_mels=c.audio_n_mels)
+            m: load_encoder(m, getattr(c, m), n_mels=c.log_mel().n_mels)
             for m in MODALITIES
             if getattr(c, m) is not None
         }

@@ -1,5 +1,5 @@
-"""Encoder registry: image (EfficientNet-Lite0, torchvision), text (MiniLM), audio (stats, CNN), and
-the user's own models (transformers, open_clip)."""
+"""Encoder registry: image (EfficientNet-Lite0, torchvision), text (MiniLM), audio (resemblyzer,
+stats, CNN), and the user's own models (transformers, open_clip)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.models.audio_stats import MEL_STATS_DIM
+from pipeline.models.voice import DIM as VOICE_DIM
+from pipeline.models.voice import FRONT_END as VOICE_FRONT_END
 from pipeline.models.weights import load_state_dict
 
 TORCHVISION_IMAGE = {"resnet18": 512, "resnet50": 2048, "vit_b_16": 768, "efficientnet_b0": 1280}
@@ -22,9 +24,12 @@ TEXT_ENCODERS = {"minilm": 384, "minilm_bow": 384 + BOW_DIM}
 # Image pooling: "avg" is the usual global average; "grid" adds a 2x2 grid of averages, so
 # that where things are in the picture survives (a global average discards position).
 POOLS = {"avg": 1, "grid": 5}
-# mel_stats: no weights (MFCC and energy statistics); audio_cnn: learned, weights from the user.
-AUDIO_ENCODERS = {"mel_stats": MEL_STATS_DIM, "audio_cnn": 256}
+# resemblyzer: pretrained, its weights ship in its wheel; mel_stats: no weights (MFCC and energy
+# statistics); audio_cnn: learned, weights from the user.
+AUDIO_ENCODERS = {"resemblyzer": VOICE_DIM, "mel_stats": MEL_STATS_DIM, "audio_cnn": 256}
 LEARNED_AUDIO = frozenset({"audio_cnn"})
+# An encoder trained on its own front end fixes it; the others take the features config's.
+AUDIO_FRONT_ENDS: dict[str, dict[str, Any]] = {"resemblyzer": VOICE_FRONT_END}
 # The user's own models, named by ``weights`` (a folder, an fsspec URL, a hub id or a tag):
 # their dims, preprocessing and pooling come from the model itself (models/foreign.py).
 FOREIGN = {"image": ("hf", "open_clip"), "text": ("hf", "open_clip"), "audio": ("hf",)}
@@ -272,9 +277,10 @@ def audio_cnn(n_mels: int = 64, dim: int = 256) -> Any:
 
 
 def audio_encoder(
-    name: str = "mel_stats", weights: str | None = None, *, n_mels: int = 64, seed: int = 0
+    name: str = "resemblyzer", weights: str | None = None, *, n_mels: int = 64, seed: int = 0
 ) -> Encoder:
-    """``mel_stats`` has no weights; ``audio_cnn`` needs a path/URL or explicitly ``random``.
+    """``resemblyzer`` loads its wheel's weights (or a checkpoint at a path/URL); ``mel_stats``
+    has no weights; ``audio_cnn`` needs a path/URL or explicitly ``random``.
 
     Raises:
         UserError: an unknown name, or a learned encoder without weights.
@@ -283,6 +289,13 @@ def audio_encoder(
 
     if name not in AUDIO_ENCODERS:
         raise UserError(f"unknown audio encoder {name!r}; known: {sorted(AUDIO_ENCODERS)}")
+    if name == "resemblyzer":
+        from pipeline.models.voice import load_voice_lstm
+
+        if weights == "random":
+            raise UserError("audio encoder resemblyzer with random weights is not supported")
+        model, digest = load_voice_lstm(weights)
+        return Encoder("audio", name, AUDIO_ENCODERS[name], digest, model)
     if name not in LEARNED_AUDIO:
         from pipeline.models.audio_stats import VERSION, mel_stats
 

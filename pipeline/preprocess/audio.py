@@ -31,6 +31,28 @@ def mel_filterbank(
     return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)
 
 
+def slaney_filterbank(
+    n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float
+) -> np.ndarray:
+    """Slaney-scale, area-normalised filters [n_mels, n_fft // 2 + 1]: librosa's default, which
+    pretrained speech models such as resemblyzer were trained on."""
+    f_sp, logstep = 200.0 / 3, np.log(6.4) / 27.0  # linear below 1 kHz, logarithmic above
+
+    def to_mel(f: Any) -> Any:
+        f = np.asarray(f, dtype=np.float64)
+        return np.where(f >= 1000, 15 + np.log(np.maximum(f, 1e-9) / 1000) / logstep, f / f_sp)
+
+    def to_hz(m: Any) -> Any:
+        return np.where(m >= 15, 1000 * np.exp(logstep * (m - 15)), f_sp * m)
+
+    pts = to_hz(np.linspace(to_mel(f_min), to_mel(f_max), n_mels + 2))
+    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    ramps = pts[:, None] - freqs[None, :]
+    widths = np.diff(pts)[:, None]
+    tri = np.maximum(0.0, np.minimum(-ramps[:-2] / widths[:-1], ramps[2:] / widths[1:]))
+    return (tri * (2.0 / (pts[2:] - pts[:-2]))[:, None]).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class LogMelConfig:
     sample_rate: int = 16000
@@ -41,6 +63,8 @@ class LogMelConfig:
     f_max: float | None = None
     num_frames: int = 200  # 2 s at a 10 ms hop
     eps: float = 1e-6
+    mel_scale: str = "htk"  # or "slaney": a pretrained encoder's own front end
+    gain_dbfs: float | None = None  # scale each clip to this RMS level (dBFS)
 
 
 def log_mel(waves: Any, cfg: LogMelConfig, fbank: Any) -> Any:
@@ -91,6 +115,15 @@ def decode_clips(
     return clips, errors
 
 
+def level_to(x: np.ndarray, dbfs: float) -> np.ndarray:
+    """``x`` scaled to an RMS level of ``dbfs``; digital silence stays silent. resemblyzer
+    only raises quiet clips; scaling loud ones down too measured better (docs/features.md)."""
+    power = float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0
+    if power <= 0:
+        return x
+    return x * np.float32(10 ** ((dbfs - 10 * np.log10(power)) / 20))
+
+
 class AudioLogMel(Stage):
     """``audio`` (encoded bytes or None) -> ``log_mel`` [N, n_mels, F], ``audio_frames_mask`` [N, F],
     ``audio_mask``; clips are cropped or zero-padded to ``num_frames``, the mask marks real frames."""
@@ -108,7 +141,8 @@ class AudioLogMel(Stage):
         import torch
 
         c = self.cfg
-        fb = mel_filterbank(c.n_fft, c.n_mels, c.sample_rate, c.f_min, c.f_max or c.sample_rate / 2)
+        bank = slaney_filterbank if c.mel_scale == "slaney" else mel_filterbank
+        fb = bank(c.n_fft, c.n_mels, c.sample_rate, c.f_min, c.f_max or c.sample_rate / 2)
         self.fbank = torch.from_numpy(fb)
 
     def __call__(self, batch: Batch) -> Batch:
@@ -126,7 +160,7 @@ class AudioLogMel(Stage):
         clips, errors = decode_clips(batch["audio"], c.sample_rate, samples)
         for i, x in enumerate(clips):
             if x is not None:
-                waves[i, : len(x)] = x
+                waves[i, : len(x)] = x if c.gain_dbfs is None else level_to(x, c.gain_dbfs)
                 lengths[i], present[i] = len(x), True
         with torch.inference_mode():
             mel = log_mel(torch.from_numpy(waves), c, self.fbank).numpy()

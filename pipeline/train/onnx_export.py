@@ -251,7 +251,7 @@ def encoder_graphs(art: RunArtifact) -> list[Graph]:
             length = cfg.max_text_tokens
             ids = torch.randint(1000, 2000, (n, length), generator=g)
             return ids, (torch.arange(length) < length // 2).long().repeat(n, 1)
-        return (torch.randn(n, cfg.audio_n_mels, cfg.audio_frames, generator=g),)
+        return (torch.randn(n, cfg.log_mel().n_mels, cfg.audio_frames, generator=g),)
 
     names = {"image": ["pixel_values"], "text": ["input_ids", "attention_mask"]}
     # A user's own transformers or open_clip tower stays with its library (embed runs it
