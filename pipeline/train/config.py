@@ -57,6 +57,9 @@ class TrainConfig(BaseModel):
     # (torch.optim.swa_utils), which evens out where the last step happened to land; null:
     # the last weights. Fusion models on features only (docs/train.md).
     ema_decay: float | None = Field(0.97, gt=0.0, lt=1.0)
+    # Standardise each feature by the training split's mean and spread before the projectors,
+    # as the linear probes do (docs/train.md). Fusion models on features only.
+    standardize: bool = True
     checkpoint_every_steps: int | None = Field(None, ge=1)  # besides every epoch
     log_every_steps: int = Field(1, ge=1)  # step metrics; each read waits for the GPU
     # Keep the feature splits in Ray's object store across epochs (false: re-read each epoch).

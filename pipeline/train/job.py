@@ -79,7 +79,7 @@ def train_worker(config: dict[str, Any]) -> None:
     seed_everything(cfg.seed)  # the same initial weights on every rank
     device = rtt.get_device()
     steps = config["train_rows"] // (cfg.batch_size * world)
-    tr = Trainer(cfg, config["dims"], len(config["classes"]), steps, device)
+    tr = Trainer(cfg, config["dims"], len(config["classes"]), steps, device, config["stats"])
     ckpt = ray.train.get_checkpoint()
     log_lines = 0
     if ckpt is not None:  # a restart after a failure, or --resume
@@ -279,6 +279,11 @@ def run_train(
             # when full) so that epochs re-read blocks instead of re-running the pipeline.
             train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
         train_rows = train_ds.count()  # the schedule needs the split's length
+        stats = None
+        if cfg.standardize and not cfg.preset:
+            from pipeline.train.standardize import ray_stats
+
+            stats = ray_stats(train_ds, fs_.dims)  # O(dims) on the driver, streamed
         if train_rows < cfg.batch_size * cfg.workers:
             raise UserError(
                 f"train: {train_rows} training rows are fewer than batch_size x workers "
@@ -290,6 +295,7 @@ def run_train(
             "classes": fs_.classes,
             "run_dir": out,
             "train_rows": train_rows,
+            "stats": stats,
             "lineage": dataclasses.asdict(lineage(cfg, fs_)),
             "fault": fault,
         }

@@ -77,10 +77,13 @@ class Trainer:
         n_classes: int,
         steps_per_epoch: int,
         device: Any = "cpu",
+        stats: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.dims, self.device = cfg, dims, torch.device(device)
         spec = cfg.model_spec(dims, n_classes)
         model = build_model(spec, dropout=cfg.dropout, freeze_fraction=cfg.freeze_fraction)
+        if stats and hasattr(model, "set_feature_stats"):  # before the average copies it
+            model.set_feature_stats(stats)
         self.core = model.to(self.device)
         self.model: torch.nn.Module = self.core
         decay = [p for n, p in self.core.named_parameters() if p.ndim >= 2]
@@ -346,9 +349,12 @@ def fit_local(
     log: list[dict[str, Any]] | None = None,
 ) -> Trainer:
     """Train in this process (no Ray): tests, the bare-loop benchmark, debugging."""
+    from pipeline.train.standardize import local_stats
+
     seed_everything(cfg.seed)
     steps = train.num_rows // cfg.batch_size
-    tr = Trainer(cfg, dims, n_classes, steps)
+    stats = local_stats(train, dims) if cfg.standardize and not cfg.preset else None
+    tr = Trainer(cfg, dims, n_classes, steps, stats=stats)
     if state is not None:
         tr.load_state_dict(state)
 

@@ -14,10 +14,20 @@ Feats = dict[str, Tensor]
 
 
 class Projector(nn.Module):
-    """Frozen features [B, D_m] -> [B, d]: the trainable per-modality encoder on features."""
+    """Frozen features [B, D_m] -> [B, d]: the trainable per-modality encoder on features.
+
+    Each feature is first standardised by the training split's mean and spread (``shift``,
+    ``scale``: buffers, so they travel with the weights to eval, embed and export). A linear
+    probe on standardised features beat the model on features whose dimensions differ in
+    spread by orders of magnitude (docs/train.md); identity until ``set_stats``."""
+
+    shift: Tensor
+    scale: Tensor
 
     def __init__(self, dim_in: int, d: int, dropout: float) -> None:
         super().__init__()
+        self.register_buffer("shift", torch.zeros(dim_in))
+        self.register_buffer("scale", torch.ones(dim_in))
         self.net = nn.Sequential(
             nn.LayerNorm(dim_in),
             nn.Linear(dim_in, d),
@@ -26,8 +36,20 @@ class Projector(nn.Module):
             nn.Linear(d, d),
         )
 
+    def set_stats(self, mean: Any, inv_std: Any) -> None:
+        self.shift.copy_(torch.as_tensor(mean, dtype=self.shift.dtype))
+        self.scale.copy_(torch.as_tensor(inv_std, dtype=self.scale.dtype))
+
+    def _load_from_state_dict(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Models saved before standardisation have no shift or scale: they load as identity.
+        for name, buf in (("shift", self.shift), ("scale", self.scale)):
+            state.setdefault(
+                prefix + name, torch.zeros_like(buf) if name == "shift" else torch.ones_like(buf)
+            )
+        super()._load_from_state_dict(state, prefix, *args)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.net((x - self.shift) * self.scale)
 
 
 def _present(mask: Feats, mods: list[str]) -> Tensor:
@@ -186,6 +208,12 @@ class FusionModel(nn.Module):
         self.fused_embed = nn.Linear(d, embed_dim)
         self.classifier = nn.Linear(d, n_classes) if n_classes else None
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def set_feature_stats(self, stats: dict[str, tuple[Any, Any]]) -> None:
+        """Standardise each modality's features by the training split's figures."""
+        for m, proj in self.proj.items():
+            if m in stats and isinstance(proj, Projector):
+                proj.set_stats(*stats[m])
 
     def forward(self, feats: Feats, mask: Feats) -> dict[str, Any]:
         h = {m: self.proj[m](feats[m]) for m in self.mods}
