@@ -279,16 +279,16 @@ def run_train(
             # when full) so that epochs re-read blocks instead of re-running the pipeline.
             train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
         train_rows = train_ds.count()  # the schedule needs the split's length
-        stats = None
-        if cfg.standardize and not cfg.preset:
-            from pipeline.train.standardize import ray_stats
-
-            stats = ray_stats(train_ds, fs_.dims)  # O(dims) on the driver, streamed
         if train_rows < cfg.batch_size * cfg.workers:
             raise UserError(
                 f"train: {train_rows} training rows are fewer than batch_size x workers "
                 f"({cfg.batch_size} x {cfg.workers}); lower batch_size"
             )
+        stats = None
+        if cfg.standardize and not cfg.preset:
+            from pipeline.train.standardize import ray_stats
+
+            stats = ray_stats(train_ds, fs_.dims)  # O(dims) on the driver, streamed
         config = {
             "cfg": cfg.model_dump(),
             "dims": fs_.dims,

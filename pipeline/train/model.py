@@ -42,10 +42,8 @@ class Projector(nn.Module):
 
     def _load_from_state_dict(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
         # Models saved before standardisation have no shift or scale: they load as identity.
-        for name, buf in (("shift", self.shift), ("scale", self.scale)):
-            state.setdefault(
-                prefix + name, torch.zeros_like(buf) if name == "shift" else torch.ones_like(buf)
-            )
+        state.setdefault(prefix + "shift", torch.zeros_like(self.shift))
+        state.setdefault(prefix + "scale", torch.ones_like(self.scale))
         super()._load_from_state_dict(state, prefix, *args)
 
     def forward(self, x: Tensor) -> Tensor:
