@@ -1,6 +1,10 @@
 """Build throughput against a bare single-process loop (x cores) and against img2dataset.
 
-    python bench/bench_build.py [--n 10000] [--skip-img2dataset]
+    python bench/bench_build.py [--n 10000] [--hosts loopback 80 200] [--skip-img2dataset]
+
+mmpipe runs at its defaults (no fetch setting); img2dataset at the best of a thread sweep.
+Hosts: ``python -m http.server`` on 127.0.0.1, and ``tests/http_host.py`` answering each
+GET after a fixed latency (a far-away host).
 
 Prints ratios measured in this run; docs/benchmarks.md records them with this command.
 """
@@ -8,14 +12,17 @@ Prints ratios measured in this run; docs/benchmarks.md records them with this co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -119,10 +126,9 @@ class RssMonitor:
         self._t.join()
 
 
-FETCH_CONCURRENCY = 4
-
-
-def run_mmpipe(manifest: Path, out: Path, n_cpus: int) -> dict:
+def run_mmpipe(
+    manifest: Path, out: Path, n_cpus: int, fetch_concurrency: int | None = None
+) -> dict:
     """One build on a fresh local Ray; returns wall, start-up and steady-state figures."""
     import ray
 
@@ -131,11 +137,13 @@ def run_mmpipe(manifest: Path, out: Path, n_cpus: int) -> dict:
     from pipeline.config import BuildConfig
 
     marks: list[tuple[float, int]] = []
+    chunk_s: list[float] = []
     orig = ProgressLine.update
 
     def update(self: ProgressLine, summary) -> None:  # record when each chunk finished
         orig(self, summary)
         marks.append((time.perf_counter(), self.rows))
+        chunk_s.extend(summary.column("seconds").to_pylist())
 
     ProgressLine.update = update  # type: ignore[method-assign]
     subprocess.run(["rm", "-rf", str(out)], check=True)
@@ -146,8 +154,8 @@ def run_mmpipe(manifest: Path, out: Path, n_cpus: int) -> dict:
         resize_mode="keep_ratio",
         image_format="jpg",
         image_quality=QUALITY,
-        fetch_concurrency=FETCH_CONCURRENCY,
         shard_samples=500,
+        **({"fetch_concurrency": fetch_concurrency} if fetch_concurrency else {}),
     )
     t0 = time.perf_counter()
     with RssMonitor() as mon:
@@ -169,6 +177,8 @@ def run_mmpipe(manifest: Path, out: Path, n_cpus: int) -> dict:
         "peak_driver_mb": mon.driver / 2**20,
         "peak_worker_mb": mon.worker / 2**20,
         "peak_workers_total_mb": mon.total / 2**20,
+        "first_chunk_task_s": chunk_s[0],
+        "median_chunk_task_s": sorted(chunk_s)[len(chunk_s) // 2],
     }
 
 
@@ -242,6 +252,83 @@ def local_figures(manifest: Path, bare_n: int, n_cores: int) -> dict:
     return {"bare_ips_1core": bare, "bare_ips_1core_glibc_default": bare_plain, "mmpipe_local": mm}
 
 
+@contextlib.contextmanager
+def serving(root: Path, host: str, port: int):
+    """``loopback``: python's http.server; a number: tests/http_host.py with that latency (ms)."""
+    if host == "loopback":
+        cmd = [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port), "-d", str(root)]
+    else:
+        cmd = [sys.executable, "-m", "tests.http_host", "--root", str(root), "--port", str(port)]
+        cmd += ["--latency-ms", host]
+    server = subprocess.Popen(
+        cmd,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(100):  # bounded: 10 s
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def peak_in_flight(base: str, host: str) -> int | None:
+    """Requests the host saw at once (tests/http_host.py counts them; http.server does not)."""
+    if host == "loopback":
+        return None
+    with urllib.request.urlopen(f"{base}/_stats", timeout=10) as r:
+        return int(json.loads(r.read())["peak_in_flight"])
+
+
+# img2dataset's thread sweep per host: its default is 256; a near server wants fewer.
+I2D_THREADS = {"loopback": [4, 16, 64], "80": [64, 256], "200": [128, 256]}
+
+
+def compare_http(corpus: Path, n: int, n_cores: int, hosts: list[str], args) -> dict:
+    """Per host: img2dataset at its best thread count, then mmpipe at its defaults."""
+    out: dict = {}
+    for k, host in enumerate(hosts):
+        row: dict = {}
+        port = 8765 + k
+        with serving(corpus, host, port) as base:
+            pq_urls, js_urls = url_list(corpus, n, base)
+            if not args.skip_img2dataset:
+                runs = {}
+                for t in args.i2d_threads or I2D_THREADS.get(host, [64, 256]):
+                    runs[t] = run_img2dataset(pq_urls, WORK / "out-i2d", n_cores, t)
+                    print(f"[{host}] img2dataset threads={t}: {_fmt(runs[t])}", flush=True)
+                best = min(runs, key=lambda t: runs[t]["wall_s"])
+                row["img2dataset"] = {**runs[best], "thread_count": best, "sweep": runs}
+        for label, conc in [("defaults", None), *[(f"tuned {c}", c) for c in args.tuned]]:
+            with serving(corpus, host, port) as base:  # a fresh server: its peak is this run's
+                mm = run_mmpipe(js_urls, WORK / "out-mmpipe-http", n_cores, conc)
+                mm["host_peak_in_flight"] = peak_in_flight(base, host)
+            print(f"[{host}] mmpipe {label}: {_fmt(mm)}", flush=True)
+            row[f"mmpipe {label}"] = mm
+        if "img2dataset" in row:
+            i2d, mm = row["img2dataset"], row["mmpipe defaults"]
+            print(
+                f"[{host}] wall: mmpipe {mm['wall_s']:.1f}s vs img2dataset {i2d['wall_s']:.1f}s "
+                f"-> {i2d['wall_s'] / mm['wall_s']:.2f}x (goal >= 1.5); steady "
+                f"{mm['steady_ips'] / i2d['steady_ips']:.2f}x",
+                flush=True,
+            )
+        out[host] = row
+    return out
+
+
+def _fmt(r: dict) -> str:
+    return json.dumps({k: round(v, 2) for k, v in r.items() if isinstance(v, (int, float))})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bare-only", help=argparse.SUPPRESS)
@@ -250,14 +337,12 @@ def main() -> None:
     ap.add_argument("--skip-img2dataset", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-local", action="store_true")
+    ap.add_argument("--hosts", nargs="+", default=["loopback", "80", "200"])
+    ap.add_argument("--i2d-threads", type=int, nargs="+", help="img2dataset's sweep, every host")
     ap.add_argument(
-        "--reuse-img2dataset", action="store_true", help="reuse the last img2dataset figures"
+        "--tuned", type=int, nargs="*", default=[], help="also run these fetch ceilings"
     )
-    ap.add_argument("--fetch-concurrency", type=int, default=4)
-    ap.add_argument("--i2d-threads", type=int, nargs="+", default=[4, 32])
     args = ap.parse_args()
-    global FETCH_CONCURRENCY
-    FETCH_CONCURRENCY = args.fetch_concurrency
     if args.bare_only:
         print(bare_loop(Path(args.bare_only), args.bare_n))
         return
@@ -283,45 +368,8 @@ def main() -> None:
             print(
                 f"memory at {n} rows: driver {r['peak_driver_mb']:.0f} MB, largest worker {r['peak_worker_mb']:.0f} MB"
             )
-    if not args.skip_img2dataset:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "8765", "-d", str(corpus)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            time.sleep(1.0)
-            pq_urls, js_urls = url_list(corpus, args.n, "http://127.0.0.1:8765")
-            i2d_file = WORK / "img2dataset.json"
-            if args.reuse_img2dataset and i2d_file.exists():
-                i2d = json.loads(i2d_file.read_text())
-            else:
-                # img2dataset's default is 256 threads; against a local Python server fewer do
-                # better, so it runs with the best of a small sweep (both figures recorded).
-                runs = {
-                    t: run_img2dataset(pq_urls, WORK / "out-i2d", n_cores, t)
-                    for t in args.i2d_threads
-                }
-                for t, r in runs.items():
-                    print(
-                        f"img2dataset thread_count={t}: {json.dumps({k: round(v, 2) for k, v in r.items()})}"
-                    )
-                best = max(runs, key=lambda t: runs[t]["steady_ips"])
-                i2d = {**runs[best], "thread_count": best}
-                i2d_file.write_text(json.dumps(i2d))
-            print(f"img2dataset (HTTP): {json.dumps({k: round(v, 2) for k, v in i2d.items()})}")
-            mh = run_mmpipe(js_urls, WORK / "out-mmpipe-http", n_cores)
-            print(f"mmpipe build (HTTP): {json.dumps({k: round(v, 2) for k, v in mh.items()})}")
-            ratio = mh["steady_ips"] / i2d["steady_ips"]
-            print(f"  steady-state ratio vs img2dataset: {ratio:.2f} (goal >= 1.5)")
-            print(
-                f"  wall time end to end: mmpipe {mh['wall_s']:.1f}s, img2dataset {i2d['wall_s']:.1f}s"
-            )
-            results.update(img2dataset=i2d, mmpipe_http=mh)
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    if args.hosts:
+        results["http"] = compare_http(corpus, args.n, n_cores, args.hosts, args)
     (WORK / "bench_build.json").write_text(json.dumps(results, indent=2))
 
 

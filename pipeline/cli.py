@@ -78,7 +78,12 @@ def _add_build(sub: Any) -> None:
         default=None,
         help="let a remote manifest name local files",
     )
-    p.add_argument("--fetch-concurrency", type=int, help="HTTP requests in flight per chunk task")
+    p.add_argument(
+        "--fetch-concurrency",
+        type=int,
+        help="at most this many HTTP requests in flight per host and chunk task (a ceiling: "
+        "the fetcher adapts below it)",
+    )
     p.add_argument("--num-cpus", type=float, help="CPUs per chunk task")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
     p.add_argument("--ray-num-cpus", type=int, help="logical CPUs of the local Ray")

@@ -70,9 +70,9 @@ class BuildConfig(BaseModel):
     sample_timeout_s: float = Field(30.0, gt=0)
     on_modality_error: Literal["reject", "drop"] = "reject"
     allow_local_refs: bool = False
-    # HTTP threads per chunk task. 16 suits remote servers with real latency; against a
-    # server on the same small machine fewer do better (docs/benchmarks.md).
-    fetch_concurrency: int = Field(16, ge=1, le=1024)
+    # The most HTTP requests in flight per host from one chunk task: a politeness ceiling.
+    # Below it the fetcher finds the number itself, from latency and errors (docs/build.md).
+    fetch_concurrency: int = Field(128, ge=1, le=1024)
     num_cpus: float = Field(1.0, gt=0, le=64)
     # Rows one dedup task holds: above it, dedup runs as passes over hash partitions of at
     # most this many rows each (docs/build.md). It changes the work split, never the output.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import uuid
@@ -181,15 +182,24 @@ def configure_data_context(quiet: bool, small: bool = False) -> None:
         ctx.op_resource_reservation_enabled = False
 
 
-def _stage_fn(stage: Stage, token: str) -> Callable[[Batch], Batch]:
-    def run(batch: Batch) -> Batch:
-        inst = _READY.get(token)
-        if inst is None:
-            inst = stage
-            inst.ensure_setup()
-            _READY[token] = inst
-        return inst.run(batch)
+def _run_stage(stage: Stage, token: str, batch: Batch) -> Batch:
+    inst = _READY.get(token)
+    if inst is None:
+        inst = stage
+        inst.ensure_setup()
+        _READY[token] = inst
+    return inst.run(batch)
 
+
+def _stage_fn(stage: Stage, token: str) -> Callable[[Batch], Batch]:
+    """The task function: the stage is set up once per worker process, not once per task.
+
+    A partial of a module-level function: cloudpickle sends it by reference, so ``_READY``
+    is this module's own. A nested function would travel by value with a fresh copy of
+    its globals, and every task would set the stage up again (measured: every chunk).
+    """
+    run = functools.partial(_run_stage, stage, token)
+    run.__name__ = stage.name  # type: ignore[attr-defined] - Ray Data names the operator
     return run
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.build.job import run_build
 from pipeline.config import BuildConfig
-from pipeline.io.http import fetch
+from pipeline.io.fetcher import Fetcher, FetchPolicy, TooLargeError
 from tests import media
 from tests.conftest import _free_port, stop_process
 from tests.test_build import check_invariant
@@ -43,10 +43,18 @@ def http_dir(tmp_path):
 def test_fetch_caps_size_and_maps_errors(http_dir):
     root, base = http_dir
     (root / "a.bin").write_bytes(b"x" * 5000)
-    assert fetch(f"{base}/a.bin", 10_000) == b"x" * 5000
-    assert len(fetch(f"{base}/a.bin", 100)) == 101  # never more than the cap + 1
-    assert isinstance(fetch(f"{base}/nope.bin", 100), FileNotFoundError)
-    assert isinstance(fetch("http://127.0.0.1:1/x", 100), ConnectionError)
+    big, small = Fetcher(FetchPolicy(max_bytes=10_000)), Fetcher(FetchPolicy(max_bytes=100))
+    try:
+        assert big.fetch(f"{base}/a.bin") == b"x" * 5000
+        # Content-Length says it is too large: nothing past the headers is read.
+        too = small.fetch(f"{base}/a.bin")
+        assert isinstance(too, TooLargeError) and too.size == 5000
+        assert isinstance(big.fetch(f"{base}/nope.bin"), FileNotFoundError)
+        assert isinstance(big.fetch("http://127.0.0.1:1/x"), ConnectionError)
+        assert isinstance(big.fetch("http://[::1/x"), ConnectionError)  # not a URL
+    finally:
+        big.close()
+        small.close()
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.build.stream import FetchedRows
 from pipeline.config import BuildConfig
 from pipeline.faults import maybe_fail
 from pipeline.io.fs import atomic_open, exists, join
@@ -36,8 +36,6 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("seconds", pa.float64()),
     ]
 )
-# Rows fetched and decoded at a time: bounds a task's memory to a few dozen media files.
-SUB_BATCH = 32
 
 
 def chunk_meta_url(work_dir: str, chunk_id: str) -> str:
@@ -226,6 +224,7 @@ class BuildChunkStage(Stage):
 
     def build_chunk(self, chunk_id: str, rows: pa.Table) -> dict[str, Any]:
         t0 = time.perf_counter()
+
         meta_url = chunk_meta_url(self.work_dir, chunk_id)
         if exists(meta_url):  # finished by an earlier, interrupted run
             done = read_table(meta_url)
@@ -233,27 +232,25 @@ class BuildChunkStage(Stage):
         writer = ChunkWriter(self.work_dir, chunk_id, self.cfg.shard_samples, self.cfg.shard_bytes)
         maybe_fail("build_chunk")  # reliability tests: this worker dies mid-chunk
         fetch, rest = self.stages[0], self.stages[1:]
-
-        def fetched(off: int) -> dict[str, Any]:
-            return dict(fetch.run(rows.slice(off, SUB_BATCH).to_pydict()))
-
-        # Fetch the next sub-batch on a thread while this one decodes: remote reads (HTTP,
-        # S3) then overlap with CPU work instead of adding to it. Order is unchanged.
-        pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        assert isinstance(fetch, FetchStage)
+        # Rows are validated as their fetches land, in any order, and written in input
+        # order (deterministic shards): a slow URL delays its own row's write, not the
+        # fetching or decoding of the rows after it.
+        done: dict[int, dict[str, Any]] = {}
+        head = 0
         try:
-            pending = pool.submit(fetched, 0)
-            for off in range(0, rows.num_rows, SUB_BATCH):
-                batch = pending.result()
-                if off + SUB_BATCH < rows.num_rows:
-                    pending = pool.submit(fetched, off + SUB_BATCH)
-                for stage in rest:
-                    batch = stage.run(batch)
-                for i in range(len(batch["source_row"])):
-                    writer.add({k: v[i] for k, v in batch.items()})
+            with FetchedRows(fetch, rows) as stream:
+                for got, batch in stream:
+                    for stage in rest:
+                        batch = stage.run(batch)
+                    for j, i in enumerate(got):
+                        done[i] = {k: v[j] for k, v in batch.items()}
+                    while head in done:
+                        writer.add(done.pop(head))
+                        stream.release(head)
+                        head += 1
             table = writer.commit()
         except BaseException:
             writer.abort()
             raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
         return summarize(chunk_id, table, writer.bytes, False, time.perf_counter() - t0)

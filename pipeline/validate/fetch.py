@@ -1,12 +1,15 @@
-"""FetchStage: read every referenced part (local, s3://, gs://, http(s)://) with bounded concurrency."""
+"""FetchStage: read every referenced part (local, s3://, gs://, http(s)://), streaming HTTP."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pipeline.errors import Reason
+from pipeline.io.fetcher import Fetcher, FetchPolicy, TooLargeError, shared_fetcher
 from pipeline.io.fs import get_fs, is_remote, scheme_of
 from pipeline.stage import Batch, Stage
 
@@ -20,38 +23,95 @@ def _fail(part: dict[str, Any], reason: Reason, message: str) -> None:
 class FetchStage(Stage):
     """Fill ``data`` for every part that has a ``ref``; failures mark the part, never raise.
 
-    HTTP(S) goes through pooled keep-alive connections on ``concurrency`` threads; other
-    remote filesystems (s3, gcs) through one ``fs.cat`` call each, which fsspec's async
-    clients run concurrently; local files are read directly, never past the size limit.
+    HTTP(S) goes to this process's ``Fetcher`` (one asyncio loop, an adaptive number of
+    requests in flight per host, at most ``concurrency``); other remote filesystems (s3,
+    gcs) through one ``fs.cat`` per batch, which fsspec's async clients run concurrently;
+    local files are read directly, never past the size limit.
     """
 
     name = "fetch"
     reads: ClassVar[tuple[str, ...]] = ("parts",)
 
-    def __init__(self, *, max_file_bytes: int, concurrency: int = 16) -> None:
+    def __init__(self, *, max_file_bytes: int, concurrency: int = 128) -> None:
         super().__init__()
         self.max_file_bytes = max_file_bytes
         self.concurrency = concurrency
+        self.fetcher: Fetcher | None = None
+
+    def setup(self) -> None:
+        # Shared by every chunk this process builds: the limits it learned carry over.
+        policy = FetchPolicy(max_bytes=self.max_file_bytes, ceiling=self.concurrency)
+        self.fetcher = shared_fetcher(policy)
 
     def __call__(self, batch: Batch) -> Batch:
+        left = threading.Semaphore(0)
+        n = self.submit(batch, lambda _row: left.release())
+        for _ in range(n):
+            left.acquire()
+        return batch
+
+    def submit(self, batch: Batch, ready: Callable[[int], None]) -> int:
+        """Fetch every row's parts; ``ready(i)`` once row ``i``'s are all in. Returns the rows.
+
+        Local and fsspec parts are read before this returns; HTTP parts finish later, on
+        the fetcher's thread, in any order: callers that need input order restore it.
+        """
+        self.ensure_setup()
+        assert self.fetcher is not None
         remote: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for parts in batch["parts"]:
+        http: list[tuple[int, dict[str, Any]]] = []
+        rows = batch["parts"]
+        for i, parts in enumerate(rows):
             for part in parts or ():
                 ref = part.get("ref")
                 if not ref or part.get("data") is not None or part.get("error"):
                     continue
-                if is_remote(ref):
-                    remote[scheme_of(ref)].append(part)
-                else:
+                scheme = scheme_of(ref) if is_remote(ref) else "file"
+                if scheme in ("http", "https"):
+                    http.append((i, part))
+                elif scheme == "file":
                     self._read_local(part)
+                else:
+                    remote[scheme].append(part)
         for group in remote.values():
             self._read_remote(group)
-        for parts in batch["parts"]:
-            for part in parts or ():
-                if part.get("data") is not None and len(part["data"]) > self.max_file_bytes:
-                    size = len(part["data"])
-                    _fail(part, Reason.TOO_LARGE, f"{part['ref']}: {size} bytes > max_file_bytes")
-        return batch
+        pending = [0] * len(rows)
+        for i, _ in http:
+            pending[i] += 1
+        lock = threading.Lock()
+
+        def landed(i: int, part: dict[str, Any], res: Any) -> None:
+            self._settle(part, res)
+            with lock:
+                pending[i] -= 1
+                last = pending[i] == 0
+            if last:
+                ready(i)
+
+        for i, parts in enumerate(rows):
+            self._check_size(parts)  # fsspec reads; HTTP parts have no data yet
+            if not pending[i]:
+                ready(i)
+        for i, part in http:
+            self.fetcher.submit(part["ref"], lambda res, i=i, part=part: landed(i, part, res))
+        return len(rows)
+
+    def _settle(self, part: dict[str, Any], res: Any) -> None:
+        if isinstance(res, bytes):
+            part["data"] = res
+            self._check_size([part])
+        elif isinstance(res, TooLargeError):
+            _fail(part, Reason.TOO_LARGE, f"{part['ref']}: {res} > max_file_bytes")
+        elif isinstance(res, FileNotFoundError):
+            _fail(part, Reason.MISSING, f"{part['ref']}: not found ({res})")
+        else:
+            _fail(part, Reason.FETCH_ERROR, f"{part['ref']}: {res}")
+
+    def _check_size(self, parts: list[dict[str, Any]] | None) -> None:
+        for part in parts or ():
+            if part.get("data") is not None and len(part["data"]) > self.max_file_bytes:
+                size = len(part["data"])
+                _fail(part, Reason.TOO_LARGE, f"{part['ref']}: {size} bytes > max_file_bytes")
 
     def _read_local(self, part: dict[str, Any]) -> None:
         ref = part["ref"]
@@ -77,18 +137,6 @@ class FetchStage(Stage):
         part["data"] = data
 
     def _read_remote(self, parts: list[dict[str, Any]]) -> None:
-        if scheme_of(parts[0]["ref"]) in ("http", "https"):
-            from pipeline.io.http import fetch_many
-
-            results = fetch_many([p["ref"] for p in parts], self.max_file_bytes, self.concurrency)
-            for p, res in zip(parts, results):
-                if isinstance(res, bytes):
-                    p["data"] = res
-                elif isinstance(res, FileNotFoundError):
-                    _fail(p, Reason.MISSING, f"{p['ref']}: not found ({res})")
-                else:
-                    _fail(p, Reason.FETCH_ERROR, f"{p['ref']}: {res}")
-            return
         fs, _ = get_fs(parts[0]["ref"])
         paths = {p["ref"]: fs._strip_protocol(p["ref"]) for p in parts}
         try:

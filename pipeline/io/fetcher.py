@@ -1,0 +1,207 @@
+"""Fetcher: HTTP(S) GETs on one asyncio loop per process, an adaptive number in flight per host."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.io.limits import ERROR, OK, SLOW_DOWN, AdaptiveLimit
+
+# Status codes worth a retry (with backoff); anything else is final at once.
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+USER_AGENT = "mmpipe/0.1 (+https://github.com/mmpipe)"
+Result = bytes | Exception
+
+
+class TooLargeError(Exception):
+    """The body is over the size cap (known from Content-Length or from reading past it)."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__(f"{size} bytes" if size is not None else "over the size cap")
+        self.size = size
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What every request of one fetcher obeys; equal policies share a fetcher in a process."""
+
+    max_bytes: int
+    # Requests in flight per host, at most (politeness); the fetcher adapts below it.
+    ceiling: int = 128
+    start: int = 4
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0  # per socket read, as urllib3's was: large bodies may take long
+    retries: int = 2
+    backoff: float = 0.25
+    max_redirects: int = 5
+
+
+class _Host:
+    """One host's limit and the requests waiting for a slot (FIFO, so input order is kept)."""
+
+    def __init__(self, policy: FetchPolicy) -> None:
+        self.limit = AdaptiveLimit(ceiling=policy.ceiling, start=policy.start)
+        self.waiting: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.limit.has_room() and not self.waiting:
+            self.limit.started()
+            return
+        self.limit.queued()
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(slot)
+        await slot  # resolved by release() with the slot already taken for us
+
+    def release(self, outcome: str) -> None:
+        self.limit.finished(outcome)
+        while self.waiting and self.limit.has_room():
+            slot = self.waiting.popleft()
+            if not slot.done():
+                self.limit.started()
+                slot.set_result(None)
+
+
+class Fetcher:
+    """GET many URLs concurrently from any thread; results are bytes or the error, never raised.
+
+    One event loop on a daemon thread holds every connection (keep-alive, pooled), so a
+    thousand requests in flight cost sockets and small buffers, not threads.
+    """
+
+    def __init__(self, policy: FetchPolicy) -> None:
+        self.policy = policy
+        self.hosts: dict[str, _Host] = {}
+        self.loop = asyncio.new_event_loop()
+        self._session: Any = None
+        self._thread = threading.Thread(target=self._run, name="mmpipe-fetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, url: str, done: Callable[[Result], None] | None = None) -> Future[Result]:
+        """Start fetching ``url``; ``done(result)`` runs on the loop thread when it ends."""
+        fut = asyncio.run_coroutine_threadsafe(self._get(url), self.loop)
+        if done is not None:
+            fut.add_done_callback(lambda f: done(f.result() if not f.cancelled() else _CANCELLED))
+        return fut
+
+    def fetch(self, url: str) -> Result:
+        return self.submit(url).result()
+
+    def allowed(self) -> int:
+        """Requests the fetcher would have in flight now: the sum of the hosts' limits."""
+        return sum(h.limit.allowed for h in list(self.hosts.values())) or self.policy.start
+
+    def limits(self) -> dict[str, int]:
+        return {k: h.limit.allowed for k, h in list(self.hosts.items())}
+
+    def close(self) -> None:
+        if self._session is not None:
+            asyncio.run_coroutine_threadsafe(self._session.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    async def _client(self) -> Any:
+        if self._session is None:
+            import aiohttp
+
+            p = self.policy
+            self._session = aiohttp.ClientSession(
+                # Limits are ours, per host; aiohttp's own pool limit would queue beneath them.
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=p.connect_timeout, sock_read=p.read_timeout
+                ),
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._session
+
+    async def _get(self, url: str) -> Result:
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:  # an unbalanced [ in the host, found by fuzzing
+            return ConnectionError(f"invalid URL: {e}")
+        host = self.hosts.setdefault(f"{parts.scheme}://{parts.netloc}", _Host(self.policy))
+        result: Result = ConnectionError("not attempted")
+        for attempt in range(self.policy.retries + 1):
+            await host.acquire()
+            outcome, wait = OK, 0.0
+            try:
+                result, outcome, wait = await self._attempt(url)
+            except asyncio.CancelledError:
+                host.release(OK)
+                raise
+            host.release(outcome)
+            if outcome == OK or attempt == self.policy.retries:
+                break
+            # Exponential backoff with jitter, or what the server asked for (bounded).
+            delay = self.policy.backoff * 2**attempt * random.uniform(0.5, 1.5)
+            await asyncio.sleep(min(max(delay, wait), 10.0))
+        return result
+
+    async def _attempt(self, url: str) -> tuple[Result, str, float]:
+        """One GET: (result, what it says about the host, seconds the server asked to wait)."""
+        import aiohttp
+
+        session = await self._client()
+        cap = self.policy.max_bytes
+        try:
+            async with session.get(url, max_redirects=self.policy.max_redirects) as r:
+                if r.status in RETRY_STATUS:
+                    after = _retry_after(r.headers.get("Retry-After"))
+                    slow = r.status == 429
+                    return ConnectionError(f"HTTP {r.status}"), SLOW_DOWN if slow else ERROR, after
+                if r.status in (404, 410):
+                    return FileNotFoundError(f"HTTP {r.status}"), OK, 0.0
+                if r.status != 200:
+                    return ConnectionError(f"HTTP {r.status}"), OK, 0.0
+                if r.content_length is not None and r.content_length > cap:
+                    return TooLargeError(r.content_length), OK, 0.0
+                body = bytearray()
+                while len(body) <= cap:
+                    piece = await r.content.read(min(1 << 20, cap + 1 - len(body)))
+                    if not piece:
+                        return bytes(body), OK, 0.0
+                    body += piece
+                return TooLargeError(None), OK, 0.0
+        except asyncio.TimeoutError:
+            return ConnectionError("timed out"), SLOW_DOWN, 0.0
+        except aiohttp.TooManyRedirects:
+            return ConnectionError("too many redirects"), OK, 0.0
+        except aiohttp.InvalidURL as e:  # final: another try cannot fix the URL
+            return ConnectionError(f"invalid URL: {e}"[:300]), OK, 0.0
+        except (aiohttp.ClientError, OSError, ValueError) as e:
+            # Refused or reset connections, truncated bodies (ClientPayloadError), bad URLs.
+            return ConnectionError(f"{type(e).__name__}: {e}"[:300]), ERROR, 0.0
+
+
+_CANCELLED = ConnectionError("cancelled")
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:  # an HTTP date: not worth parsing for a bounded wait
+        return 0.0
+
+
+_SHARED: dict[FetchPolicy, Fetcher] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_fetcher(policy: FetchPolicy) -> Fetcher:
+    """This process's fetcher for ``policy``: chunks after the first start from what it learned."""
+    with _SHARED_LOCK:
+        f = _SHARED.get(policy)
+        if f is None:
+            f = _SHARED[policy] = Fetcher(policy)
+        return f

@@ -1,0 +1,148 @@
+"""The streaming fetcher against real servers on 127.0.0.1: faults, latency, order and memory."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pytest
+
+from pipeline.build.job import run_build
+from pipeline.build.stream import FetchedRows
+from pipeline.config import BuildConfig
+from pipeline.io.fetcher import Fetcher, FetchPolicy
+from pipeline.validate.fetch import FetchStage
+from tests import media
+from tests.conftest import _free_port, stop_process
+from tests.test_build import check_invariant
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _host(root: Path, *flags: str):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.http_host", "--root", str(root), "--port", str(port), *flags],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    stop_process(proc)
+    pytest.fail("the test host did not start within 20 s")
+
+
+@pytest.fixture()
+def host(tmp_path):
+    """Start tests/http_host.py over tmp_path/www with the given flags; stopped by PID."""
+    (tmp_path / "www").mkdir()
+    started = []
+
+    def start(*flags: str) -> tuple[Path, str]:
+        proc, base = _host(tmp_path / "www", *flags)
+        started.append(proc)
+        return tmp_path / "www", base
+
+    yield start
+    for proc in started:
+        stop_process(proc)
+
+
+def _stats(base: str) -> dict:
+    with urllib.request.urlopen(f"{base}/_stats", timeout=10) as r:
+        return dict(json.loads(r.read()))
+
+
+def test_truncated_bodies_and_503s_are_retried_or_reported(host):
+    root, base = host("--fail", "0.3", "--truncate", "0.2")
+    payloads = {f"{i}.bin": bytes([i % 251]) * (20_000 + i) for i in range(200)}
+    for name, data in payloads.items():
+        (root / name).write_bytes(data)
+    f = Fetcher(FetchPolicy(max_bytes=1 << 20))
+    try:
+        futures = {name: f.submit(f"{base}/{name}") for name in payloads}
+        got = {name: fu.result(timeout=120) for name, fu in futures.items()}
+    finally:
+        f.close()
+    stats = _stats(base)
+    assert stats["503"] > 20 and stats["truncated"] > 10  # the faults happened
+    # Every answer is the whole file or an error: a truncated body is never taken as data.
+    for name, res in got.items():
+        assert res == payloads[name] or isinstance(res, ConnectionError)
+    assert sum(isinstance(r, bytes) for r in got.values()) >= 150  # retries rescued most
+
+
+def test_rows_come_back_as_they_land_and_in_bounds(host, tmp_path):
+    root, base = host("--latency-ms", "50")
+    for i in range(300):
+        (root / f"{i}.bin").write_bytes(b"x" * 10_000)
+    refs = [[{"ref": f"{base}/{i}.bin", "data": None}] for i in range(300)]
+    table = pa.table({"parts": refs, "source_row": list(range(300))})
+    stage = FetchStage(max_file_bytes=1 << 20)
+    seen, held = [], []
+    with FetchedRows(stage, table, max_bytes=200_000) as rows:
+        for got, batch in rows:
+            assert all(p[0]["data"] == b"x" * 10_000 for p in batch["parts"])
+            seen.extend(got)
+            held.append(rows._held)
+            for i in got:  # release at once: the caller writes as rows arrive
+                rows.release(i)
+    assert sorted(seen) == list(range(300))
+    # Held bytes never pass the cap by more than what was already in flight.
+    assert max(held) <= 200_000 + 4 * stage.fetcher.allowed() * 10_000
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc through psutil")
+def test_a_thousand_requests_in_flight_cost_little_memory(host):
+    root, base = host("--latency-ms", "3000")
+    for i in range(1000):
+        (root / f"{i}.bin").write_bytes(b"y" * 2_000)
+    f = Fetcher(FetchPolicy(max_bytes=1 << 20, ceiling=1000, start=1000))
+    proc = psutil.Process()
+    try:
+        f.fetch(f"{base}/0.bin")  # the session and its imports exist before the baseline
+        before = proc.memory_info().rss
+        futures = [f.submit(f"{base}/{i}.bin") for i in range(1000)]
+        time.sleep(2.0)  # all sent, none answered yet (3 s of latency)
+        during = proc.memory_info().rss
+        assert _stats(base)["peak_in_flight"] >= 990
+        results = [fu.result(timeout=60) for fu in futures]
+    finally:
+        f.close()
+    assert all(r == b"y" * 2_000 for r in results)
+    assert during - before < 64 << 20, f"{(during - before) >> 20} MB for 1,000 requests"
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_build_from_a_faulty_host_loses_nothing(host, tmp_path):
+    root, base = host("--fail", "0.1", "--truncate", "0.05", "--latency-ms", "20")
+    rows = []
+    for i in range(120):
+        (root / f"{i}.jpg").write_bytes(media.jpeg(30 + i % 40, 24))
+        rows.append({"key": f"k{i}", "image": f"{base}/{i}.jpg", "text": f"caption {i}"})
+    rows.append({"key": "gone", "image": f"{base}/missing.jpg"})
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    cfg = BuildConfig(input=str(tmp_path / "m.jsonl"), output=str(out), shard_samples=50)
+    run_build(cfg, quiet=True)
+    index, rejects = check_invariant(out, 121)
+    stats = _stats(base)
+    assert stats["503"] > 0 and stats["truncated"] > 0
+    assert "missing" in rejects["reason"].to_pylist()
+    assert set(rejects["reason"].to_pylist()) <= {"missing", "fetch_error"}
+    # Fetches land in any order; rows are written in input order all the same.
+    assert index["key"].to_pylist() == sorted(index["key"].to_pylist(), key=lambda k: int(k[1:]))
