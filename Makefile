@@ -49,10 +49,10 @@ demo: setup  ## sample corpus -> build -> features -> train -> eval -> report ->
 
 test: setup  ## lint, type-check and run the test suite but the `slow` end-to-end runs
 	$(MAKE) --no-print-directory lint
-	$(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
+	$(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider --durations=15
 
 test-slow: setup  ## the `slow` end-to-end runs: Ray Train, faults, two nodes, Jobs API (CI runs both)
-	$(BIN)/python -m pytest -q -x -m slow -p no:cacheprovider
+	$(BIN)/python -m pytest -q -x -m slow -p no:cacheprovider --durations=25
 
 lint: setup  ## ruff (lint + format check) and mypy on pipeline/
 	$(BIN)/ruff check pipeline schemas jobs tests bench

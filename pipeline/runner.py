@@ -198,9 +198,7 @@ def _stage_fn(stage: Stage, token: str) -> Callable[[Batch], Batch]:
     is this module's own. A nested function would travel by value with a fresh copy of
     its globals, and every task would set the stage up again (measured: every chunk).
     """
-    run = functools.partial(_run_stage, stage, token)
-    run.__name__ = stage.name  # type: ignore[attr-defined] - Ray Data names the operator
-    return run
+    return functools.partial(_run_stage, stage, token)
 
 
 class _ActorStage:

@@ -33,6 +33,7 @@ def simulate(
             n = lim.in_flight + 1
             lim.started(now=now)
             heapq.heappush(done, now + n / rate(n) * rng.uniform(0.9, 1.1))
+        lim.set_waiting(int(demand > lim.in_flight), now=now)  # the caller wants more
         now = heapq.heappop(done)
         lim.finished(outcome(rng), now=now)
         trace.append(lim.allowed)

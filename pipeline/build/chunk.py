@@ -224,7 +224,6 @@ class BuildChunkStage(Stage):
 
     def build_chunk(self, chunk_id: str, rows: pa.Table) -> dict[str, Any]:
         t0 = time.perf_counter()
-
         meta_url = chunk_meta_url(self.work_dir, chunk_id)
         if exists(meta_url):  # finished by an earlier, interrupted run
             done = read_table(meta_url)
@@ -236,7 +235,7 @@ class BuildChunkStage(Stage):
         # Rows are validated as their fetches land, in any order, and written in input
         # order (deterministic shards): a slow URL delays its own row's write, not the
         # fetching or decoding of the rows after it.
-        done: dict[int, dict[str, Any]] = {}
+        waiting: dict[int, dict[str, Any]] = {}
         head = 0
         try:
             with FetchedRows(fetch, rows) as stream:
@@ -244,9 +243,9 @@ class BuildChunkStage(Stage):
                     for stage in rest:
                         batch = stage.run(batch)
                     for j, i in enumerate(got):
-                        done[i] = {k: v[j] for k, v in batch.items()}
-                    while head in done:
-                        writer.add(done.pop(head))
+                        waiting[i] = {k: v[j] for k, v in batch.items()}
+                    while head in waiting:
+                        writer.add(waiting.pop(head))
                         stream.release(head)
                         head += 1
             table = writer.commit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Iterator
@@ -77,13 +78,14 @@ class FetchedRows:
                 batch = dict(self.rows.slice(off, n).to_pydict())
                 for j in range(n):
                     self._where[off + j] = (batch, j)
-                self.fetch.submit(batch, lambda j, off=off: self._landed(off + j))
+                self.fetch.submit(batch, functools.partial(self._landed, off))
         except BaseException as e:  # handed to the caller, which raises it
             self._error = e
             self._ready.put(-1)
 
-    def _landed(self, i: int) -> None:
-        batch, j = self._where[i]
+    def _landed(self, off: int, j: int) -> None:
+        i = off + j
+        batch, _ = self._where[i]
         size = _nbytes(batch["parts"][j])
         with self._cond:
             self._sizes[i] = size

@@ -54,18 +54,19 @@ class _Host:
         if self.limit.has_room() and not self.waiting:
             self.limit.started()
             return
-        self.limit.queued()
         slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting.append(slot)
+        self.limit.set_waiting(len(self.waiting))
         await slot  # resolved by release() with the slot already taken for us
 
     def release(self, outcome: str) -> None:
         self.limit.finished(outcome)
         while self.waiting and self.limit.has_room():
             slot = self.waiting.popleft()
-            if not slot.done():
+            if not slot.done():  # a cancelled request's slot goes to the next one
                 self.limit.started()
                 slot.set_result(None)
+        self.limit.set_waiting(len(self.waiting))
 
 
 class Fetcher:

@@ -14,9 +14,9 @@ class AdaptiveLimit:
     """How many requests one host gets in flight: hill climbing on measured throughput.
 
     A round lasts at least ``round_s`` and ``2 x limit`` finished requests (fewer are too
-    noisy to compare). When the limit held requests back (some waited for a slot, or those
-    in flight averaged ``busy`` x limit), the round's rate is compared with the best rate
-    seen at the limit in force:
+    noisy to compare). When the limit held requests back (some waited for a slot for half
+    the round, or those in flight averaged ``busy`` x limit), the round's rate is compared
+    with the best rate seen at the limit in force:
 
     - slow start: double while doubling raises the rate by ``start_gain``;
     - then hold, and every ``probe_rounds`` rounds probe up (x1.25, kept if the rate rises
@@ -56,7 +56,8 @@ class AdaptiveLimit:
     _last: float = field(default=0.0, init=False)
     _area: float = field(default=0.0, init=False)  # integral of in_flight over the round
     _peak: int = field(default=0, init=False)
-    _queued: bool = field(default=False, init=False)
+    waiting: int = field(default=0, init=False)  # requests waiting for a slot now
+    _waited: float = field(default=0.0, init=False)  # time in the round with any waiting
 
     def __post_init__(self) -> None:
         self.ceiling = max(1, int(self.ceiling))
@@ -70,14 +71,16 @@ class AdaptiveLimit:
     def has_room(self) -> bool:
         return self.in_flight < self.allowed
 
-    def queued(self) -> None:
-        """A request found no room: the limit, not the caller, held it back."""
-        self._queued = True
+    def set_waiting(self, n: int, now: float | None = None) -> None:
+        """How many requests wait for a slot: the limit, not the caller, holds them back."""
+        self._tick(time.monotonic() if now is None else now)
+        self.waiting = n
 
     def _tick(self, now: float) -> None:
         if self._t0 is None:
             self._t0 = self._last = now
         self._area += self.in_flight * (now - self._last)
+        self._waited += (now - self._last) if self.waiting else 0.0
         self._last = now
 
     def started(self, now: float | None = None) -> None:
@@ -96,11 +99,13 @@ class AdaptiveLimit:
         assert self._t0 is not None
         elapsed = max(now - self._t0, 1e-9)
         if self._slow_downs or (self._n >= max(16, 2 * self.allowed) and elapsed >= self.round_s):
-            busy = self._queued or self._area / elapsed >= self.busy * self.allowed
+            # The limit was the bottleneck if requests waited for it most of the round (a
+            # caller that hands over rows in slices makes short waits that say nothing).
+            busy = self._waited >= 0.5 * elapsed or self._area / elapsed >= self.busy * self.allowed
             self._update(self._n / elapsed, busy)
-            self._t0, self._area, self._n = now, 0.0, 0
+            self._t0, self._area, self._n, self._waited = now, 0.0, 0, 0.0
             self._errors = self._slow_downs = 0
-            self._peak, self._queued = self.in_flight, False
+            self._peak = self.in_flight
 
     def _set(self, limit: float) -> None:
         self.limit = min(float(self.ceiling), max(float(self.floor), limit))

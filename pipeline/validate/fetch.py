@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import defaultdict
@@ -93,7 +94,7 @@ class FetchStage(Stage):
             if not pending[i]:
                 ready(i)
         for i, part in http:
-            self.fetcher.submit(part["ref"], lambda res, i=i, part=part: landed(i, part, res))
+            self.fetcher.submit(part["ref"], functools.partial(landed, i, part))
         return len(rows)
 
     def _settle(self, part: dict[str, Any], res: Any) -> None:
