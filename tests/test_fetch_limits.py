@@ -98,3 +98,16 @@ def test_bounds_hold():
     assert lim.allowed == 3
     trace = simulate(lim, far_host, seconds=5)
     assert max(trace) <= 3 and min(trace) >= 1
+
+
+def test_a_small_limit_still_climbs_one_at_a_time():
+    lim = AdaptiveLimit(ceiling=128, start=2)
+    lim.started(now=0.0)
+    lim.finished(SLOW_DOWN, now=0.1)  # a 429 ends the slow start at a limit of 1
+    assert lim.allowed == 1
+
+    def host(n: int) -> float:  # 10 ms a request; the host serves 300/s at most
+        return min(n / 0.01, 300.0)
+
+    trace = simulate(lim, host, seconds=30, start=1.0)
+    assert max(trace[-200:]) >= 3

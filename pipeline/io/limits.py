@@ -157,6 +157,8 @@ class AdaptiveLimit:
             return
         self._probe = 1 if up else -1
         if up:
-            self._set(self.limit * (2.0 if self._slow_start else 1.25))
+            # At least one more: x1.25 of a small limit would not change the whole number.
+            grown = self.limit * 2.0 if self._slow_start else self.limit * 1.25
+            self._set(max(grown, float(self.allowed + 1)))
         else:
-            self._set(min(self.limit * 0.75, self.limit - 1))
+            self._set(min(self.limit * 0.75, float(self.allowed - 1)))
