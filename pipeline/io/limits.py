@@ -23,8 +23,9 @@ class AdaptiveLimit:
       by ``gain``, else undone) or down (x0.75, kept if it keeps ``1 - loss`` of the best
       rate), in turn. A host gets the fewest requests that give the speed: a server on the
       same cores, or cores busy decoding, shows as no gain and ends near the floor;
-    - when the caller, not the limit, was the bottleneck: hold, never above twice what was
-      in flight;
+    - when the caller, not the limit, was the bottleneck: undo a step up under way, and come
+      down towards twice the mean in flight (at most a quarter a round). Time with nothing
+      to fetch (between a worker's chunks) does not count;
     - HTTP 429, or timeouts: halve at once. Other failures (5xx, resets) cut by a quarter
       only when they are over a quarter of the round: a host that fails a steady share of
       requests at any load is not helped by fewer of them.
@@ -52,12 +53,13 @@ class AdaptiveLimit:
     _n: int = field(default=0, init=False)
     _errors: int = field(default=0, init=False)
     _slow_downs: int = field(default=0, init=False)
-    _t0: float | None = field(default=None, init=False)
+    _started: bool = field(default=False, init=False)
     _last: float = field(default=0.0, init=False)
     _area: float = field(default=0.0, init=False)  # integral of in_flight over the round
     _peak: int = field(default=0, init=False)
     waiting: int = field(default=0, init=False)  # requests waiting for a slot now
     _waited: float = field(default=0.0, init=False)  # time in the round with any waiting
+    _active: float = field(default=0.0, init=False)  # time in the round with any request
 
     def __post_init__(self) -> None:
         self.ceiling = max(1, int(self.ceiling))
@@ -77,10 +79,14 @@ class AdaptiveLimit:
         self.waiting = n
 
     def _tick(self, now: float) -> None:
-        if self._t0 is None:
-            self._t0 = self._last = now
-        self._area += self.in_flight * (now - self._last)
-        self._waited += (now - self._last) if self.waiting else 0.0
+        if not self._started:
+            self._started, self._last = True, now
+        span = now - self._last
+        self._area += self.in_flight * span
+        self._waited += span if self.waiting else 0.0
+        # Time with nothing to fetch (between a worker's chunks) is no part of a round: it
+        # would read as a slow host and a caller that needs few requests.
+        self._active += span if self.waiting or self.in_flight else 0.0
         self._last = now
 
     def started(self, now: float | None = None) -> None:
@@ -96,37 +102,46 @@ class AdaptiveLimit:
         self._n += 1
         self._slow_downs += outcome == SLOW_DOWN
         self._errors += outcome == ERROR
-        assert self._t0 is not None
-        elapsed = max(now - self._t0, 1e-9)
+        elapsed = max(self._active, 1e-9)
         if self._slow_downs or (self._n >= max(16, 2 * self.allowed) and elapsed >= self.round_s):
             # The limit was the bottleneck if requests waited for it most of the round (a
             # caller that hands over rows in slices makes short waits that say nothing).
             busy = self._waited >= 0.5 * elapsed or self._area / elapsed >= self.busy * self.allowed
-            self._update(self._n / elapsed, busy)
-            self._t0, self._area, self._n, self._waited = now, 0.0, 0, 0.0
+            self._update(self._n / elapsed, busy, self._area / elapsed)
+            self._area, self._n, self._waited, self._active = 0.0, 0, 0.0, 0.0
             self._errors = self._slow_downs = 0
             self._peak = self.in_flight
 
     def _set(self, limit: float) -> None:
         self.limit = min(float(self.ceiling), max(float(self.floor), limit))
 
-    def _update(self, rate: float, busy: bool) -> None:
+    def _update(self, rate: float, busy: bool, mean_in_flight: float) -> None:
         self.rounds += 1
         if self._slow_downs or self._errors * 4 > self._n:
             self._set(self.limit * (0.5 if self._slow_downs else 0.75))
             self._best, self._probe, self._slow_start = None, 0, False
             self._hold = self.probe_rounds
             return
-        if not busy:  # the caller is the bottleneck: what it used is what it needs
-            self._set(min(self.limit, max(2.0 * self._peak, self.floor)))
+        if not busy:
+            # The caller is the bottleneck: a step up under way was not needed, and twice
+            # what the caller kept in flight is enough (approached by a quarter a round).
+            if self._probe > 0 and self._best is not None:
+                self._set(self._best[0])
+            self._set(min(self.limit, max(2.0 * mean_in_flight, 0.75 * self.limit)))
             self._best, self._probe = None, 0
             return
         best = self._best
         if best is None or (self._probe == 0 and best[0] != self.limit):
+            # A first busy round at this limit sets the bar; the next one compares.
             self._best = (self.limit, rate)
+            return
         elif self._probe > 0:
             need = self.start_gain if self._slow_start else self.gain
             if rate > best[1] * (1 + need):
+                # A gain near the step's own size: the host is far from its limit, so go
+                # back to doubling.
+                step = self.limit / best[0] - 1
+                self._slow_start = self._slow_start or rate >= best[1] * (1 + 0.8 * step)
                 self._best = (self.limit, rate)
                 self._step(up=True)
                 return
