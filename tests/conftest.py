@@ -36,6 +36,29 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
         proc.wait(timeout=timeout)
 
 
+def serve(args: list[str], cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a server on 127.0.0.1 (``{port}`` in ``args`` becomes a free port) and wait
+    until it accepts, at most 20 s. Returns the process (stop it with ``stop_process``) and
+    its base URL."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [a.replace("{port}", str(port)) for a in args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    stop_process(proc)
+    pytest.fail(f"{args[:3]} did not start within 20 s")
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server; started before Ray so that workers inherit its endpoint."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -20,30 +19,15 @@ from pipeline.config import BuildConfig
 from pipeline.io.fetcher import Fetcher, FetchPolicy
 from pipeline.validate.fetch import FetchStage
 from tests import media
-from tests.conftest import _free_port, stop_process
+from tests.conftest import serve, stop_process
 from tests.test_build import check_invariant
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _host(root: Path, *flags: str):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.http_host", "--root", str(root), "--port", str(port), *flags],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    stop_process(proc)
-    pytest.fail("the test host did not start within 20 s")
+def _host(root: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    args = [sys.executable, "-m", "tests.http_host", "--root", str(root), "--port", "{port}"]
+    return serve([*args, *flags], cwd=ROOT)
 
 
 @pytest.fixture()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,7 +11,7 @@ from pipeline.build.job import run_build
 from pipeline.config import BuildConfig
 from pipeline.io.fetcher import Fetcher, FetchPolicy, TooLargeError
 from tests import media
-from tests.conftest import _free_port, stop_process
+from tests.conftest import serve, stop_process
 from tests.test_build import check_invariant
 
 
@@ -22,21 +19,10 @@ from tests.test_build import check_invariant
 def http_dir(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port), "-d", str(root)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    proc, base = serve(
+        [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "{port}", "-d", str(root)]
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield root, f"http://127.0.0.1:{port}"
+    yield root, base
     stop_process(proc)
 
 
