@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -130,3 +131,24 @@ def test_a_build_from_a_faulty_host_loses_nothing(host, tmp_path):
     assert set(rejects["reason"].to_pylist()) <= {"missing", "fetch_error"}
     # Fetches land in any order; rows are written in input order all the same.
     assert index["key"].to_pylist() == sorted(index["key"].to_pylist(), key=lambda k: int(k[1:]))
+
+
+def test_an_unexpected_error_in_the_client_reaches_the_row(monkeypatch):
+    """Anything that escapes a request becomes that row's fetch_error: no chunk waits forever."""
+
+    async def broken(self, url):
+        raise RuntimeError("a bug in the client")
+
+    monkeypatch.setattr(Fetcher, "_attempt", broken)
+    stage = FetchStage(max_file_bytes=100)
+    stage.fetcher = Fetcher(FetchPolicy(max_bytes=100))
+    stage._ready = True
+    batch = {"parts": [[{"ref": "http://127.0.0.1:1/x.jpg", "data": None}]]}
+    landed = threading.Event()
+    try:
+        stage.submit(batch, lambda _row: landed.set())
+        assert landed.wait(30), "the row never landed"
+    finally:
+        stage.fetcher.close()
+    (part,) = batch["parts"][0]
+    assert part["error"] == "fetch_error" and "a bug in the client" in part["message"]

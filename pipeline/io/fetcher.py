@@ -92,7 +92,7 @@ class Fetcher:
         """Start fetching ``url``; ``done(result)`` runs on the loop thread when it ends."""
         fut = asyncio.run_coroutine_threadsafe(self._get(url), self.loop)
         if done is not None:
-            fut.add_done_callback(lambda f: done(f.result() if not f.cancelled() else _CANCELLED))
+            fut.add_done_callback(lambda f: done(_outcome(f)))
         return fut
 
     def fetch(self, url: str) -> Result:
@@ -186,6 +186,16 @@ class Fetcher:
 
 
 _CANCELLED = ConnectionError("cancelled")
+
+
+def _outcome(f: Future[Result]) -> Result:
+    """What a finished request gives its caller: a bug of ours is an error, never a hang."""
+    if f.cancelled():
+        return _CANCELLED
+    err = f.exception()
+    if err is not None:  # _get returns errors; whatever escapes it still reaches the row
+        return ConnectionError(f"{type(err).__name__}: {err}"[:300])
+    return f.result()
 
 
 def _retry_after(value: str | None) -> float:
