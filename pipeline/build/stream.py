@@ -111,7 +111,8 @@ class FetchedRows:
                 except queue.Empty:
                     break
             if -1 in got:
-                raise self._raise()
+                assert self._error is not None
+                raise self._error
             left -= len(got)
             picked = [self._where[i] for i in got]
             keys = picked[0][0].keys()
@@ -123,11 +124,7 @@ class FetchedRows:
                 return self._ready.get(timeout=1.0)
             except queue.Empty:
                 if self._error is not None:
-                    raise self._raise() from None
-
-    def _raise(self) -> BaseException:
-        assert self._error is not None
-        return self._error
+                    raise self._error from None
 
     def close(self) -> None:
         with self._cond:

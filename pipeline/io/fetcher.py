@@ -102,9 +102,6 @@ class Fetcher:
         """Requests the fetcher would have in flight now: the sum of the hosts' limits."""
         return sum(h.limit.allowed for h in list(self.hosts.values())) or self.policy.start
 
-    def limits(self) -> dict[str, int]:
-        return {k: h.limit.allowed for k, h in list(self.hosts.items())}
-
     def close(self) -> None:
         if self._session is not None:
             asyncio.run_coroutine_threadsafe(self._session.close(), self.loop).result(10)

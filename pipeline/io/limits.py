@@ -44,7 +44,6 @@ class AdaptiveLimit:
     probe_rounds: int = 6
     limit: float = field(init=False)
     in_flight: int = field(default=0, init=False)
-    rounds: int = field(default=0, init=False)
     _best: tuple[float, float] | None = field(default=None, init=False)  # (limit, rate)
     _probe: int = field(default=0, init=False)  # +1 stepped up, -1 stepped down, 0 holding
     _slow_start: bool = field(default=True, init=False)
@@ -116,7 +115,6 @@ class AdaptiveLimit:
         self.limit = min(float(self.ceiling), max(float(self.floor), limit))
 
     def _update(self, rate: float, busy: bool, mean_in_flight: float) -> None:
-        self.rounds += 1
         if self._slow_downs or self._errors * 4 > self._n:
             self._set(self.limit * (0.5 if self._slow_downs else 0.75))
             self._best, self._probe, self._slow_start = None, 0, False
