@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_build(sub)
+    from pipeline.curate.cli import add_commands as add_curate
+
+    add_curate(sub)
     _add_features(sub)
     _add_sample_corpus(sub)
     from pipeline.embed.cli import add_commands as add_embed

@@ -28,6 +28,17 @@ class Reason(str, Enum):
     DUPLICATE = "duplicate"
     DUPLICATE_KEY = "duplicate_key"
     NEAR_DUPLICATE = "near_duplicate"
+    # mmpipe curate: one reason per filter; the message carries the value and the threshold.
+    SMALL_IMAGE = "small_image"
+    ASPECT_RATIO = "aspect_ratio"
+    CAPTION_LENGTH = "caption_length"
+    LANGUAGE = "language"
+    LOW_SIMILARITY = "low_similarity"
+    AUDIO_DURATION = "audio_duration"
+    SILENCE = "silence"
+    LOW_SNR = "low_snr"
+    PREDICATE = "predicate"
+    SEMANTIC_DUPLICATE = "semantic_duplicate"
 
 
 REASON_DOCS: dict[Reason, str] = {
@@ -45,6 +56,16 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.DUPLICATE: "the same content (hash) was already written from an earlier row",
     Reason.DUPLICATE_KEY: "the same key was already written from an earlier row",
     Reason.NEAR_DUPLICATE: "an earlier image's perceptual hash is within near_dup_distance bits",
+    Reason.SMALL_IMAGE: "curate: the image's shorter side is under image.min_side",
+    Reason.ASPECT_RATIO: "curate: the image's long/short side ratio is over image.max_aspect",
+    Reason.CAPTION_LENGTH: "curate: the caption's word or character count is out of its bounds",
+    Reason.LANGUAGE: "curate: the caption's identified language is not one of caption.languages",
+    Reason.LOW_SIMILARITY: "curate: image-text similarity under the threshold (or its top fraction)",
+    Reason.AUDIO_DURATION: "curate: the audio is shorter or longer than audio.min/max_seconds",
+    Reason.SILENCE: "curate: the audio's silent fraction is over audio.max_silent_fraction",
+    Reason.LOW_SNR: "curate: the audio's estimated SNR is under audio.min_snr_db",
+    Reason.PREDICATE: "curate: the user predicate (module:function) returned keep = false",
+    Reason.SEMANTIC_DUPLICATE: "curate: an earlier kept sample's embedding is within 1 - eps cosine",
 }
 
 

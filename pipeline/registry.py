@@ -30,6 +30,7 @@ class Job:
 # name, entrypoint module, config class ("module:Class", imported when the job is asked for).
 _ROWS = (
     ("build", "jobs.build_dataset", "pipeline.config:BuildConfig"),
+    ("curate", "jobs.curate", "pipeline.curate.config:CurateConfig"),
     ("features", "jobs.extract_features", "pipeline.features.config:FeaturesConfig"),
     ("train", "jobs.train_fusion", "pipeline.train.config:TrainConfig"),
     ("embed", "jobs.embed_bulk", "pipeline.embed.config:EmbedConfig"),

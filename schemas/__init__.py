@@ -11,6 +11,7 @@ from schemas.build import (
     STAGED_SCHEMA,
     with_schema_metadata,
 )
+from schemas.curate import CURATE_SCHEMA_VERSION, MEASURE_SCHEMA, SEMDUP_SCHEMA
 from schemas.embeddings import (
     EMBED_REJECTS_SCHEMA,
     EMBED_SCHEMA_VERSION,
@@ -24,6 +25,7 @@ from schemas.features import FEATURE_REJECTS_SCHEMA, FEATURES_SCHEMA_VERSION, fe
 __all__ = [
     "BUILD_REPORT_SCHEMA",
     "BUILD_SCHEMA_VERSION",
+    "CURATE_SCHEMA_VERSION",
     "EMBED_REJECTS_SCHEMA",
     "EMBED_SCHEMA_VERSION",
     "FEATURES_SCHEMA_VERSION",
@@ -31,9 +33,11 @@ __all__ = [
     "INDEX_SCHEMA",
     "LEDGER_SCHEMA",
     "MANIFEST_SCHEMA",
+    "MEASURE_SCHEMA",
     "REJECTS_SCHEMA",
     "SCHEMA_KEY",
     "SCHEMA_VERSION_KEY",
+    "SEMDUP_SCHEMA",
     "SHARDS_SCHEMA",
     "STAGED_SCHEMA",
     "check_record",

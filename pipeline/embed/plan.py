@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.fingerprint import DIGEST_MOD, digest_text, row_hash, short_hash
 from pipeline.io.fs import exists, get_fs, join
 from pipeline.io.parquet import iter_row_groups, iter_tables, read_table
-from pipeline.io.shards import resolve_shards, shard_stem
+from pipeline.io.shards import build_marker, resolve_shards, shard_stem
 
 
 @dataclass
@@ -64,7 +64,7 @@ def scan_input(spec: str) -> tuple[str | None, dict[str, ShardInput]]:
     urls = resolve_shards(spec)
     by_stem = {shard_stem(u): u for u in urls}
     index = join(spec, "index.parquet")
-    if exists(join(spec, "build.json")) and exists(index):
+    if build_marker(spec) and exists(index):
         digests = join(spec, "shards.parquet")
         found = shard_digests(digests) if exists(digests) else index_digests(index)
         out = {}

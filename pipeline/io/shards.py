@@ -37,9 +37,22 @@ def as_text(value: Any) -> str | None:
     return str(value) if isinstance(value, str) else None
 
 
+# The commit marker of a finished build folder: a build's, or a curated build's.
+BUILD_MARKERS = ("build.json", "curate.json")
+
+
+def build_marker(spec: str) -> str | None:
+    """The URL of ``spec``'s commit marker when it is a finished build (or curated build)."""
+    for name in BUILD_MARKERS:
+        url = join(spec, name)
+        if exists(url):
+            return url
+    return None
+
+
 def resolve_shards(spec: str) -> list[str]:
     """A build output folder (its shards/), a glob or brace pattern, or one tar."""
-    if exists(join(spec, "build.json")):
+    if build_marker(spec):
         spec = join(spec, "shards", "*.tar")
     elif not any(c in spec for c in "*?[{") and is_dir(spec):
         if exists(join(spec, "_work")):

@@ -219,13 +219,13 @@ def open_shards(data: str, label_field: str | None, image_size: int, max_tokens:
     import hashlib
 
     from pipeline.fingerprint import short_hash
-    from pipeline.io.fs import exists, join, read_bytes
-    from pipeline.io.shards import read_shard, resolve_shards
+    from pipeline.io.fs import read_bytes
+    from pipeline.io.shards import build_marker, read_shard, resolve_shards
     from pipeline.train.data import FeatureSet
 
     urls = resolve_shards(data)
-    manifest = join(data, "build.json")
-    raw = read_bytes(manifest) if exists(manifest) else "\n".join(urls).encode()
+    manifest = build_marker(data)
+    raw = read_bytes(manifest) if manifest else "\n".join(urls).encode()
     tables = (t for url in urls for t in read_shard(url, frozenset(), 4096, 1 << 28))
     classes = label_vocabulary(tables, label_field)
     preprocessing = {

@@ -1,0 +1,1 @@
+"""mmpipe curate: quality filters and semantic dedup over a build, into a new build."""

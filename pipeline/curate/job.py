@@ -1,0 +1,275 @@
+"""The curate job: measure every shard, resolve thresholds, SemDeDup, place shards, merge,
+report, and curate.json last. Each step resumes from what an interrupted run committed."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from functools import reduce
+from typing import Any
+
+import numpy as np
+
+from pipeline.curate import metrics
+from pipeline.curate.config import CurateConfig
+from pipeline.curate.measure import (
+    MeasureShard,
+    load_predicate,
+    read_summary,
+    vector_column,
+    vector_files,
+)
+from pipeline.curate.place import PlaceShard, merge, publish, read_placed
+from pipeline.errors import UserError
+from pipeline.io.fs import (
+    absolute,
+    check_output,
+    exists,
+    join,
+    read_bytes,
+    remove_tree,
+    write_bytes_atomic,
+)
+from pipeline.io.parquet import iter_tables, read_table
+from pipeline.io.shards import build_marker
+from schemas import CURATE_SCHEMA_VERSION
+
+
+def _say(quiet: bool, line: str) -> None:
+    if not quiet:
+        print(f"curate: {line}", file=sys.stderr)
+
+
+def input_shards(build: str) -> list[tuple[str, list[int]]]:
+    """(shard, index row groups) of every shard of a finished build, in shard order.
+
+    Raises:
+        UserError: ``build`` is not a finished build (or curated build).
+    """
+    if not build_marker(build):
+        raise UserError(
+            f"{build} is not a finished build (no build.json or curate.json); give the "
+            "--output folder of mmpipe build or mmpipe curate"
+        )
+    url = join(build, "shards.parquet")
+    if not exists(url) or not exists(join(build, "index.parquet")):
+        raise UserError(f"{build} has no shards.parquet or index.parquet; rebuild it")
+    rows = [r for t in iter_tables([url], ["shard", "index_row_groups"]) for r in t.to_pylist()]
+    return sorted((r["shard"], list(r["index_row_groups"])) for r in rows)
+
+
+def _prepare(cfg: CurateConfig, overwrite: bool) -> dict[str, Any] | None:
+    """Refuse or clear what is in the output; return the finished curate.json to reuse."""
+    if cfg.output.rstrip("/") == cfg.build.rstrip("/"):
+        raise UserError("--output must differ from BUILD: curate writes a new build")
+    check_output(cfg.output)
+    done = join(cfg.output, "curate.json")
+    work = join(cfg.output, "_work")
+    if overwrite:
+        remove_tree(cfg.output)
+    elif exists(done):
+        report = json.loads(read_bytes(done))
+        if report.get("config_fingerprint") == cfg.fingerprint():
+            return dict(report)
+        raise UserError(
+            f"{cfg.output} holds a curated build of another config; pass --overwrite to replace it"
+        )
+    elif exists(join(work, "config.json")):
+        if json.loads(read_bytes(join(work, "config.json")))["fingerprint"] != cfg.fingerprint():
+            raise UserError(
+                f"{cfg.output} holds an unfinished curate of another config; pass --overwrite "
+                "to start again, or rerun with that config to resume"
+            )
+    elif exists(cfg.output) and exists(join(cfg.output, "shards")):
+        raise UserError(f"{cfg.output} is not empty; pass --overwrite or choose another folder")
+    if not exists(join(work, "config.json")):
+        write_bytes_atomic(
+            join(work, "config.json"),
+            json.dumps({"fingerprint": cfg.fingerprint(), "config": cfg.model_dump()}).encode(),
+        )
+    return None
+
+
+def _each(rows: list[dict[str, Any]], stage: Any) -> dict[str, dict[str, Any]]:
+    """Run a per-shard stage over ``rows`` as Ray tasks; the summaries by shard."""
+    import ray.data
+
+    from pipeline.runner import map_stages, stream
+
+    if not rows:
+        return {}
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1024))
+    got: dict[str, dict[str, Any]] = {}
+    for t in stream(map_stages(ds, [stage], columns=list(rows[0]))):
+        got.update(
+            zip(t.column("shard").to_pylist(), map(json.loads, t.column("summary").to_pylist()))
+        )
+    return got
+
+
+def resolve_threshold(cfg: CurateConfig, total: dict[str, Any]) -> float | None:
+    """The similarity threshold: as configured, or the one that keeps the top fraction."""
+    cut = cfg.similarity_cut()
+    if cut is None:
+        return None
+    if cut[0] == "threshold":
+        return cut[1]
+    return metrics.top_fraction_threshold(total.get("hist_similarity") or [], cut[1])
+
+
+def run_semdedup(cfg: CurateConfig, work: str, shards: list[str], threshold: float | None) -> dict:
+    """SemDeDup over the rows every filter keeps; duplicates written per shard."""
+    import ray.data
+
+    from pipeline.curate import semdedup as sd
+    from pipeline.runner import map_groups, map_stages, stream
+
+    done = join(work, "semdup", "_SUCCESS")
+    info_url = join(work, "semdup", "info.json")
+    if exists(done):
+        return dict(json.loads(read_bytes(info_url)))
+    src = ray.data.from_items(
+        [{"shard": s} for s in shards], override_num_blocks=min(len(shards), 1024)
+    )
+    surv = map_stages(src, [sd.Survivors(cfg, work, threshold)], columns=["shard"]).materialize()
+    n = surv.count()
+    info: dict[str, Any] = {"rows": n, "clusters": 0, "duplicates": 0}
+    if n:
+        s = cfg.semdedup
+        sampled = map_stages(
+            surv, [sd.Sampled(s.seed, 1.2 * s.sample_rows / n)], columns=list(sd.KEPT)
+        )
+        got = [
+            pair
+            for t in stream(sampled)
+            for pair in zip(t.column("order").to_pylist(), t.column("vector").to_pylist())
+        ]
+        got.sort(key=lambda p: p[0])
+        sample = np.asarray([v for _, v in got[: s.sample_rows]], dtype=np.float32)
+        centroids = sd.fit_centroids(sample, sd.cluster_count(cfg, n), s.seed)
+        assigned = map_stages(surv, [sd.Assign(centroids, cfg.num_cpus)], columns=list(sd.KEPT))
+        cols = [*sd.KEPT, "cluster", "centroid_sim"]
+        dups = map_groups(
+            assigned,
+            "cluster",
+            sd.ClusterDedup(s.eps, s.keep),
+            columns=cols,
+            partitions=min(len(centroids), 64),
+        ).materialize()
+        found = dups.count()
+        if found:
+            written = map_groups(
+                dups,
+                "shard",
+                sd.WriteDups(work),
+                columns=list(sd.SEMDUP_SCHEMA.names),
+                partitions=min(len(shards), 64),
+            )
+            assert sum(sum(t.column("rows").to_pylist()) for t in stream(written)) == found
+        info.update(clusters=len(centroids), duplicates=found, sample=len(sample))
+    write_bytes_atomic(info_url, json.dumps(info).encode())
+    sd.mark_done(work, info["duplicates"])
+    return info
+
+
+def run_curate(
+    cfg: CurateConfig, *, address: str | None = None, overwrite: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Curate ``cfg.build`` into ``cfg.output``; returns curate.json's content."""
+    from pipeline import __version__
+    from pipeline.curate.report import write_report
+    from pipeline.runner import ray_session, run_remote
+
+    cfg = cfg.model_copy(update={"build": absolute(cfg.build), "output": absolute(cfg.output)})
+    shards = input_shards(cfg.build)
+    vec = vector_files(cfg.vectors) if cfg.vectors else {}
+    names = read_table(next(iter(vec.values()))[0]).column_names if vec else []
+    sem_column = vector_column(cfg, names)
+    if cfg.predicate:  # a typo is one line here, before any work; workers import it again
+        load_predicate(cfg.predicate)
+    reused = _prepare(cfg, overwrite)
+    if reused is not None:
+        _say(quiet, f"{cfg.output} is up to date ({reused['counts']['written']} kept)")
+        return reused
+    work, t0, timings = join(cfg.output, "_work"), time.time(), {}
+    groups = {s: g for s, g in shards}
+    names_only = [s for s, _ in shards]
+    with ray_session(address, quiet=quiet):
+        todo = [s for s in names_only if read_summary(work, s) is None]
+        _say(quiet, f"measuring {len(todo)} of {len(shards)} shards")
+        rows = [
+            {
+                "shard": s,
+                "rank": names_only.index(s),
+                "groups": json.dumps(groups[s]),
+                "vector_files": json.dumps(vec.get(s.rsplit("/", 1)[-1].split(".")[0], [])),
+            }
+            for s in todo
+        ]
+        _each(rows, MeasureShard(cfg, work, sem_column))
+        summaries = [read_summary(work, s) or {} for s in names_only]
+        total: dict[str, Any] = reduce(metrics.add_counts, summaries, dict[str, Any]())
+        threshold = resolve_threshold(cfg, total)
+        timings["measure"] = time.time() - t0
+        sem: dict[str, Any] = {}
+        if sem_column:
+            _say(quiet, f"semantic dedup over {sem_column}")
+            sem = run_semdedup(cfg, work, names_only, threshold)
+            sem["column"] = sem_column
+        timings["semdedup"] = time.time() - t0 - timings["measure"]
+        todo = [s for s in names_only if read_placed(work, s) is None]
+        _say(quiet, f"placing {len(todo)} shards")
+        _each(
+            [{"shard": s, "groups": json.dumps(groups[s])} for s in todo],
+            PlaceShard(cfg, work, cfg.output, threshold),
+        )
+        counts = run_remote(merge, cfg.build, work, names_only)
+    input_rows = int(total.get("rows", 0))
+    if counts["written"] + counts["rejected"] != input_rows:
+        raise RuntimeError(f"curate lost rows: {input_rows} in, {counts} out")
+    publish(work, cfg.output)
+    timings["total"] = time.time() - t0
+    thresholds = {
+        "image": cfg.image.model_dump(),
+        "caption": cfg.caption.model_dump(),
+        "similarity": {**cfg.similarity.model_dump(), "resolved_threshold": threshold},
+        "audio": cfg.audio.model_dump(),
+        "predicate": cfg.predicate,
+        "semdedup": {**cfg.semdedup.model_dump(), **sem, "enabled": bool(sem_column)},
+    }
+    report = {
+        "schema_version": CURATE_SCHEMA_VERSION,
+        "mmpipe_version": __version__,
+        "build": cfg.build,
+        "vectors": cfg.vectors,
+        "config_fingerprint": cfg.fingerprint(),
+        "counts": {
+            "input_rows": input_rows,
+            **{k: v for k, v in counts.items() if k != "rejects_by_reason"},
+        },
+        "rejects_by_reason": counts["rejects_by_reason"],
+        "thresholds": thresholds,
+        "measured": {
+            "with_vector": total.get("with_vector", 0),
+            "languages": dict(
+                sorted((total.get("languages") or {}).items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+            ),
+        },
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "files": {
+            "index": "index.parquet",
+            "rejects": "rejects.parquet",
+            "shards": "shards/",
+            "report": "report.html",
+        },
+    }
+    write_report(join(cfg.output, "report.html"), report, total)
+    write_bytes_atomic(join(cfg.output, "curate.json"), json.dumps(report, indent=1).encode())
+    remove_tree(work)
+    _say(
+        quiet,
+        f"{input_rows} rows -> {counts['written']} kept, {counts['rejected']} rejected "
+        f"{json.dumps(counts['rejects_by_reason'])} -> {cfg.output}",
+    )
+    return report
