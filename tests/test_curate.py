@@ -285,3 +285,59 @@ def test_the_report_renders_with_labelled_figures(curated):
         timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def _config_file(root: Path, tmp_path: Path) -> Path:
+    cfg = tmp_path / "curate.yaml"
+    cfg.write_text(yaml.safe_dump({"curate": {**EVERY_FILTER, "vectors": str(root / "vec")}}))
+    return cfg
+
+
+def _same_output(a: Path, b: Path) -> None:
+    for name in ["index.parquet", "rejects.parquet", "shards.parquet"]:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert sorted(p.name for p in (a / "shards").iterdir()) == sorted(
+        p.name for p in (b / "shards").iterdir()
+    )
+    for p in (a / "shards").iterdir():
+        assert (b / "shards" / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["curate_measure", "curate_place"])
+def test_a_worker_killed_mid_curate_loses_and_duplicates_nothing(
+    ray_local, world, curated, tmp_path, point
+):
+    from tests.test_faults import _run
+
+    root, info = world
+    out = tmp_path / "out"
+    args = ["curate", str(root / "b"), "--output", str(out)]
+    res = _run(
+        [*args, "--config", str(_config_file(root, tmp_path))], ray_local, f"{point}:2", tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "fault").exists()  # a worker really died, and its task was retried
+    index, _ = check_invariant(out, info["rows"])
+    assert len(set(index["key"].to_pylist())) == index.num_rows
+    _same_output(curated[0], out)
+
+
+@pytest.mark.slow
+def test_the_driver_killed_mid_curate_then_a_rerun_resumes(ray_local, world, curated, tmp_path):
+    from tests.test_faults import _run
+
+    root, info = world
+    out = tmp_path / "out"
+    cfg = _config_file(root, tmp_path)
+    args = ["curate", str(root / "b"), "--output", str(out), "--config", str(cfg)]
+    # The driver dies (os._exit) after the first measured shard's result: some shards are
+    # measured, none placed, nothing merged.
+    res = _run(args, ray_local, "curate_driver:1", tmp_path)
+    assert res.returncode != 0 and (tmp_path / "fault").exists()
+    assert not (out / "curate.json").exists() and (out / "_work" / "measure").exists()
+    res = _run(args, ray_local, None, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    check_invariant(out, info["rows"])
+    _same_output(curated[0], out)
+    assert not (out / "_work").exists() and not list(out.rglob(".*tmp-*"))

@@ -19,9 +19,11 @@ from pipeline.curate.measure import (
     read_summary,
     vector_column,
     vector_files,
+    vector_names,
 )
 from pipeline.curate.place import PlaceShard, merge, publish, read_placed
 from pipeline.errors import UserError
+from pipeline.faults import maybe_fail
 from pipeline.io.fs import (
     absolute,
     check_output,
@@ -31,8 +33,8 @@ from pipeline.io.fs import (
     remove_tree,
     write_bytes_atomic,
 )
-from pipeline.io.parquet import iter_tables, read_table
-from pipeline.io.shards import build_marker
+from pipeline.io.parquet import iter_tables
+from pipeline.io.shards import build_marker, shard_stem
 from schemas import CURATE_SCHEMA_VERSION
 
 
@@ -91,21 +93,23 @@ def _prepare(cfg: CurateConfig, overwrite: bool) -> dict[str, Any] | None:
     return None
 
 
-def _each(rows: list[dict[str, Any]], stage: Any) -> dict[str, dict[str, Any]]:
-    """Run a per-shard stage over ``rows`` as Ray tasks; the summaries by shard."""
+def _each(rows: list[dict[str, Any]], stage: Any) -> int:
+    """Run a per-shard stage over ``rows`` as Ray tasks; how many shards it did. Each task
+    commits its shard's files, which are what the driver reads next (one at a time), so the
+    driver may die after any result (the reliability tests' ``curate_driver``) and a rerun
+    resumes from them."""
     import ray.data
 
     from pipeline.runner import map_stages, stream
 
     if not rows:
-        return {}
+        return 0
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1024))
-    got: dict[str, dict[str, Any]] = {}
+    done = 0
     for t in stream(map_stages(ds, [stage], columns=list(rows[0]))):
-        got.update(
-            zip(t.column("shard").to_pylist(), map(json.loads, t.column("summary").to_pylist()))
-        )
-    return got
+        maybe_fail("curate_driver")
+        done += t.num_rows
+    return done
 
 
 def resolve_threshold(cfg: CurateConfig, total: dict[str, Any]) -> float | None:
@@ -184,7 +188,7 @@ def run_curate(
     cfg = cfg.model_copy(update={"build": absolute(cfg.build), "output": absolute(cfg.output)})
     shards = input_shards(cfg.build)
     vec = vector_files(cfg.vectors) if cfg.vectors else {}
-    names = read_table(next(iter(vec.values()))[0]).column_names if vec else []
+    names = vector_names(next(iter(vec.values()))[0]) if vec else []
     sem_column = vector_column(cfg, names)
     if cfg.predicate:  # a typo is one line here, before any work; workers import it again
         load_predicate(cfg.predicate)
@@ -203,13 +207,15 @@ def run_curate(
                 "shard": s,
                 "rank": names_only.index(s),
                 "groups": json.dumps(groups[s]),
-                "vector_files": json.dumps(vec.get(s.rsplit("/", 1)[-1].split(".")[0], [])),
+                "vector_files": json.dumps(vec.get(shard_stem(s), [])),
             }
             for s in todo
         ]
         _each(rows, MeasureShard(cfg, work, sem_column))
-        summaries = [read_summary(work, s) or {} for s in names_only]
-        total: dict[str, Any] = reduce(metrics.add_counts, summaries, dict[str, Any]())
+        # One shard's summary at a time: the driver holds the sums, never a list of them.
+        total: dict[str, Any] = reduce(
+            metrics.add_counts, (read_summary(work, s) or {} for s in names_only), {}
+        )
         threshold = resolve_threshold(cfg, total)
         timings["measure"] = time.time() - t0
         sem: dict[str, Any] = {}

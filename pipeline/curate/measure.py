@@ -16,7 +16,7 @@ from pipeline.curate import metrics
 from pipeline.curate.config import CurateConfig
 from pipeline.errors import UserError
 from pipeline.faults import maybe_fail
-from pipeline.io.fs import exists, join, list_files, read_bytes, write_bytes_atomic
+from pipeline.io.fs import exists, get_fs, join, list_files, read_bytes, write_bytes_atomic
 from pipeline.io.parquet import iter_row_groups, read_table, to_table, write_table
 from pipeline.io.shards import read_shard, shard_stem
 from pipeline.stage import Batch, Resources, Stage
@@ -53,6 +53,15 @@ def vector_files(path: str) -> dict[str, list[str]]:
     files = read_manifest(path, version)["files"]
     base = version_dir(path, version)
     return {shard_stem(f["shard"]): [join(base, f["path"])] for f in files if f["rows"]}
+
+
+def vector_names(url: str) -> list[str]:
+    """The column names of one vectors file (its footer only)."""
+    import pyarrow.parquet as pq
+
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        return list(pq.ParquetFile(f).schema_arrow.names)
 
 
 def vector_column(cfg: CurateConfig, names: list[str]) -> str | None:
