@@ -26,22 +26,23 @@ setup: $(BIN)/.synced  ## create .venv from the hashed lock
 lock:  ## re-resolve requirements.lock from pyproject.toml (no URLs are written)
 	$(UV) pip compile pyproject.toml --all-extras --generate-hashes -q -o requirements.lock --python-version 3.11
 
-demo: setup  ## sample corpus -> build -> features -> train -> eval -> report -> embed -> search, on a local Ray
+demo: setup  ## sample corpus -> build -> curate -> features -> train -> eval -> report -> embed -> search, on a local Ray
 	rm -rf $(DEMO_DIR)
 	$(BIN)/mmpipe sample-corpus $(DEMO_DIR)/corpus --n $(DEMO_N)
 	$(BIN)/mmpipe build $(DEMO_DIR)/corpus/manifest.jsonl --output $(DEMO_DIR)/build \
 		--resize 224 --resize-mode keep_ratio --image-format jpg --shard-samples 100
 	$(BIN)/python -c "import json,sys; r=json.load(open('$(DEMO_DIR)/build/build.json')); print('build.json counts:', json.dumps(r['counts']))"
+	$(BIN)/mmpipe curate $(DEMO_DIR)/build --output $(DEMO_DIR)/curated
 	$(BIN)/python -m jobs.extract_features --config jobs/configs/features.yaml \
-		--shards $(DEMO_DIR)/build --output $(DEMO_DIR)/features
+		--shards $(DEMO_DIR)/curated --output $(DEMO_DIR)/features
 	$(BIN)/python -m jobs.train_fusion --config jobs/configs/train.yaml \
 		--data $(DEMO_DIR)/features --output $(DEMO_DIR)/run
 	$(BIN)/mmpipe report $(DEMO_DIR)/run
 	$(BIN)/mmpipe export $(DEMO_DIR)/run
 	$(BIN)/python -m jobs.embed_bulk --config jobs/configs/embed.yaml \
-		--shards $(DEMO_DIR)/build --model $(DEMO_DIR)/run --output $(DEMO_DIR)/embeddings
+		--shards $(DEMO_DIR)/curated --model $(DEMO_DIR)/run --output $(DEMO_DIR)/embeddings
 	$(BIN)/python -m jobs.nightly_refresh --config jobs/configs/refresh.yaml \
-		--shards $(DEMO_DIR)/build --model $(DEMO_DIR)/run --output $(DEMO_DIR)/embeddings
+		--shards $(DEMO_DIR)/curated --model $(DEMO_DIR)/run --output $(DEMO_DIR)/embeddings
 	$(BIN)/mmpipe index $(DEMO_DIR)/embeddings
 	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a large red circle in the center" --column image -k 5
 	$(BIN)/mmpipe search $(DEMO_DIR)/embeddings --text "a small blue star, top left" --column image -k 5 \

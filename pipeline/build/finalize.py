@@ -22,9 +22,7 @@ from pipeline.build.chunk import chunk_meta_url
 from pipeline.build.dedup import CLAIMS_SCHEMA, REJECTED, new_claims, position, sequential
 from pipeline.fingerprint import digest_text, row_hash
 from pipeline.io.fs import (
-    atomic_open,
     exists,
-    get_fs,
     is_dir,
     join,
     list_files,
@@ -33,7 +31,7 @@ from pipeline.io.fs import (
     write_bytes_atomic,
 )
 from pipeline.io.parquet import parquet_sink, read_table, to_table, write_table
-from pipeline.io.tar import TarShardWriter, read_member
+from pipeline.io.tar import copy_samples
 from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
 
 SHARD_DIR = "shards"
@@ -140,16 +138,7 @@ def _place(work_dir: str, out_dir: str, staged: str, final: str, kept: list[dict
                 f"staged shard {staged} is gone and {final} was never written; rerun with --overwrite"
             )
         return
-    fs, path = get_fs(src)
-    with fs.open(path, "rb") as f, atomic_open(dst) as out:
-        w = TarShardWriter(out)
-        for row in kept:
-            row["members"] = [
-                {"name": m["name"], "offset": o, "size": s}
-                for m in row["members"]
-                for o, s in [w.add(m["name"], read_member(f, m["offset"], m["size"]))]
-            ]
-        w.close()
+    copy_samples(src, dst, kept)
 
 
 def place_chunk(work_dir: str, out_dir: str, chunk_id: str, base: int) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import time
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -227,6 +228,7 @@ class MeasureShard(Stage):
 
     def measure(self, shard: str, rank: int, groups: list[int], files: list[str]) -> dict:
         maybe_fail("curate_measure")
+        start, cpu = time.perf_counter(), time.process_time()
         idx = self._index_rows(shard, groups)
         keys = idx.column("key").to_pylist()
         needs_tar = self.cfg.caption.enabled or self.cfg.audio.enabled or self.predicate
@@ -254,7 +256,9 @@ class MeasureShard(Stage):
             [{f.name: r.get(f.name) for f in MEASURE_SCHEMA} for r in rows], MEASURE_SCHEMA
         )
         summary = summarise(table)
-        summary["shard"] = shard
+        summary.update(
+            shard=shard, seconds=time.perf_counter() - start, cpu_s=time.process_time() - cpu
+        )
         # The summary first, the table last: the table marks the shard measured (resume).
         write_bytes_atomic(measure_url(self.work_dir, shard, "json"), json.dumps(summary).encode())
         write_table(measure_url(self.work_dir, shard, "parquet"), table, MEASURE_SCHEMA, "measure")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -31,7 +32,7 @@ from pipeline.io.fs import (
 )
 from pipeline.io.parquet import iter_row_groups, parquet_sink, read_table, to_table, write_table
 from pipeline.io.shards import shard_stem
-from pipeline.io.tar import TarShardWriter, read_member
+from pipeline.io.tar import copy_samples
 from pipeline.stage import Batch, Resources, Stage
 from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
 
@@ -83,6 +84,7 @@ def place_shard(
 ) -> dict[str, Any]:
     """Decide every row of one shard, publish its kept samples, write its parts and summary."""
     maybe_fail("curate_place")
+    start = time.perf_counter()
     index_url = join(cfg.build, "index.parquet")
     parts = [
         t.filter(pc.equal(t.column("shard"), shard))
@@ -118,16 +120,7 @@ def place_shard(
     if kept and len(kept) == len(rows):
         link_or_copy(src, dst)
     elif kept:
-        fs, path = get_fs(src)
-        with fs.open(path, "rb") as f, atomic_open(dst) as out:
-            w = TarShardWriter(out)
-            for r in kept:
-                r["members"] = [
-                    {"name": m["name"], "offset": o, "size": s}
-                    for m in r["members"]
-                    for o, s in [w.add(m["name"], read_member(f, m["offset"], m["size"]))]
-                ]
-            w.close()
+        copy_samples(src, dst, kept)
     write_table(
         placed_url(work_dir, shard, "index.parquet"),
         to_table(kept, INDEX_SCHEMA),
@@ -148,6 +141,7 @@ def place_shard(
         "bytes": sum(m["size"] for r in kept for m in r["members"]),
         "reasons": dict(Counter(b["reason"] for b in bad)),
         "digest": digest_text(total, len(kept)),
+        "seconds": time.perf_counter() - start,
     }
     write_bytes_atomic(placed_url(work_dir, shard, "json"), json.dumps(summary).encode())
     return summary
@@ -196,7 +190,7 @@ def merge(build_dir: str, work_dir: str, shards: list[str]) -> dict[str, Any]:
     tables; return the counts. Holds one shard's part at a time."""
     digests, sizes = [], {}
     reasons: Counter[str] = Counter()
-    carried = 0
+    carried, seconds = 0, 0.0
     with (
         parquet_sink(join(work_dir, "index.parquet"), INDEX_SCHEMA, "index") as index,
         parquet_sink(join(work_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects") as rejects,
@@ -211,6 +205,7 @@ def merge(build_dir: str, work_dir: str, shards: list[str]) -> dict[str, Any]:
             if s is None:
                 raise RuntimeError(f"{shard} was never placed; rerun to resume")
             reasons.update(s["reasons"])
+            seconds += s["seconds"]
             rejects.write(read_table(placed_url(work_dir, shard, "rejects.parquet")))
             if s["written"]:
                 groups = index.write(read_table(placed_url(work_dir, shard, "index.parquet")))
@@ -233,6 +228,7 @@ def merge(build_dir: str, work_dir: str, shards: list[str]) -> dict[str, Any]:
         "carried_rejects": carried,
         "shards": len(digests),
         "rejects_by_reason": dict(sorted(reasons.items())),
+        "place_task_s": seconds,
     }
 
 

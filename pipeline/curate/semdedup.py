@@ -28,8 +28,12 @@ def _table(batch: Batch) -> pa.Table:
 
 
 def _matrix(col: Any) -> np.ndarray:
-    rows = col.to_pylist()
-    return np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, 0), np.float32)
+    """A list<float32> column of equal-length, non-null vectors as an [N, D] array."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(arr) == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(len(arr), -1)
 
 
 class Survivors(Stage):

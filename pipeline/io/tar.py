@@ -7,7 +7,7 @@ import posixpath
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from pipeline.errors import Reason
 
@@ -181,3 +181,21 @@ def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
         w.add(name, data)
     w.close()
     return buf.getvalue()
+
+
+def copy_samples(src: str, dst: str, rows: list[dict[str, Any]]) -> None:
+    """Write the members of ``rows`` (index rows: their ``members`` name, offset and size in
+    ``src``) into a new tar at ``dst``, in order, atomically; each row's ``members`` is
+    updated to its offsets in ``dst``. A filtered copy of a shard, byte-deterministic."""
+    from pipeline.io.fs import atomic_open, get_fs
+
+    fs, path = get_fs(src)
+    with fs.open(path, "rb") as f, atomic_open(dst) as out:
+        w = TarShardWriter(out)
+        for row in rows:
+            row["members"] = [
+                {"name": m["name"], "offset": o, "size": s}
+                for m in row["members"]
+                for o, s in [w.add(m["name"], read_member(f, m["offset"], m["size"]))]
+            ]
+        w.close()
