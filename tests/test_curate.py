@@ -341,3 +341,70 @@ def test_the_driver_killed_mid_curate_then_a_rerun_resumes(ray_local, world, cur
     check_invariant(out, info["rows"])
     _same_output(curated[0], out)
     assert not (out / "_work").exists() and not list(out.rglob(".*tmp-*"))
+
+
+@pytest.mark.slow
+def test_similarity_from_a_paired_models_embeddings_is_the_librarys_cosine(ray_local, tmp_path):
+    """A tiny CLIP through mmpipe zero-shot and embed: curate's image-text cosine of each row
+    is the one transformers itself gives, and top_fraction keeps that share of the rows."""
+    import io
+
+    import torch
+    import transformers
+    import webdataset as wds
+    from PIL import Image
+
+    from pipeline.embed.config import load_embed_config
+    from pipeline.embed.job import run_embed
+    from pipeline.sample_corpus import write_corpus
+    from pipeline.zeroshot import write_zero_shot_run
+    from tests import tiny_models
+
+    write_corpus(str(tmp_path / "c"), n=12, seed=3, broken=False)
+    run_build(
+        BuildConfig(
+            input=str(tmp_path / "c" / "manifest.jsonl"),
+            output=str(tmp_path / "b"),
+            shard_samples=6,
+        ),
+        quiet=True,
+    )
+    clip = tiny_models.make_clip(tmp_path / "clip")
+    write_zero_shot_run(str(clip), str(tmp_path / "run"), quiet=True)
+    ecfg = {
+        "shards": str(tmp_path / "b"),
+        "model": str(tmp_path / "run"),
+        "output": str(tmp_path / "emb"),
+        "batch_size": 4,
+        "actor_num_cpus": 0.5,
+    }
+    run_embed(load_embed_config(ecfg), incremental=False, kind="embed", quiet=True)
+    cfg = CurateConfig(
+        build=str(tmp_path / "b"),
+        output=str(tmp_path / "cur"),
+        vectors=str(tmp_path / "emb"),
+        similarity={"enabled": True, "top_fraction": 0.5},
+        semdedup={"enabled": False},
+    )
+    report = run_curate(cfg, quiet=True)
+    model = transformers.CLIPModel.from_pretrained(clip).eval()
+    proc = transformers.AutoImageProcessor.from_pretrained(clip)
+    tok = transformers.AutoTokenizer.from_pretrained(clip)
+    shards = sorted(str(p) for p in (tmp_path / "b" / "shards").glob("*.tar"))
+    cos = {}
+    with torch.inference_mode():
+        for s in wds.WebDataset(shards, shardshuffle=False):
+            im = Image.open(io.BytesIO(s.get("jpg") or s["png"])).convert("RGB")
+            i = model.get_image_features(**proc(images=[im], return_tensors="pt")).pooler_output
+            t = model.get_text_features(**tok([s["txt"].decode()], return_tensors="pt"))
+            cos[s["__key__"]] = float(torch.cosine_similarity(i, t.pooler_output)[0])
+    th = report["thresholds"]["similarity"]["resolved_threshold"]
+    rejects = pq.read_table(tmp_path / "cur" / "rejects.parquet").to_pylist()
+    low = {r["key"]: r["message"] for r in rejects if r["reason"] == "low_similarity"}
+    # The lower half of 12 rows, less any that share the threshold's 0.0005 bin (kept).
+    assert 4 <= len(low) <= 6
+    for key, value in cos.items():
+        assert (key in low) == (value < th), (key, value, th)
+        if key in low:
+            got = float(re.search(r"cosine (-?[\d.]+)", low[key]).group(1))
+            assert got == pytest.approx(value, abs=2e-4)
