@@ -408,3 +408,29 @@ def test_similarity_from_a_paired_models_embeddings_is_the_librarys_cosine(ray_l
         if key in low:
             got = float(re.search(r"cosine (-?[\d.]+)", low[key]).group(1))
             assert got == pytest.approx(value, abs=2e-4)
+
+
+def test_semdedup_over_several_clusters_is_deterministic(world, curated, tmp_path):
+    """k-means really runs (3 clusters for 23 rows): two runs agree byte for byte, and the
+    duplicates are the ones one cluster finds (each pair lands in one cluster)."""
+    root, _ = world
+    only = {
+        "image": {"enabled": False},
+        "caption": {"enabled": False},
+        "predicate": None,
+        "audio": {"enabled": False},
+        "similarity": {"enabled": False},
+    }
+    runs = [
+        curate(root, tmp_path / f"k{i}", semdedup={"eps": 0.05, "clusters": 3}, **only)
+        for i in range(2)
+    ]
+    assert runs[0]["thresholds"]["semdedup"]["clusters"] == 3
+    a, b = (pq.read_table(tmp_path / f"k{i}" / "rejects.parquet") for i in range(2))
+    assert a.equals(b)
+    assert (tmp_path / "k0" / "rejects.parquet").read_bytes() == (
+        tmp_path / "k1" / "rejects.parquet"
+    ).read_bytes()
+    dups = {r["key"]: r["message"] for r in a.to_pylist() if r["reason"] == "semantic_duplicate"}
+    one = pq.read_table(curated[0] / "rejects.parquet").to_pylist()
+    assert dups == {r["key"]: r["message"] for r in one if r["reason"] == "semantic_duplicate"}
