@@ -231,6 +231,19 @@ def test_user_mistakes_are_one_line(world, tmp_path, capsys):
         ["curate", b, "--output", out, "--config", str(col), "--vectors", str(root / "vec")], capsys
     )
     assert rc == 2 and "semdedup.column 'audio_emb'" in err and "image_emb" in err
+    # Vectors without a text tower cannot give an image-text similarity.
+    one = tmp_path / "image-only"
+    for part in (root / "vec" / "parts").rglob("*.parquet"):
+        dst = one / part.relative_to(root / "vec")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pq.read_table(part).drop_columns(["text_emb"]), dst)
+    (one / "_SUCCESS").write_bytes(b"")
+    sim = tmp_path / "sim.yaml"
+    sim.write_text(yaml.safe_dump({"curate": {"similarity": {"enabled": True}}}))
+    rc, err = _cli(
+        ["curate", b, "--output", out, "--config", str(sim), "--vectors", str(one)], capsys
+    )
+    assert rc == 2 and "similarity needs image_emb and text_emb" in err
 
 
 def test_the_shipped_curate_config_shows_the_defaults():

@@ -190,6 +190,11 @@ def run_curate(
     vec = vector_files(cfg.vectors) if cfg.vectors else {}
     names = vector_names(next(iter(vec.values()))[0]) if vec else []
     sem_column = vector_column(cfg, names)
+    if cfg.similarity.enabled and not {"image_emb", "text_emb"} <= set(names):
+        raise UserError(
+            f"similarity needs image_emb and text_emb in {cfg.vectors}; it holds "
+            f"{[n for n in names if n.endswith('_emb')]}: embed the build with a paired model"
+        )
     if cfg.predicate:  # a typo is one line here, before any work; workers import it again
         load_predicate(cfg.predicate)
     reused = _prepare(cfg, overwrite)
@@ -202,10 +207,11 @@ def run_curate(
     with ray_session(address, quiet=quiet):
         todo = [s for s in names_only if read_summary(work, s) is None]
         _say(quiet, f"measuring {len(todo)} of {len(shards)} shards")
+        rank = {s: i for i, s in enumerate(names_only)}
         rows = [
             {
                 "shard": s,
-                "rank": names_only.index(s),
+                "rank": rank[s],
                 "groups": json.dumps(groups[s]),
                 "vector_files": json.dumps(vec.get(shard_stem(s), [])),
             }
