@@ -120,7 +120,8 @@ def kept_tars(work_dir: str, chunk_id: str) -> int:
 _MODALITY = {"near_duplicate": "image"}  # which part of the row a dedup reason is about
 
 
-def _reject(row: dict[str, Any], reason: str, message: str, modality: str) -> dict[str, Any]:
+def reject_row(row: dict[str, Any], reason: str, message: str, modality: str) -> dict[str, Any]:
+    """A rejects.parquet row for an index-like ``row`` (build finalize and curate)."""
     fields = ("source_file", "source_row", "source_key", "key")
     return {**{f: row.get(f) for f in fields}, "reason": reason, "modality": modality,
             "message": message}  # fmt: skip
@@ -151,10 +152,10 @@ def place_chunk(work_dir: str, out_dir: str, chunk_id: str, base: int) -> dict[s
     bad: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
         if r["reason"]:
-            bad.append(_reject(r, r["reason"], r["message"], r["modality"]))
+            bad.append(reject_row(r, r["reason"], r["message"], r["modality"]))
         elif i in dedup:
             reason, message = dedup[i]
-            bad.append(_reject(r, reason, message, _MODALITY.get(reason, "row")))
+            bad.append(reject_row(r, reason, message, _MODALITY.get(reason, "row")))
         else:
             kept_by_tar.setdefault(r["staged_tar"], []).append(r)
     shards, index_rows, nbytes = [], [], 0

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.build.finalize import publish
 from pipeline.curate import metrics
 from pipeline.curate.config import CurateConfig
 from pipeline.curate.measure import (
@@ -21,7 +22,7 @@ from pipeline.curate.measure import (
     vector_files,
     vector_names,
 )
-from pipeline.curate.place import PlaceShard, merge, publish, read_placed
+from pipeline.curate.place import PlaceShard, merge, read_placed
 from pipeline.errors import UserError
 from pipeline.faults import maybe_fail
 from pipeline.io.fs import (

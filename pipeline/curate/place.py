@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.build.finalize import LOADER_FILES, TABLES, write_loader_files
+from pipeline.build.finalize import reject_row, write_loader_files
 from pipeline.curate.config import CurateConfig
 from pipeline.curate.filters import verdicts
 from pipeline.curate.measure import measure_url
@@ -26,7 +26,6 @@ from pipeline.io.fs import (
     get_fs,
     is_remote,
     join,
-    move,
     read_bytes,
     write_bytes_atomic,
 )
@@ -64,16 +63,6 @@ def link_or_copy(src: str, dst: str) -> None:
             out.write(chunk)
 
 
-def _reject(row: dict[str, Any], reason: str, message: str, modality: str) -> dict[str, Any]:
-    fields = ("source_file", "source_row", "source_key", "key")
-    return {
-        **{f: row.get(f) for f in fields},
-        "reason": reason,
-        "modality": modality,
-        "message": message,
-    }
-
-
 def place_shard(
     cfg: CurateConfig,
     work_dir: str,
@@ -103,11 +92,11 @@ def place_shard(
     cut = 1.0 - cfg.semdedup.eps
     for r, v in zip(rows, decided):
         if v is not None:
-            bad.append(_reject(r, *v))
+            bad.append(reject_row(r, *v))
         elif r["key"] in dups:
             other, sim = dups[r["key"]]
             bad.append(
-                _reject(
+                reject_row(
                     r,
                     Reason.SEMANTIC_DUPLICATE.value,
                     f"cosine {sim:.4f} >= {cut:.4f} to kept key {other}",
@@ -230,11 +219,3 @@ def merge(build_dir: str, work_dir: str, shards: list[str]) -> dict[str, Any]:
         "rejects_by_reason": dict(sorted(reasons.items())),
         "place_task_s": seconds,
     }
-
-
-def publish(work_dir: str, out_dir: str) -> None:
-    """Rename the merged tables and loader files to their final names (curate.json last)."""
-    for name in LOADER_FILES:
-        move(join(work_dir, name), join(out_dir, "shards", name))
-    for name in TABLES:
-        move(join(work_dir, name), join(out_dir, name))
