@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # uv needs the system CA store on our build machines; it ignores pip's local torch folder.
 export UV_SYSTEM_CERTS := 1
+# uv, unlike pip, writes no bytecode unless asked; with PYTHONDONTWRITEBYTECODE set (as on CI)
+# every Ray helper and worker would then compile ray and torch from source at each start,
+# which tripled Ray's start-up here (docs/benchmarks.md). Setup compiles them once.
 # Under `uv run` Ray would rebuild the env in every worker: we call .venv/bin directly.
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 DEMO_DIR ?= demo_out
@@ -17,8 +20,9 @@ UV := $(PY) -m uv
 $(BIN)/.synced: requirements.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install -q uv
 	@test -x $(BIN)/python || $(UV) venv -q --python $(PY) $(VENV)
-	$(UV) pip sync -q --python $(BIN)/python --require-hashes requirements.lock
+	$(UV) pip sync -q --python $(BIN)/python --compile-bytecode --require-hashes requirements.lock
 	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m compileall -q pipeline jobs schemas tests >/dev/null
 	@touch $@
 
 setup: $(BIN)/.synced  ## create .venv from the hashed lock

@@ -189,7 +189,18 @@ def run_img2dataset(url_parquet: Path, out: Path, n_proc: int, threads: int = 32
         env = {**os.environ, "UV_SYSTEM_CERTS": "1"}
         subprocess.run(["uv", "venv", "-q", "--python", "3.11", str(venv)], check=True, env=env)
         subprocess.run(
-            ["uv", "pip", "install", "-q", "--python", str(py), "img2dataset"], check=True, env=env
+            [
+                "uv",
+                "pip",
+                "install",
+                "-q",
+                "--compile-bytecode",
+                "--python",
+                str(py),
+                "img2dataset",
+            ],
+            check=True,
+            env=env,
         )
     subprocess.run(["rm", "-rf", str(out)], check=True)
     code = f"""
@@ -337,7 +348,7 @@ def main() -> None:
     ap.add_argument("--skip-img2dataset", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-local", action="store_true")
-    ap.add_argument("--hosts", nargs="+", default=["loopback", "80", "200"])
+    ap.add_argument("--hosts", nargs="*", default=["loopback", "80", "200"])
     ap.add_argument("--i2d-threads", type=int, nargs="+", help="img2dataset's sweep, every host")
     ap.add_argument(
         "--tuned", type=int, nargs="*", default=[], help="also run these fetch ceilings"

@@ -31,6 +31,8 @@ def test_cluster_yaml_validates_against_rays_schema():
         assert perm["FromPort"] not in (8265, 6379, 10001)
     setup = " ".join(cfg["setup_commands"])
     assert "--require-hashes requirements.lock" in setup
+    # Without bytecode each Ray worker compiles ray and torch at start (docs/operations.md).
+    assert "--compile-bytecode" in setup
     assert "MALLOC_MMAP_THRESHOLD_" in start
 
 
