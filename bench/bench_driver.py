@@ -65,7 +65,8 @@ def one_run(kind: str, tasks: int, reservation: str) -> dict[str, Any]:
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    ctx.op_resource_reservation_enabled = reservation != "off"
+    ctx.op_resource_reservation_enabled = not reservation.startswith("off")
+    cap = int(reservation[4:]) if reservation.startswith("off:") else None
     if reservation.startswith("on:"):
         ctx.op_resource_reservation_ratio = float(reservation[3:])
     for _ in ray.data.range(10).iter_batches():  # imports and worker start-up, before measuring
@@ -83,15 +84,15 @@ def one_run(kind: str, tasks: int, reservation: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     source, out = kind.split("-")
     if source == "custom":
-        ds = ray.data.read_datasource(Blocks(), override_num_blocks=tasks)
+        ds = ray.data.read_datasource(Blocks(), override_num_blocks=tasks, concurrency=cap)
     else:
-        ds = ray.data.range(tasks * 100, override_num_blocks=tasks)
+        ds = ray.data.range(tasks * 100, override_num_blocks=tasks, concurrency=cap)
     if out == "summary":
-        ds = ds.map_batches(lambda b: {"n": [len(b)]}, batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(lambda b: {"n": [len(b)]}, batch_format="pyarrow", batch_size=None, concurrency=cap)
     elif out == "sleep":  # 150 ms of work per task: throughput, as the runner's comment says
-        ds = ds.map_batches(_sleepy, batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(_sleepy, batch_format="pyarrow", batch_size=None, concurrency=cap)
     else:
-        ds = ds.map_batches(lambda b: b, batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(lambda b: b, batch_format="pyarrow", batch_size=None, concurrency=cap)
     blocks = sum(1 for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     seconds = time.perf_counter() - t0
     stop.set()

@@ -7,6 +7,7 @@ import functools
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -156,6 +157,25 @@ def _small_cluster() -> bool:
     return float(ray.cluster_resources().get("CPU", 0)) <= 8
 
 
+def task_concurrency(num_cpus: float) -> int | None:
+    """The most tasks of one operator in flight at once on a small cluster (None elsewhere).
+
+    With the operator reservation off (``configure_data_context``) nothing else bounds them,
+    and the driver kept ~58 KB per task for good: 58 MB per 1,000 chunks. A cap of twice the
+    tasks the CPUs run keeps ~9 KB (Ray's own per-task record) and the throughput: 1,000 x
+    150 ms tasks on 2 CPUs took 89 s against 82 s uncapped and 165 s with the reservation;
+    a cap of the CPUs alone took 125 s, each launch waiting on the scheduling loop
+    (bench/bench_driver.py, docs/benchmarks.md). Every operator of a fused chain must carry
+    the same cap, or Ray runs them as separate operators.
+    """
+    import ray
+
+    if not _small_cluster():
+        return None
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    return max(2, int(2 * cpus / max(num_cpus, 0.05)))
+
+
 def configure_data_context(quiet: bool, small: bool = False) -> None:
     import logging
 
@@ -178,8 +198,13 @@ def configure_data_context(quiet: bool, small: bool = False) -> None:
         # Ray Data reserves half of the cluster per operator; on a 2-CPU Ray that leaves a
         # one-operator pipeline running one task at a time (measured: 32 x 150 ms tasks took
         # 5.2 s instead of 2.5 s). Other backpressure (object store, actor pools) still applies.
-        # MMPIPE_OP_RESERVATION=1 keeps Ray's default.
+        # MMPIPE_OP_RESERVATION=1 keeps Ray's default. ``task_concurrency`` bounds instead.
         ctx.op_resource_reservation_enabled = False
+        # That cap is a ceiling, not a request: Ray warns when a job has fewer blocks than it
+        # (most small jobs), which would tell a user to tune what needs no tuning.
+        warnings.filterwarnings(
+            "ignore", message="The maximum number of concurrent tasks", category=UserWarning
+        )
 
 
 def _run_stage(stage: Stage, token: str, batch: Batch) -> Batch:
@@ -231,11 +256,12 @@ def map_stages(
 
     ``columns`` are the source's: the chain's ``reads`` and ``adds`` are checked against them
     before anything runs. ``batch_size`` overrides the stages' own (None: whole blocks).
+    Task stages carry ``task_concurrency``; a read fused into the first must carry it too.
     """
     from ray.data import ActorPoolStrategy
 
     check_plan(stages, columns)
-    for stage in stages:
+    for i, stage in enumerate(stages):
         res = stage.resources
         common: dict[str, Any] = {
             "batch_size": batch_size if batch_size is not None else stage.batch_size,
@@ -259,7 +285,14 @@ def map_stages(
                 **common,
             )
         else:
-            ds = ds.map_batches(_stage_fn(stage, uuid.uuid4().hex), **common)
+            # Not before an actor stage: Ray fuses uncapped tasks into the pool that follows,
+            # and the pool's size already bounds what is in flight.
+            feeds_actors = any(s.resources.actors for s in stages[i + 1 :])
+            ds = ds.map_batches(
+                _stage_fn(stage, uuid.uuid4().hex),
+                concurrency=None if feeds_actors else task_concurrency(res.num_cpus),
+                **common,
+            )
     return ds
 
 

@@ -156,3 +156,49 @@ def test_the_shuffle_map_input_is_capped_for_every_job():
         assert ctx.shuffle_input_batch_bytes == SHUFFLE_INPUT_BYTES == 128 * 2**20
     finally:
         ctx.shuffle_input_batch_bytes = saved
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_task_stages_are_capped_and_fuse_with_a_read_that_carries_the_cap(tmp_path):
+    """Without the reservation, an uncapped operator cost the driver ~58 KB a task for good
+    (docs/benchmarks.md); the cap must not cost the fusion of read and stage."""
+    import warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray.data
+
+    from pipeline.runner import configure_data_context, map_stages, task_concurrency
+    from pipeline.train.standardize import FeatureMoments
+
+    configure_data_context(quiet=True, small=True)
+    table = pa.table(
+        {
+            "image_emb": pa.array([[1.0, 2.0]] * 40, pa.list_(pa.float32(), 2)),
+            "has_image": [True] * 40,
+        }
+    )
+    for i in range(3):
+        pq.write_table(table, tmp_path / f"{i}.parquet")
+    cap = task_concurrency(1.0)
+    assert cap == 8  # twice the tasks the fixture's 4 CPUs run
+    assert task_concurrency(0.5) == 16
+
+    ds = ray.data.read_parquet(str(tmp_path), concurrency=cap)
+    ds = map_stages(ds, [FeatureMoments({"image": 2})], columns=["image_emb", "has_image"])
+    assert ds._logical_plan.dag.compute.size == cap
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        configure_data_context(quiet=True, small=True)  # its filter, after the reset above
+        done = ds.materialize()
+    assert done.sum("n_image") == 120
+    ops = [line for line in done.stats().splitlines() if line.startswith("Operator")]
+    assert any("ReadFilesParquet" in op and "->MapBatches" in op for op in ops), ops
+    assert not [w for w in caught if "concurrent tasks" in str(w.message)]
+
+
+def test_large_clusters_keep_rays_own_budget(monkeypatch):
+    monkeypatch.setenv("MMPIPE_OP_RESERVATION", "1")
+    from pipeline.runner import task_concurrency
+
+    assert task_concurrency(1.0) is None

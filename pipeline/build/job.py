@@ -25,7 +25,7 @@ from pipeline.io.fs import (
     remove_tree,
     write_bytes_atomic,
 )
-from pipeline.runner import map_stages, probe_address, ray_session, stream
+from pipeline.runner import map_stages, probe_address, ray_session, stream, task_concurrency
 
 OUTPUT_FILES = ("build.json", *TABLES, SHARD_DIR, "_work")
 
@@ -146,11 +146,13 @@ def run_build(
         timings["startup"] = t1 - t0
         # One read task per chunk, and one block per read task asked for explicitly:
         # otherwise Ray re-splits read output to reach its default parallelism. Reads
-        # take the chunk stage's CPU share, so Ray fuses read and build into one task.
+        # take the chunk stage's CPU share and its cap, so Ray fuses read and build into one
+        # task.
         ds = ray.data.read_datasource(
             make_datasource(plan, cfg),
             num_cpus=cfg.num_cpus,
             override_num_blocks=len(plan.units),
+            concurrency=task_concurrency(cfg.num_cpus),
         )
         ds = map_stages(ds, [BuildChunkStage(cfg, work)], columns=CHUNK_SCHEMA.names)
         chunk_ids: list[str] = []  # O(chunks) on the driver

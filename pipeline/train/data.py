@@ -162,8 +162,9 @@ def ray_split(fs_: FeatureSet, split: str, fraction: float, label_field: str | N
     """One split as a Ray Dataset, for ``get_dataset_shard`` in the workers."""
     import ray.data
 
-    from pipeline.runner import map_stages
+    from pipeline.runner import map_stages, task_concurrency
 
     cols = ["key", "meta", *(f"{m}_emb" for m in fs_.dims), *(f"has_{m}" for m in fs_.dims)]
-    ds = ray.data.read_parquet(fs_.files, columns=cols)
+    # The stage's cap, so the read and the stage fuse.
+    ds = ray.data.read_parquet(fs_.files, columns=cols, concurrency=task_concurrency(1.0))
     return map_stages(ds, [SplitLabel(split, fraction, fs_.classes, label_field)], columns=cols)

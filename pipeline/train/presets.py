@@ -250,10 +250,12 @@ def e2e_split(fs_: Any, split: str, cfg: Any) -> Any:
     import ray.data
 
     from pipeline.io.shards import SAMPLE_SCHEMA, make_shard_datasource
-    from pipeline.runner import map_stages
+    from pipeline.runner import map_stages, task_concurrency
 
-    ds = ray.data.read_datasource(
-        make_shard_datasource(fs_.files, {}, 256, 64 << 20), override_num_blocks=len(fs_.files)
+    ds = ray.data.read_datasource(  # the stage's cap, so the two fuse
+        make_shard_datasource(fs_.files, {}, 256, 64 << 20),
+        override_num_blocks=len(fs_.files),
+        concurrency=task_concurrency(1.0),
     )
     stage = E2EPreprocess(
         split, cfg.val_fraction, fs_.classes, cfg.label_field, cfg.image_size, cfg.max_text_tokens
