@@ -71,6 +71,29 @@ def test_every_parameter_gets_a_gradient(fusion):
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
+def test_single_modality_logits_are_what_eval_scores_and_train_each_path(fusion):
+    """``w_single`` trains the logits of each modality alone: the same logits the model gives
+    when only that modality is present, and only on rows that have it."""
+    torch.manual_seed(0)
+    model = FusionModel(DIMS, fusion, d=16, embed_dim=8, n_classes=3).eval()
+    feats, mask = batch()
+    labels = torch.randint(0, 3, (16,))
+    out = model(feats, mask, single=True)
+    for m in DIMS:
+        alone = {k: v & (k == m) for k, v in mask.items()}
+        torch.testing.assert_close(out["single_logits"][m], model(feats, alone)["logits"])
+    base, _ = fusion_loss(model, out, mask, labels, 1.0, 1.0)
+    loss, parts = fusion_loss(model, out, mask, labels, 1.0, 1.0, w_single=0.5)
+    each = [
+        torch.nn.functional.cross_entropy(out["single_logits"][m][mask[m]], labels[mask[m]])
+        for m in DIMS
+    ]
+    torch.testing.assert_close(parts["ce_single"], torch.stack(each).mean())
+    torch.testing.assert_close(loss, base + 0.5 * parts["ce_single"])
+    assert "single_logits" not in model(feats, mask)  # export and eval trace the plain call
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_a_missing_modality_cannot_leak_into_the_output(fusion):
     torch.manual_seed(0)
     model = FusionModel(DIMS, fusion, d=16, embed_dim=8, n_classes=3).eval()

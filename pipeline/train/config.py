@@ -50,6 +50,8 @@ class TrainConfig(BaseModel):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     w_contrastive: float = Field(1.0, ge=0.0)
     w_classify: float = Field(1.0, ge=0.0)
+    # Classification from each modality alone, as eval scores it: fusion models on features.
+    w_single: float = Field(0.0, ge=0.0)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
     early_stop_patience: int | None = Field(8, ge=1)

@@ -103,6 +103,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.progress = TrainProgress()
         self.log_every = cfg.log_every_steps
+        # Fusion models on features only: the presets have no per-modality path to score.
+        self.single = {"single": True} if cfg.w_single > 0 and not cfg.preset else {}
         self.ema = None
         if cfg.ema_decay and not cfg.preset:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -169,9 +171,9 @@ class Trainer:
                 break
             masks = self._drop_modalities(masks)
             with self._autocast():
-                out = self.model(feats, masks)
+                out = self.model(feats, masks, **self.single)
                 loss, parts = fusion_loss(
-                    self.core, out, masks, labels, c.w_contrastive, c.w_classify
+                    self.core, out, masks, labels, c.w_contrastive, c.w_classify, c.w_single
                 )
             self.scaler.scale(loss / c.grad_accum).backward()
             pr.epoch_batches = i + 1

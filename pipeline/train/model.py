@@ -213,7 +213,9 @@ class FusionModel(nn.Module):
             if m in stats and isinstance(proj, Projector):
                 proj.set_stats(*stats[m])
 
-    def forward(self, feats: Feats, mask: Feats) -> dict[str, Any]:
+    def forward(self, feats: Feats, mask: Feats, single: bool = False) -> dict[str, Any]:
+        """``single``: also the logits from each modality alone (``single_logits``), what
+        eval scores as that modality's accuracy, for the per-modality loss."""
         h = {m: self.proj[m](feats[m]) for m in self.mods}
         fused = self.fusion(h, mask)
         out: dict[str, Any] = {
@@ -222,7 +224,16 @@ class FusionModel(nn.Module):
         }
         if self.classifier is not None:
             out["logits"] = self.classifier(fused)
+            if single:
+                out["single_logits"] = {
+                    m: self.classifier(self.fusion(h, _only(mask, m))) for m in self.mods
+                }
         return out
+
+
+def _only(mask: Feats, keep: str) -> Feats:
+    """The mask with every modality but ``keep`` marked missing."""
+    return {m: v if m == keep else torch.zeros_like(v) for m, v in mask.items()}
 
 
 def info_nce(a: Tensor, b: Tensor, scale: Tensor, both: Tensor) -> Tensor:
@@ -242,8 +253,10 @@ def fusion_loss(
     labels: Tensor | None,
     w_contrastive: float,
     w_classify: float,
+    w_single: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Contrastive loss over every modality pair plus classification: the multi-task loss."""
+    """Contrastive loss over every modality pair plus classification: the multi-task loss.
+    ``w_single`` weighs classification from each modality alone (``single_logits``)."""
     parts: dict[str, Tensor] = {}
     mods = model.mods
     for i, a in enumerate(mods):
@@ -262,6 +275,16 @@ def fusion_loss(
         ce = F.cross_entropy(out["logits"][known], labels[known]) if known.any() else con * 0.0
         parts["ce"] = ce
         loss = loss + w_classify * ce
+        singles = out.get("single_logits") or {}
+        if w_single > 0 and singles:
+            each = [
+                F.cross_entropy(lg[known & mask[m]], labels[known & mask[m]])
+                for m, lg in singles.items()
+                if (known & mask[m]).any()
+            ]
+            if each:
+                parts["ce_single"] = torch.stack(each).mean()
+                loss = loss + w_single * parts["ce_single"]
     # Detached tensors, not floats: reading a value waits for the GPU, so callers do it only
     # when they log.
     return loss, {k: v.detach() for k, v in parts.items()}
