@@ -88,7 +88,9 @@ def one_run(kind: str, tasks: int, reservation: str) -> dict[str, Any]:
     else:
         ds = ray.data.range(tasks * 100, override_num_blocks=tasks, concurrency=cap)
     if out == "summary":
-        ds = ds.map_batches(lambda b: {"n": [len(b)]}, batch_format="pyarrow", batch_size=None, concurrency=cap)
+        ds = ds.map_batches(
+            lambda b: {"n": [len(b)]}, batch_format="pyarrow", batch_size=None, concurrency=cap
+        )
     elif out == "sleep":  # 150 ms of work per task: throughput, as the runner's comment says
         ds = ds.map_batches(_sleepy, batch_format="pyarrow", batch_size=None, concurrency=cap)
     else:

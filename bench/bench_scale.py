@@ -141,7 +141,7 @@ def one_task_finalize(out: Path, near: int | None) -> float:
     return time.perf_counter() - t0
 
 
-def run(n: int, dup: float, kind: str) -> dict:
+def run(n: int, dup: float, kind: str, shard_samples: int | None = None) -> dict:
     import ray
 
     import pipeline.build.job as job
@@ -154,6 +154,8 @@ def run(n: int, dup: float, kind: str) -> dict:
         extra = {"near_duplicates": True}
     else:
         path = manifest(n, dup)
+    if shard_samples:
+        extra["shard_samples"] = shard_samples
     out = WORK / f"out{n}" / "build"
     shutil.rmtree(out.parent, ignore_errors=True)
     kept: dict[str, float] = {}
@@ -161,6 +163,12 @@ def run(n: int, dup: float, kind: str) -> dict:
 
     def keep_chunks(work: str, *args: object) -> dict:
         """Copy the staged chunks aside before the job's finalize moves them."""
+        import psutil
+
+        # The driver's private memory after the process phase: what one record per chunk
+        # task costs it, apart from what finalize adds.
+        mem = psutil.Process().memory_info()
+        kept["driver_private_process_mb"] = (mem.rss - mem.shared) / 2**20
         t0 = time.perf_counter()
         shutil.copytree(work, out.parent / "old" / "_work")
         (out.parent / "old" / "shards").mkdir()
@@ -206,6 +214,8 @@ def run(n: int, dup: float, kind: str) -> dict:
         "rows_per_s": round(n / wall),
         "driver_peak_mb": round(rss.driver / 2**20),
         "driver_private_peak_mb": round(rss.driver_private / 2**20),
+        "driver_private_after_process_mb": round(kept["driver_private_process_mb"]),
+        "shard_samples": cfg.shard_samples,
         "worker_peak_mb": round(rss.worker / 2**20),
         "worker_peak_task": rss.worker_task,
         "worker_private_peak_mb": round(rss.worker_private / 2**20),
@@ -219,10 +229,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 1_000_000])
     ap.add_argument("--dup", type=float, default=0.01)
     ap.add_argument("--kind", choices=["text", "images"], default="text")
+    ap.add_argument("--shard-samples", type=int, help="rows per chunk (default: the build's)")
     args = ap.parse_args()
     results = []
     for n in args.sizes:
-        r = run(n, args.dup, args.kind)
+        r = run(n, args.dup, args.kind, args.shard_samples)
         if args.kind == "text":  # the bare loop is the text build's per-row work
             r["bare_loop_rows_per_s"] = round(bare_loop(manifest(n, args.dup), min(n, 250_000)))
             r["vs_bare_loop"] = round(r["rows_per_s"] / r["bare_loop_rows_per_s"], 3)
