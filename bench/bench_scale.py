@@ -2,6 +2,8 @@
 
     python bench/bench_scale.py [--sizes 250000 1000000] [--dup 0.01] [--kind text|images]
 
+``--driver-only``: the build alone, with the driver's private memory before and after each
+step (process, dedup passes, finalize), and no other work in the driver.
 ``text`` (the default): each size is one manifest of text rows, a share of them exact
 copies of the row before. ``images``: a Parquet of tiny 32x32 PNGs as Hugging Face image
 bytes, ``--dup`` of them exact copies of an earlier image and ``--dup`` near copies (a few
@@ -28,6 +30,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -224,13 +227,78 @@ def run(n: int, dup: float, kind: str, shard_samples: int | None = None) -> dict
     }
 
 
+def driver_only(n: int, dup: float, partition_rows: int | None) -> dict:
+    """The build alone, and the driver's private memory at each step: nothing of the bench's
+    own (the copy aside, the monitor of every worker) runs in the driver beside it."""
+    import threading
+
+    import psutil
+    import ray
+
+    import pipeline.build.distributed as dist
+    import pipeline.build.job as job
+    from pipeline.build.job import run_build
+    from pipeline.config import BuildConfig
+
+    proc = psutil.Process()
+
+    def private() -> float:
+        mem = proc.memory_info()
+        return round((mem.rss - mem.shared) / 2**20, 1)
+
+    marks: dict[str, float] = {}
+
+    def marked(fn: Any, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            marks[f"{name} start"] = private()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                marks[f"{name} end"] = private()
+
+        return call
+
+    peak, stop = [0.0], threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], private())
+
+    out = WORK / f"out{n}" / "build"
+    shutil.rmtree(out.parent, ignore_errors=True)
+    extra = {"dedup_partition_rows": partition_rows} if partition_rows else {}
+    saved = job.finalize_distributed, dist.decide
+    job.finalize_distributed = marked(job.finalize_distributed, "finalize")
+    dist.decide = marked(dist.decide, "dedup passes")
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        report = run_build(BuildConfig(input=str(manifest(n, dup)), output=str(out), **extra))
+    finally:
+        stop.set()
+        job.finalize_distributed, dist.decide = saved
+        ray.shutdown()
+    return {
+        "rows": n,
+        "driver_private_mb": marks,
+        "driver_private_peak_mb": peak[0],
+        "timings_s": report["timings_s"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 1_000_000])
     ap.add_argument("--dup", type=float, default=0.01)
     ap.add_argument("--kind", choices=["text", "images"], default="text")
     ap.add_argument("--shard-samples", type=int, help="rows per chunk (default: the build's)")
+    ap.add_argument("--driver-only", action="store_true", help="the driver's memory by step")
+    ap.add_argument("--dedup-partition-rows", type=int, help="with --driver-only")
     args = ap.parse_args()
+    if args.driver_only:
+        for n in args.sizes:
+            print(json.dumps(driver_only(n, args.dup, args.dedup_partition_rows)), flush=True)
+            shutil.rmtree(WORK / f"out{n}", ignore_errors=True)
+        return
     results = []
     for n in args.sizes:
         r = run(n, args.dup, args.kind, args.shard_samples)
