@@ -50,8 +50,10 @@ class TrainConfig(BaseModel):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     w_contrastive: float = Field(1.0, ge=0.0)
     w_classify: float = Field(1.0, ge=0.0)
-    # Classification from each modality alone, as eval scores it: fusion models on features.
-    w_single: float = Field(0.0, ge=0.0)
+    # Classification from each modality alone too, as eval scores it: the fused accuracy rose
+    # 0.938 -> 0.953 and 0.977 -> 0.987 on two real-media corpora, 3 seeds (docs/benchmarks.md).
+    # Fusion models on features only.
+    w_single: float = Field(1.0, ge=0.0)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
     early_stop_patience: int | None = Field(8, ge=1)
