@@ -63,6 +63,12 @@ def bare_loop(manifest: Path, limit: int) -> float:
     return len(rows) / (time.perf_counter() - t0)
 
 
+def private_mb(proc: object) -> float:
+    """A process's private memory in MiB: RSS less shared pages (the object store's)."""
+    mem = proc.memory_info()  # type: ignore[attr-defined]
+    return (mem.rss - mem.shared) / 2**20
+
+
 class RssMonitor:
     """Peak RSS of this process (the driver) and of its children (Ray's workers).
 

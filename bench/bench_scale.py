@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_build import RssMonitor
+from bench.bench_build import RssMonitor, private_mb
 
 WORK = Path(__file__).resolve().parent / "_work" / "scale"
 
@@ -170,8 +170,7 @@ def run(n: int, dup: float, kind: str, shard_samples: int | None = None) -> dict
 
         # The driver's private memory after the process phase: what one record per chunk
         # task costs it, apart from what finalize adds.
-        mem = psutil.Process().memory_info()
-        kept["driver_private_process_mb"] = (mem.rss - mem.shared) / 2**20
+        kept["driver_private_process_mb"] = private_mb(psutil.Process())
         t0 = time.perf_counter()
         shutil.copytree(work, out.parent / "old" / "_work")
         (out.parent / "old" / "shards").mkdir()
@@ -243,8 +242,7 @@ def driver_only(n: int, dup: float, partition_rows: int | None) -> dict:
     proc = psutil.Process()
 
     def private() -> float:
-        mem = proc.memory_info()
-        return round((mem.rss - mem.shared) / 2**20, 1)
+        return round(private_mb(proc), 1)
 
     marks: dict[str, float] = {}
 
