@@ -21,6 +21,7 @@ from pipeline.io.fetcher import Fetcher, FetchPolicy
 from pipeline.validate.fetch import FetchStage
 from tests import media
 from tests.conftest import serve, stop_process
+from tests.faultproxy import FaultProxy
 from tests.test_build import check_invariant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,3 +153,22 @@ def test_an_unexpected_error_in_the_client_reaches_the_row(monkeypatch):
         stage.fetcher.close()
     (part,) = batch["parts"][0]
     assert part["error"] == "fetch_error" and "a bug in the client" in part["message"]
+
+
+def test_the_proxy_in_the_environment_is_used_and_no_proxy_bypasses_it(host, monkeypatch):
+    root, base = host()
+    (root / "a.bin").write_bytes(b"a" * 5000)
+    proxy = FaultProxy(base)  # "ok" mode: a forward proxy that counts what passes through it
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    f = Fetcher(FetchPolicy(max_bytes=1 << 20))
+    try:
+        assert f.fetch(f"{base}/a.bin") == b"a" * 5000
+        assert proxy.seen == 1
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert f.fetch(f"{base}/a.bin") == b"a" * 5000
+        assert proxy.seen == 1, "NO_PROXY names the host, yet the request went to the proxy"
+    finally:
+        f.close()
+        proxy.close()

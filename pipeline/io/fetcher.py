@@ -120,6 +120,9 @@ class Fetcher:
                     total=None, sock_connect=p.connect_timeout, sock_read=p.read_timeout
                 ),
                 headers={"User-Agent": USER_AGENT},
+                # HTTP(S)_PROXY and NO_PROXY, as curl, requests and img2dataset honour them:
+                # clusters behind a proxy reach the web only through it
+                trust_env=True,
             )
         return self._session
 
