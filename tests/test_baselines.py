@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.train.baselines import fit_probe, probe_baselines
+from pipeline.train.baselines import fit_probe, mcnemar, probe_baselines
 
 
 def _batches(x: dict[str, np.ndarray], has: dict[str, np.ndarray], y: np.ndarray, size: int = 64):
@@ -55,3 +55,33 @@ def test_late_fusion_of_two_weak_probes_beats_either():
     assert out["train_rows"] == 1200 and set(out["probe"]) == {"image", "text"}
     assert all(0.45 < v < 0.75 for v in out["probe"].values()), out  # each: about half + chance
     assert out["late_fusion"] > out["best_probe"] + 0.15, out
+
+
+def test_mcnemar_exact_values():
+    assert mcnemar(0, 0) == 1.0 and mcnemar(5, 5) == 1.0
+    assert mcnemar(10, 0) == mcnemar(0, 10) == 2 / 2**10
+    # 8 against 2 of 10 discordant rows: 2 * P(X <= 2), X ~ Binomial(10, 1/2) = 2 * 56 / 1024
+    assert abs(mcnemar(8, 2) - 112 / 1024) < 1e-12
+
+
+def test_the_model_is_compared_with_the_late_fusion_row_by_row():
+    xt, ht, yt = _world(1200, 1)
+    xv, hv, yv = _world(400, 2)
+
+    def vs(model: dict) -> dict:
+        return probe_baselines(_batches(xt, ht, yt), _batches(xv, hv, yv), 4, model)
+
+    base = probe_baselines(_batches(xt, ht, yt), _batches(xv, hv, yv), 4)
+    assert "vs_model" not in base
+    wrong = round((1 - base["late_fusion"]) * 400)
+    always = vs({f"k{j}": True for j in range(400)})["vs_model"]
+    assert always == {
+        "rows": 400,
+        "model_only_right": wrong,
+        "probes_only_right": 0,
+        "p_value": mcnemar(wrong, 0),
+    }
+    never = vs({f"k{j}": False for j in range(400)})["vs_model"]
+    assert (never["model_only_right"], never["probes_only_right"]) == (0, 400 - wrong)
+    # only the keys both scored are paired
+    assert vs({"k0": True, "nope": True})["vs_model"]["rows"] == 1

@@ -110,9 +110,11 @@ def test_eval_report_and_export(run, feats):
     assert {"fused", "image_only", "text_only", "audio_only", "best_single"} <= set(ev["accuracy"])
     base = ev["baselines"]  # linear probes on the same features and split, beside the model
     assert set(base["probe"]) == {"image", "text", "audio"} and 0 <= base["late_fusion"] <= 1
+    vs = base["vs_model"]  # the same rows, paired: what only one of the two got right
+    assert vs["rows"] == ev["rows"] and 0 <= vs["p_value"] <= 1
     page = Path(write_report(str(out))).read_text()
     assert page.count("<img") >= 5 and "data:image/png;base64," in page
-    assert "late fusion of linear probes" in page
+    assert "late fusion of linear probes" in page and "only the probes got right" in page
     path = export_torchscript(str(out))
     traced = torch.jit.load(path)
     model, info = load_run(str(out))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,14 +17,15 @@ STEPS = 200  # L-BFGS iterations at most; it stops earlier once the loss stops m
 
 def _collect(batches: Iterator[tuple[Any, ...]], limit: int) -> dict[str, Any]:
     """Input features, masks and labels of the labelled rows, up to ``limit`` rows."""
-    out: dict[str, list[Any]] = {"labels": []}
+    out: dict[str, list[Any]] = {"labels": [], "keys": []}
     n = 0
-    for _keys, _metas, feats, masks, labels in batches:
+    for keys, _metas, feats, masks, labels in batches:
         keep = labels.numpy() >= 0
         if not keep.any():
             continue
         take = np.flatnonzero(keep)[: limit - n]
         out["labels"].append(labels.numpy()[take])
+        out["keys"].append(np.asarray(keys, dtype=object)[take])
         for m in feats:
             out.setdefault(f"x_{m}", []).append(feats[m].numpy()[take])
             out.setdefault(f"has_{m}", []).append(masks[m].numpy()[take])
@@ -64,10 +66,15 @@ def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int) -> Any:
 
 
 def probe_baselines(
-    train: Iterator[tuple[Any, ...]], val: Iterator[tuple[Any, ...]], n_classes: int
+    train: Iterator[tuple[Any, ...]],
+    val: Iterator[tuple[Any, ...]],
+    n_classes: int,
+    model_correct: Mapping[str, bool] | None = None,
 ) -> dict[str, Any]:
     """Accuracy on ``val`` of one probe per modality (on the rows that have it) and of late
-    fusion: the probes' log-probabilities summed over the modalities each row has."""
+    fusion: the probes' log-probabilities summed over the modalities each row has. With
+    ``model_correct`` (validation key -> the model was right), also the paired comparison of
+    the model with the late fusion on the same rows (``vs_model``)."""
     tr = _collect(train, MAX_TRAIN_ROWS)
     va = _collect(val, 1 << 62)
     if not tr or not va:
@@ -91,7 +98,34 @@ def probe_baselines(
         # Each probe's own prior is in its log-probabilities: take it out once per modality,
         # so that a row with three modalities does not count the class frequencies thrice.
         fused[has] += logp - np.log(prior / prior.sum())
-    out["late_fusion"] = float((fused.argmax(1) == va["labels"]).mean())
+    right = fused.argmax(1) == va["labels"]
+    out["late_fusion"] = float(right.mean())
+    if model_correct is not None:
+        out["vs_model"] = paired(model_correct, dict(zip(va["keys"], right.tolist())))
     singles = [v for v in out["probe"].values() if v is not None]
     out["best_probe"] = max(singles) if singles else None
     return out
+
+
+def paired(model: Mapping[str, bool], probes: Mapping[str, bool]) -> dict[str, Any]:
+    """The model against the probes on the rows both scored: the rows only one of them got
+    right, and McNemar's exact two-sided p-value. A gap of a few rows on a few hundred is
+    noise; this says how much."""
+    both = model.keys() & probes.keys()
+    b = sum(model[k] and not probes[k] for k in both)
+    c = sum(probes[k] and not model[k] for k in both)
+    return {
+        "rows": len(both),
+        "model_only_right": b,
+        "probes_only_right": c,
+        "p_value": mcnemar(b, c),
+    }
+
+
+def mcnemar(b: int, c: int) -> float:
+    """Exact McNemar: under "equally good", the b + c discordant rows split as fair coin flips."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2**n)

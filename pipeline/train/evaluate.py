@@ -183,10 +183,14 @@ def run_eval(run_dir: str, data: str, *, split: str = "val", quiet: bool = False
     if info.classes and not info.preset:  # probes read input features: a preset has none
         from pipeline.train.baselines import probe_baselines
 
+        known = rows["labels"] >= 0
+        right = rows["logits"].argmax(1) == rows["labels"]  # a model with classes has logits
+        model_correct = dict(zip(np.asarray(rows["keys"])[known].tolist(), right[known].tolist()))
         result["baselines"] = probe_baselines(
             _batches(info, data, "train", fraction),
             _batches(info, data, split, fraction),
             len(info.classes),
+            model_correct,
         )
     write_bytes_atomic(join(run_dir, "eval.json"), json.dumps(result, indent=2).encode())
     pts = pca_2d(rows["fused"][:3000])
@@ -207,6 +211,11 @@ def summary_line(r: dict[str, Any]) -> str:
         parts.append(
             f"linear probes: late fusion {base['late_fusion']:.3f}, best {base['best_probe']:.3f};"
         )
+        if vs := base.get("vs_model"):
+            parts.append(
+                f"rows only the model / only the probes got right: {vs['model_only_right']} / "
+                f"{vs['probes_only_right']} (McNemar p {vs['p_value']:.2g});"
+            )
     level = "class" if any("class" in v for v in r["retrieval"].values()) else "instance"
     worst = min(((v[level]["R@1"], k) for k, v in r["retrieval"].items()), default=None)
     if worst:

@@ -160,6 +160,7 @@ def write_html_report(run: str, compare: list[str] | None = None, output: str | 
         f"<td>{_fmt(e['accuracy'].get('best_single'))}</td>"
         f"<td>{_fmt((e.get('baselines') or {}).get('late_fusion'))}</td>"
         f"<td>{_fmt((e.get('baselines') or {}).get('best_probe'))}</td>"
+        f"<td>{_paired((e.get('baselines') or {}).get('vs_model'))}</td>"
         f"<td>{_fmt(_min_r1(e))}</td></tr>"
         for n, e in evals.items()
     )
@@ -173,6 +174,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px}}
 <h1>mmpipe run report</h1><p>{html.escape(run)}, split: {html.escape(ev["split"])}</p>
 <table><tr><th>run</th><th>rows</th><th>fused acc</th><th>best single-modality acc</th>
 <th>late fusion of linear probes</th><th>best linear probe</th>
+<th>rows only the model / only the probes got right (McNemar p)</th>
 <th>min R@1 (class, or instance without labels)</th></tr>{rows}</table>{body}</body></html>"""
     out = output or join(run, "report.html")
     write_bytes_atomic(out, page.encode())
@@ -181,3 +183,9 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px}}
 
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}"
+
+
+def _paired(vs: dict[str, Any] | None) -> str:
+    if not vs:
+        return "-"
+    return f"{vs['model_only_right']} / {vs['probes_only_right']} ({vs['p_value']:.2g})"
