@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 
 from pipeline.train.baselines import fit_probe, mcnemar, probe_baselines
@@ -59,9 +62,12 @@ def test_late_fusion_of_two_weak_probes_beats_either():
 
 def test_mcnemar_exact_values():
     assert mcnemar(0, 0) == 1.0 and mcnemar(5, 5) == 1.0
-    assert mcnemar(10, 0) == mcnemar(0, 10) == 2 / 2**10
+    assert mcnemar(10, 0) == pytest.approx(2 / 2**10, rel=1e-12) == mcnemar(0, 10)
     # 8 against 2 of 10 discordant rows: 2 * P(X <= 2), X ~ Binomial(10, 1/2) = 2 * 56 / 1024
-    assert abs(mcnemar(8, 2) - 112 / 1024) < 1e-12
+    assert mcnemar(8, 2) == pytest.approx(112 / 1024, rel=1e-12)
+    # large counts stay finite and match the exact sum of binomial coefficients
+    exact = 2 * sum(math.comb(3000, i) for i in range(1451)) / 2**3000
+    assert mcnemar(1450, 1550) == pytest.approx(exact, rel=1e-9)
 
 
 def test_the_model_is_compared_with_the_late_fusion_row_by_row():

@@ -123,9 +123,13 @@ def paired(model: Mapping[str, bool], probes: Mapping[str, bool]) -> dict[str, A
 
 
 def mcnemar(b: int, c: int) -> float:
-    """Exact McNemar: under "equally good", the b + c discordant rows split as fair coin flips."""
-    n = b + c
+    """Exact McNemar: under "equally good", the b + c discordant rows split as fair coin flips.
+    The binomial tail is summed in log space, term to term, so any row count is fast."""
+    n, k = b + c, min(b, c)
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
-    return min(1.0, 2 * tail / 2**n)
+    i = np.arange(k)
+    steps = np.log((n - i) / (i + 1))  # C(n, i+1) / C(n, i)
+    log_terms = -n * math.log(2) + np.concatenate([[0.0], np.cumsum(steps)])
+    top = float(log_terms.max())
+    return min(1.0, 2 * math.exp(top) * float(np.exp(log_terms - top).sum()))
