@@ -58,6 +58,24 @@ def image(pix: np.ndarray, rng: np.random.Generator) -> bytes:
     return buf.getvalue()
 
 
+def sample(
+    out: Path,
+    key: str,
+    png: bytes,
+    word: str,
+    lang: str,
+    snr: tuple[float, float],
+    rng: np.random.Generator,
+) -> dict[str, str]:
+    """Write one sample's picture and its spoken, noisy word; the manifest row's media part.
+    The generator is drawn in a fixed order (picture, voice, noise), so a seed gives the same
+    corpus."""
+    (out / "media" / f"{key}.png").write_bytes(png)
+    wave, sr = speak(word, lang, rng)
+    (out / "media" / f"{key}.wav").write_bytes(corrupt(wave, sr, rng.uniform(*snr), rng))
+    return {"key": key, "image": f"media/{key}.png", "audio": f"media/{key}.wav"}
+
+
 def write_digits(out: Path, snr: tuple[float, float], seed: int) -> Path:
     from sklearn.datasets import load_digits
 
@@ -66,21 +84,9 @@ def write_digits(out: Path, snr: tuple[float, float], seed: int) -> Path:
     (out / "media").mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (pix, d) in enumerate(zip(digits.images, digits.target)):
-        key = f"d{i:05d}"
-        (out / "media" / f"{key}.png").write_bytes(image(pix, rng))
         lang = "en" if i % 2 == 0 else "cmn"
-        wave, sr = speak(WORDS[lang][d], lang, rng)
-        (out / "media" / f"{key}.wav").write_bytes(corrupt(wave, sr, rng.uniform(*snr), rng))
-        rows.append(
-            {
-                "key": key,
-                "image": f"media/{key}.png",
-                "audio": f"media/{key}.wav",
-                "text": caption(int(d), rng),
-                "label": str(int(d)),
-                "lang": lang,
-            }
-        )
+        row = sample(out, f"d{i:05d}", image(pix, rng), WORDS[lang][d], lang, snr, rng)
+        rows.append({**row, "text": caption(int(d), rng), "label": str(int(d)), "lang": lang})
     return write_manifest(out, rows)
 
 
@@ -203,21 +209,11 @@ def write_scenes(
         photo = photo[0] if isinstance(photo, tuple) else photo
         for j in range(per_class):
             i = c * per_class + j
-            key = f"{prefix}{i:05d}"
-            (out / "media" / f"{key}.png").write_bytes(photo_crop(photo, rng))
             lang = langs[i % len(langs)]
-            wave, sr = speak(s.names[lang], lang, rng)
-            (out / "media" / f"{key}.wav").write_bytes(corrupt(wave, sr, rng.uniform(*snr), rng))
-            rows.append(
-                {
-                    "key": key,
-                    "image": f"media/{key}.png",
-                    "audio": f"media/{key}.wav",
-                    "text": scene_caption(s.attrs, phrases, rng),
-                    "label": label,
-                    "lang": lang,
-                }
-            )
+            png = photo_crop(photo, rng)
+            row = sample(out, f"{prefix}{i:05d}", png, s.names[lang], lang, snr, rng)
+            text = scene_caption(s.attrs, phrases, rng)
+            rows.append({**row, "text": text, "label": label, "lang": lang})
     return write_manifest(out, rows)
 
 
