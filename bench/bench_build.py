@@ -161,6 +161,8 @@ def run_mmpipe(
         image_format="jpg",
         image_quality=QUALITY,
         shard_samples=500,
+        # The bench's hosts serve from 127.0.0.1, which data URLs may reach only when opened.
+        allow_hosts=["127.0.0.1"],
         **({"fetch_concurrency": fetch_concurrency} if fetch_concurrency else {}),
     )
     t0 = time.perf_counter()

@@ -79,6 +79,11 @@ def _add_build(sub: Any) -> None:
         help="let a remote manifest name local files",
     )
     p.add_argument(
+        "--allow-hosts",
+        help="networks or host names that URLs in the data may reach besides public "
+        "addresses, comma-separated, e.g. 10.0.0.0/8,minio.internal; none unless named",
+    )
+    p.add_argument(
         "--fetch-concurrency",
         type=int,
         help="at most this many HTTP requests in flight per host and chunk task (a ceiling: "

@@ -70,6 +70,10 @@ class BuildConfig(BaseModel):
     sample_timeout_s: float = Field(30.0, gt=0)
     on_modality_error: Literal["reject", "drop"] = "reject"
     allow_local_refs: bool = False
+    # URLs from the data reach public addresses only: a manifest nobody here wrote must not
+    # make the cluster fetch its own metadata service, dashboard or internal stores. Networks
+    # (10.0.0.0/8, 127.0.0.1) or host names (minio.internal, *.corp) listed here are let through.
+    allow_hosts: list[str] = Field(default_factory=list)
     # The most HTTP requests in flight per host from one chunk task: a politeness ceiling.
     # Below it the fetcher finds the number itself, from latency and errors (docs/build.md).
     fetch_concurrency: int = Field(128, ge=1, le=1024)
@@ -89,6 +93,17 @@ class BuildConfig(BaseModel):
     @classmethod
     def _sizes(cls, v: Any) -> int:
         return parse_size(v)
+
+    @field_validator("allow_hosts", mode="before")
+    @classmethod
+    def _allow_hosts(cls, v: Any) -> Any:
+        from pipeline.io.netguard import parse_allow
+
+        items = v.split(",") if isinstance(v, str) else v  # --allow-hosts 10.0.0.0/8,minio
+        if isinstance(items, list):
+            items = [str(i).strip() for i in items if str(i).strip()]
+            parse_allow(items)  # a ValueError here names the entry and the two forms
+        return items
 
     @field_validator("input", "output")
     @classmethod

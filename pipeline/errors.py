@@ -17,6 +17,7 @@ class Reason(str, Enum):
     MISSING = "missing"
     FETCH_ERROR = "fetch_error"
     DISALLOWED_REF = "disallowed_ref"
+    BLOCKED_ADDRESS = "blocked_address"
     MALFORMED_ROW = "malformed_row"
     DECODE_ERROR = "decode_error"
     TOO_LARGE = "too_large"
@@ -45,6 +46,8 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.MISSING: "a referenced file or URL does not exist",
     Reason.FETCH_ERROR: "a reference exists but could not be read (permissions, network, HTTP error)",
     Reason.DISALLOWED_REF: "a reference uses a scheme or location that this input may not reach",
+    Reason.BLOCKED_ADDRESS: "an http(s) reference (or a redirect) reaches a loopback, private, "
+    "link-local, metadata or other non-public address; build.allow_hosts opens one",
     Reason.MALFORMED_ROW: "the input row itself cannot be parsed or has values of the wrong type",
     Reason.DECODE_ERROR: "bytes do not decode as their modality (corrupt, truncated, not UTF-8, NUL)",
     Reason.TOO_LARGE: "over a size limit: file bytes, image side, or pixel count (bomb guard)",

@@ -36,10 +36,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
         proc.wait(timeout=timeout)
 
 
-def serve(args: list[str], cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """Start a server on 127.0.0.1 (``{port}`` in ``args`` becomes a free port) and wait
-    until it accepts, at most 20 s. Returns the process (stop it with ``stop_process``) and
-    its base URL."""
+def serve(
+    args: list[str], cwd: Path | None = None, bind: str = "127.0.0.1"
+) -> tuple[subprocess.Popen, str]:
+    """Start a server on ``bind``, a loopback address (``{port}`` in ``args`` becomes a free
+    port) and wait until it accepts, at most 20 s. Returns the process (stop it with
+    ``stop_process``) and its base URL."""
     port = _free_port()
     proc = subprocess.Popen(
         [a.replace("{port}", str(port)) for a in args],
@@ -51,8 +53,8 @@ def serve(args: list[str], cwd: Path | None = None) -> tuple[subprocess.Popen, s
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"http://127.0.0.1:{port}"
+            socket.create_connection((bind, port), timeout=0.5).close()
+            return proc, f"http://{bind}:{port}"
         except OSError:
             time.sleep(0.1)
     stop_process(proc)

@@ -1,9 +1,11 @@
 """A file server for tests and benchmarks: fixed latency, 503s and truncated bodies on request.
 
     python -m tests.http_host --root DIR --port N [--latency-ms 80] [--fail 0.1] [--truncate 0.05]
+        [--bind 127.0.0.2]
 
 One asyncio process, so a thousand requests can wait on it at once. Faults are drawn per
-request with a seeded generator. ``GET /_stats`` returns what it served, as JSON.
+request with a seeded generator. ``GET /_stats`` returns what it served, as JSON;
+``GET /_redirect?to=URL`` answers 302 to URL (counted as "302").
 """
 
 from __future__ import annotations
@@ -56,8 +58,13 @@ def make_app(
         finally:
             in_flight[0] -= 1
 
+    async def redirect_view(request: web.Request) -> web.Response:
+        stats["302"] += 1
+        raise web.HTTPFound(request.query["to"])
+
     app = web.Application()
     app.router.add_get("/_stats", stats_view)
+    app.router.add_get("/_redirect", redirect_view)
     app.router.add_get("/{path:.+}", serve)
     return app
 
@@ -70,9 +77,10 @@ def main() -> None:
     ap.add_argument("--fail", type=float, default=0.0, help="share of requests answered 503")
     ap.add_argument("--truncate", type=float, default=0.0, help="share sent half a body")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bind", default="127.0.0.1", help="a loopback address to listen on")
     args = ap.parse_args()
     app = make_app(Path(args.root).resolve(), args.latency_ms, args.fail, args.truncate, args.seed)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, backlog=2048)
+    web.run_app(app, host=args.bind, port=args.port, print=None, backlog=2048)
 
 
 if __name__ == "__main__":

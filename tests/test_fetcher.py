@@ -25,6 +25,8 @@ from tests.faultproxy import FaultProxy
 from tests.test_build import check_invariant
 
 ROOT = Path(__file__).resolve().parents[1]
+# The hosts are on 127.0.0.1, which URLs from the data may not reach unless opened on purpose.
+LOOPBACK = ("127.0.0.1",)
 
 
 def _host(root: Path, *flags: str) -> tuple[subprocess.Popen, str]:
@@ -58,7 +60,7 @@ def test_truncated_bodies_and_503s_are_retried_or_reported(host):
     payloads = {f"{i}.bin": bytes([i % 251]) * (20_000 + i) for i in range(200)}
     for name, data in payloads.items():
         (root / name).write_bytes(data)
-    f = Fetcher(FetchPolicy(max_bytes=1 << 20))
+    f = Fetcher(FetchPolicy(max_bytes=1 << 20, allow_hosts=LOOPBACK))
     try:
         futures = {name: f.submit(f"{base}/{name}") for name in payloads}
         got = {name: fu.result(timeout=120) for name, fu in futures.items()}
@@ -78,7 +80,7 @@ def test_rows_come_back_as_they_land_and_in_bounds(host, tmp_path):
         (root / f"{i}.bin").write_bytes(b"x" * 10_000)
     refs = [[{"ref": f"{base}/{i}.bin", "data": None}] for i in range(300)]
     table = pa.table({"parts": refs, "source_row": list(range(300))})
-    stage = FetchStage(max_file_bytes=1 << 20)
+    stage = FetchStage(max_file_bytes=1 << 20, allow_hosts=LOOPBACK)
     seen, held = [], []
     with FetchedRows(stage, table, max_bytes=200_000) as rows:
         for got, batch in rows:
@@ -97,7 +99,7 @@ def test_a_thousand_requests_in_flight_cost_little_memory(host):
     root, base = host("--latency-ms", "3000")
     for i in range(1000):
         (root / f"{i}.bin").write_bytes(b"y" * 2_000)
-    f = Fetcher(FetchPolicy(max_bytes=1 << 20, ceiling=1000, start=1000))
+    f = Fetcher(FetchPolicy(max_bytes=1 << 20, ceiling=1000, start=1000, allow_hosts=LOOPBACK))
     proc = psutil.Process()
     try:
         f.fetch(f"{base}/0.bin")  # the session and its imports exist before the baseline
@@ -123,7 +125,12 @@ def test_a_build_from_a_faulty_host_loses_nothing(host, tmp_path):
     rows.append({"key": "gone", "image": f"{base}/missing.jpg"})
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out"
-    cfg = BuildConfig(input=str(tmp_path / "m.jsonl"), output=str(out), shard_samples=50)
+    cfg = BuildConfig(
+        input=str(tmp_path / "m.jsonl"),
+        output=str(out),
+        shard_samples=50,
+        allow_hosts=["127.0.0.1"],
+    )
     run_build(cfg, quiet=True)
     index, rejects = check_invariant(out, 121)
     stats = _stats(base)
@@ -141,8 +148,8 @@ def test_an_unexpected_error_in_the_client_reaches_the_row(monkeypatch):
         raise RuntimeError("a bug in the client")
 
     monkeypatch.setattr(Fetcher, "_attempt", broken)
-    stage = FetchStage(max_file_bytes=100)
-    stage.fetcher = Fetcher(FetchPolicy(max_bytes=100))
+    stage = FetchStage(max_file_bytes=100, allow_hosts=LOOPBACK)
+    stage.fetcher = Fetcher(FetchPolicy(max_bytes=100, allow_hosts=LOOPBACK))
     stage._ready = True
     batch = {"parts": [[{"ref": "http://127.0.0.1:1/x.jpg", "data": None}]]}
     landed = threading.Event()
@@ -162,7 +169,7 @@ def test_the_proxy_in_the_environment_is_used_and_no_proxy_bypasses_it(host, mon
     for name in ("NO_PROXY", "no_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
-    f = Fetcher(FetchPolicy(max_bytes=1 << 20))
+    f = Fetcher(FetchPolicy(max_bytes=1 << 20, allow_hosts=LOOPBACK))
     try:
         assert f.fetch(f"{base}/a.bin") == b"a" * 5000
         assert proxy.seen == 1

@@ -14,6 +14,9 @@ from tests import media
 from tests.conftest import serve, stop_process
 from tests.test_build import check_invariant
 
+# The server is on 127.0.0.1, which URLs from the data may not reach unless opened on purpose.
+LOOPBACK = ("127.0.0.1",)
+
 
 @pytest.fixture()
 def http_dir(tmp_path):
@@ -29,7 +32,10 @@ def http_dir(tmp_path):
 def test_fetch_caps_size_and_maps_errors(http_dir):
     root, base = http_dir
     (root / "a.bin").write_bytes(b"x" * 5000)
-    big, small = Fetcher(FetchPolicy(max_bytes=10_000)), Fetcher(FetchPolicy(max_bytes=100))
+    big, small = (
+        Fetcher(FetchPolicy(max_bytes=10_000, allow_hosts=LOOPBACK)),
+        Fetcher(FetchPolicy(max_bytes=100, allow_hosts=LOOPBACK)),
+    )
     try:
         assert big.fetch(f"{base}/a.bin") == b"x" * 5000
         # Content-Length says it is too large: nothing past the headers is read.
@@ -54,7 +60,11 @@ def test_build_from_http_manifest(http_dir, tmp_path):
     out = tmp_path / "out"
     run_build(
         BuildConfig(
-            input=str(tmp_path / "m.jsonl"), output=str(out), resize=32, image_format="webp"
+            input=str(tmp_path / "m.jsonl"),
+            output=str(out),
+            resize=32,
+            image_format="webp",
+            allow_hosts=list(LOOPBACK),
         ),
         quiet=True,
     )
@@ -67,7 +77,10 @@ def test_build_from_http_manifest(http_dir, tmp_path):
     (root / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rel) + "\n")
     out2 = tmp_path / "out2"
     rep = run_build(
-        BuildConfig(input=f"{base}/m.jsonl", output=str(out2), shard_samples=4), quiet=True
+        BuildConfig(
+            input=f"{base}/m.jsonl", output=str(out2), shard_samples=4, allow_hosts=list(LOOPBACK)
+        ),
+        quiet=True,
     )
     index2, _ = check_invariant(out2, 6)
     assert rep["counts"]["shards"] == 2 and index2.num_rows == 6

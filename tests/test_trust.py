@@ -45,7 +45,9 @@ def test_credentials_never_reach_reports_rejects_or_error_lines(tmp_path, capsys
     ]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    run_build(BuildConfig(input=str(tmp_path / "m.jsonl"), output=str(out)), quiet=True)
+    # 127.0.0.1 opened on purpose: the refused connection's own error is what is checked here.
+    cfg = BuildConfig(input=str(tmp_path / "m.jsonl"), output=str(out), allow_hosts=["127.0.0.1"])
+    run_build(cfg, quiet=True)
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
     assert len(rejects) == 1 and rejects[0]["reason"] == "fetch_error"
     assert SECRET not in rejects[0]["message"] and "127.0.0.1:9" in rejects[0]["message"]

@@ -201,7 +201,9 @@ class BuildChunkStage(Stage):
     def setup(self) -> None:
         self.stages: list[Stage] = [
             FetchStage(
-                max_file_bytes=self.cfg.max_file_bytes, concurrency=self.cfg.fetch_concurrency
+                max_file_bytes=self.cfg.max_file_bytes,
+                concurrency=self.cfg.fetch_concurrency,
+                allow_hosts=tuple(self.cfg.allow_hosts),
             ),
             ValidateStage(self.cfg),
             KeyStage(),

@@ -13,9 +13,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.io.limits import ERROR, OK, SLOW_DOWN, AdaptiveLimit
+from pipeline.io.netguard import BlockedAddressError, NetGuard, guarded_resolver
 
 # Status codes worth a retry (with backoff); anything else is final at once.
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "mmpipe/0.1 (+https://github.com/mmpipe)"
 Result = bytes | Exception
 
@@ -41,6 +43,9 @@ class FetchPolicy:
     retries: int = 2
     backoff: float = 0.25
     max_redirects: int = 5
+    # Networks and host names that URLs from the data may reach besides public addresses
+    # (netguard.parse_allow): loopback, private and metadata addresses are refused otherwise.
+    allow_hosts: tuple[str, ...] = ()
 
 
 class _Host:
@@ -78,6 +83,7 @@ class Fetcher:
 
     def __init__(self, policy: FetchPolicy) -> None:
         self.policy = policy
+        self.guard = NetGuard(policy.allow_hosts)
         self.hosts: dict[str, _Host] = {}
         self.loop = asyncio.new_event_loop()
         self._session: Any = None
@@ -115,7 +121,10 @@ class Fetcher:
             p = self.policy
             self._session = aiohttp.ClientSession(
                 # Limits are ours, per host; aiohttp's own pool limit would queue beneath them.
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                # Every name is checked on the addresses it resolves to, the ones connected to.
+                connector=aiohttp.TCPConnector(
+                    limit=0, ttl_dns_cache=300, resolver=guarded_resolver(self.guard)
+                ),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=p.connect_timeout, sock_read=p.read_timeout
                 ),
@@ -150,39 +159,65 @@ class Fetcher:
         return result
 
     async def _attempt(self, url: str) -> tuple[Result, str, float]:
-        """One GET: (result, what it says about the host, seconds the server asked to wait)."""
+        """One GET: (result, what it says about the host, seconds the server asked to wait).
+
+        Redirects are followed here, not by aiohttp, so that every hop's host is checked
+        before anything is sent to it.
+        """
         import aiohttp
+        from yarl import URL
 
         session = await self._client()
-        cap = self.policy.max_bytes
         try:
-            async with session.get(url, max_redirects=self.policy.max_redirects) as r:
-                if r.status in RETRY_STATUS:
-                    after = _retry_after(r.headers.get("Retry-After"))
-                    slow = r.status == 429
-                    return ConnectionError(f"HTTP {r.status}"), SLOW_DOWN if slow else ERROR, after
-                if r.status in (404, 410):
-                    return FileNotFoundError(f"HTTP {r.status}"), OK, 0.0
-                if r.status != 200:
-                    return ConnectionError(f"HTTP {r.status}"), OK, 0.0
-                if r.content_length is not None and r.content_length > cap:
-                    return TooLargeError(r.content_length), OK, 0.0
-                body = bytearray()
-                while len(body) <= cap:
-                    piece = await r.content.read(min(1 << 20, cap + 1 - len(body)))
-                    if not piece:
-                        return bytes(body), OK, 0.0
-                    body += piece
-                return TooLargeError(None), OK, 0.0
+            target = URL(url)
+        except ValueError as e:  # final: another try cannot fix the URL
+            return ConnectionError(f"invalid URL: {e}"[:300]), OK, 0.0
+        try:
+            for _hop in range(self.policy.max_redirects + 1):
+                blocked = await self.guard.check_url(target.raw_host)
+                if blocked is not None:
+                    return blocked, OK, 0.0
+                async with session.get(target, allow_redirects=False) as r:
+                    location = r.headers.get("Location")
+                    if r.status in REDIRECT_STATUS and location:
+                        target = r.url.join(URL(location))
+                        if target.scheme not in ("http", "https"):
+                            return ConnectionError(f"redirect to {target.scheme}:"), OK, 0.0
+                        continue
+                    return await self._read(r)
+            return ConnectionError("too many redirects"), OK, 0.0
         except asyncio.TimeoutError:
             return ConnectionError("timed out"), SLOW_DOWN, 0.0
-        except aiohttp.TooManyRedirects:
-            return ConnectionError("too many redirects"), OK, 0.0
+        except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, BlockedAddressError):  # raised by the guarded resolver
+                return e.os_error, OK, 0.0
+            return ConnectionError(f"{type(e).__name__}: {e}"[:300]), ERROR, 0.0
         except aiohttp.InvalidURL as e:  # final: another try cannot fix the URL
             return ConnectionError(f"invalid URL: {e}"[:300]), OK, 0.0
         except (aiohttp.ClientError, OSError, ValueError) as e:
             # Refused or reset connections, truncated bodies (ClientPayloadError), bad URLs.
             return ConnectionError(f"{type(e).__name__}: {e}"[:300]), ERROR, 0.0
+
+    async def _read(self, r: Any) -> tuple[Result, str, float]:
+        """A final response's body, or what its status says."""
+        cap = self.policy.max_bytes
+        if r.status in RETRY_STATUS:
+            after = _retry_after(r.headers.get("Retry-After"))
+            slow = r.status == 429
+            return ConnectionError(f"HTTP {r.status}"), SLOW_DOWN if slow else ERROR, after
+        if r.status in (404, 410):
+            return FileNotFoundError(f"HTTP {r.status}"), OK, 0.0
+        if r.status != 200:
+            return ConnectionError(f"HTTP {r.status}"), OK, 0.0
+        if r.content_length is not None and r.content_length > cap:
+            return TooLargeError(r.content_length), OK, 0.0
+        body = bytearray()
+        while len(body) <= cap:
+            piece = await r.content.read(min(1 << 20, cap + 1 - len(body)))
+            if not piece:
+                return bytes(body), OK, 0.0
+            body += piece
+        return TooLargeError(None), OK, 0.0
 
 
 _CANCELLED = ConnectionError("cancelled")

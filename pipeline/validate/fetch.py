@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from pipeline.errors import Reason
 from pipeline.io.fetcher import Fetcher, FetchPolicy, TooLargeError, shared_fetcher
 from pipeline.io.fs import get_fs, is_remote, scheme_of
+from pipeline.io.netguard import BlockedAddressError
 from pipeline.stage import Batch, Stage
 
 
@@ -33,15 +34,20 @@ class FetchStage(Stage):
     name = "fetch"
     reads: ClassVar[tuple[str, ...]] = ("parts",)
 
-    def __init__(self, *, max_file_bytes: int, concurrency: int = 128) -> None:
+    def __init__(
+        self, *, max_file_bytes: int, concurrency: int = 128, allow_hosts: tuple[str, ...] = ()
+    ) -> None:
         super().__init__()
         self.max_file_bytes = max_file_bytes
         self.concurrency = concurrency
+        self.allow_hosts = tuple(allow_hosts)
         self.fetcher: Fetcher | None = None
 
     def setup(self) -> None:
         # Shared by every chunk this process builds: the limits it learned carry over.
-        policy = FetchPolicy(max_bytes=self.max_file_bytes, ceiling=self.concurrency)
+        policy = FetchPolicy(
+            max_bytes=self.max_file_bytes, ceiling=self.concurrency, allow_hosts=self.allow_hosts
+        )
         self.fetcher = shared_fetcher(policy)
 
     def __call__(self, batch: Batch) -> Batch:
@@ -103,6 +109,8 @@ class FetchStage(Stage):
             self._check_size([part])
         elif isinstance(res, TooLargeError):
             _fail(part, Reason.TOO_LARGE, f"{part['ref']}: {res} > max_file_bytes")
+        elif isinstance(res, BlockedAddressError):
+            _fail(part, Reason.BLOCKED_ADDRESS, f"{part['ref']}: {res}")
         elif isinstance(res, FileNotFoundError):
             _fail(part, Reason.MISSING, f"{part['ref']}: not found ({res})")
         else:
