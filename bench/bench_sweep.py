@@ -3,7 +3,8 @@
 Trains with ``train_in_process`` (the loop the Ray workers run) once per seed and per value
 of ``--field`` (a ``TrainConfig`` field; ``none``: null), everything else at the defaults,
 then scores each run with ``run_eval`` on the same validation split. Prints a Markdown table
-of fused accuracy and the model's best single modality, beside eval's late-fusion probes.
+of fused accuracy, the model's best single modality and the worst modality pair's class-level
+Recall@1, beside eval's late-fusion probes.
 
     .venv/bin/python bench/bench_realmedia.py --corpus photos          # writes the features
     .venv/bin/python bench/bench_sweep.py bench/_work/realmedia-photos/features
@@ -61,12 +62,13 @@ def main() -> int:
                 ev = run_eval(out, args.features, quiet=True)
             acc = ev["accuracy"]
             fused.append(acc["fused"])
-            cells.append(f"{acc['fused']:.3f} / {acc['best_single']:.3f}")
+            r1 = min(v["class"]["R@1"] for v in ev["retrieval"].values() if "class" in v)
+            cells.append(f"{acc['fused']:.3f} / {acc['best_single']:.3f} / {r1:.3f}")
             probes = ev["baselines"]["late_fusion"]
         mean = sum(fused) / len(fused)
         print(f"| {raw} | " + " | ".join(cells) + f" | {mean:.3f} |", flush=True)
     print(f"| late fusion of the probes | {probes:.3f} |")
-    print("(fused accuracy / the model's best single modality)")
+    print("(fused accuracy / the model's best single modality / min class R@1 over the pairs)")
     return 0
 
 

@@ -72,6 +72,8 @@ def run(feats, tmp_path_factory):
 def test_two_worker_run_writes_model_metrics_and_lineage(run, feats):
     out, report = run
     assert report["workers"] == 2 and report["progress"]["epoch"] == 3
+    assert report["stopped"] == "epochs" and report["selected_by"] == "val_loss"
+    assert 1 <= report["best_epoch"] == report["metrics"]["epoch"] <= 3
     state = torch.load(io.BytesIO((out / "model.pt").read_bytes()), weights_only=True)
     assert any(k.startswith("fusion.") for k in state)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -97,8 +99,10 @@ def test_eval_report_and_export(run, feats):
     from pipeline.train.export import example_inputs, export_torchscript, serving_module
     from pipeline.train.report import write_html_report as write_report
 
-    out, _ = run
+    out, report = run
     ev = run_eval(str(out), str(feats), quiet=True)
+    # What training reported is what the saved model scores, on the same validation rows.
+    assert ev["accuracy"]["fused"] == pytest.approx(report["metrics"]["val_acc"], abs=1e-9)
     assert set(ev["retrieval"]) == {
         f"{a}->{b}"
         for a in ("image", "text", "audio")

@@ -175,7 +175,7 @@ def test_resume_is_bit_for_bit(grad_accum):
         assert torch.equal(v, resumed.final_weights()[k])
 
 
-def test_the_saved_weights_are_the_moving_average_of_the_steps():
+def test_the_saved_weights_are_the_warmed_up_moving_average_of_the_steps():
     from pipeline.train.loop import Trainer
 
     train, val = synthetic_table(96, seed=1), synthetic_table(32, seed=2)
@@ -197,13 +197,78 @@ def test_the_saved_weights_are_the_moving_average_of_the_steps():
     assert len(seen) == 4
     name = next(k for k, v in seen[0].items() if v.is_floating_point())
     expected = seen[0][name]
-    for s in seen[1:]:
-        expected = 0.5 * expected + 0.5 * s[name]
+    for n, s in enumerate(seen[1:], start=1):  # TensorFlow's warm-up: min(d, (1+n)/(10+n))
+        d = min(0.5, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * s[name]
     got = tr.final_weights()[name]
     torch.testing.assert_close(got, expected)
     assert not torch.equal(got, tr.core.state_dict()[name])
     last = fit_local(cfg.model_copy(update={"ema_decay": None}), train, val, DIMS, 3)
     assert all(torch.equal(v, last.core.state_dict()[k]) for k, v in last.final_weights().items())
+
+
+def _val_accuracy(weights: dict, cfg: TrainConfig, val: pa.Table) -> float:
+    """Accuracy of saved weights loaded into a fresh model, as eval loads a run."""
+    from pipeline.artifact import build_model
+    from pipeline.train.data import to_tensors
+
+    model = build_model(cfg.model_spec(DIMS, 3), dropout=cfg.dropout)
+    model.load_state_dict(weights)
+    model.eval()
+    feats, masks, labels = to_tensors(val, DIMS, "cpu")
+    with torch.no_grad():
+        pred = model(feats, masks)["logits"].argmax(1)
+    return float((pred == labels).float().mean())
+
+
+def test_a_short_run_reports_the_accuracy_of_the_weights_it_saves():
+    """A handful of steps: the averaged weights are far from the live ones, and what training
+    reports must be what the saved model scores on the same rows."""
+    train, val = synthetic_table(160, seed=1), synthetic_table(64, seed=2)
+    cfg = _cfg(max_steps=5, epochs=3, lr=1e-2)
+    tr = fit_local(cfg, train, val, DIMS, 3)
+    assert tr.progress.stopped == "max_steps" and tr.progress.best_epoch == 1
+    reported = tr.progress.best_metrics["val_acc"]
+    assert reported == pytest.approx(_val_accuracy(tr.final_weights(), cfg, val), abs=1e-9)
+
+
+def test_early_stopping_keeps_the_best_epochs_weights_and_says_why(monkeypatch):
+    from pipeline.train.loop import Trainer
+
+    train, val = synthetic_table(96, seed=1), synthetic_table(32, seed=2)
+    losses = iter([1.0, 0.5, 0.7, 0.8, 0.9, 0.95])
+    at_epoch: dict[int, dict] = {}
+    orig_evaluate, orig_end = Trainer.evaluate, Trainer.end_epoch
+
+    def scripted(self, batches):  # the real evaluation, with a loss that rises after epoch 2
+        tot = orig_evaluate(self, batches)
+        return {**tot, "loss": next(losses) * tot["rows"]}
+
+    def end_epoch(self, metrics):
+        at_epoch[self.progress.epoch] = {k: v.clone() for k, v in self.last_weights().items()}
+        return orig_end(self, metrics)
+
+    monkeypatch.setattr(Trainer, "evaluate", scripted)
+    monkeypatch.setattr(Trainer, "end_epoch", end_epoch)
+    cfg = _cfg(epochs=10, early_stop_patience=2)
+    tr = fit_local(cfg, train, val, DIMS, 3)
+    pr = tr.progress
+    assert (pr.epoch, pr.best_epoch, pr.stopped) == (4, 2, "early_stop")
+    assert pr.best_metrics["val_loss"] == pytest.approx(0.5)
+    saved = tr.final_weights()
+    assert all(torch.equal(v, at_epoch[2][k]) for k, v in saved.items())
+    assert not all(torch.equal(v, at_epoch[4][k]) for k, v in saved.items())
+    # The best state survives a checkpoint: a resumed run saves the same weights.
+    from pipeline.train.loop import final_weights
+
+    state = load_state(save_state(tr.state_dict()))
+    assert all(torch.equal(v, saved[k]) for k, v in final_weights(state).items())
+
+
+def test_early_stopping_can_watch_accuracy():
+    train, val = synthetic_table(160, seed=1), synthetic_table(64, seed=2)
+    tr = fit_local(_cfg(epochs=4, early_stop_metric="val_acc"), train, val, DIMS, 3)
+    assert tr.progress.best == -tr.progress.best_metrics["val_acc"]
 
 
 def test_training_learns_the_synthetic_classes():

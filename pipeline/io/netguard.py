@@ -6,9 +6,9 @@ import asyncio
 import ipaddress
 import socket
 import urllib.request
-from urllib.parse import urlsplit
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -57,6 +57,8 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
     early_stop_patience: int | None = Field(8, ge=1)
+    # What early stopping watches, and what picks the epoch whose weights the run keeps.
+    early_stop_metric: Literal["val_loss", "val_acc"] = "val_loss"
     # The saved model is an exponential moving average of the weights over optimizer steps
     # (torch.optim.swa_utils), which evens out where the last step happened to land; null:
     # the last weights. Fusion models on features only (docs/train.md).

@@ -71,7 +71,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch as rtt
     import torch
 
-    from pipeline.train.loop import Trainer, load_state, save_state, seed_everything
+    from pipeline.train.loop import Trainer, load_state, save_state, seed_everything, val_metrics
 
     cfg = TrainConfig(**config["cfg"])
     ctx = ray.train.get_context()
@@ -149,17 +149,18 @@ def train_worker(config: dict[str, Any]) -> None:
             )
             torch.distributed.all_reduce(t)
             tot = dict(zip(("loss", "rows", "correct", "labelled"), t.tolist()))
-        val_loss = tot["loss"] / max(1.0, tot["rows"])
-        stop = tr.end_epoch(val_loss)
+        val = val_metrics(tot)
+        stop = tr.end_epoch(val) or tr.reached_max_steps()
         metrics = {
             "kind": "epoch",
-            "val_loss": val_loss,
+            **val,
             "epoch_seconds": time.perf_counter() - t0,
-            "val_acc": tot["correct"] / tot["labelled"] if tot["labelled"] else None,
+            "best_epoch": tr.progress.best_epoch,
+            **({"stopped": tr.progress.stopped} if stop else {}),
         }
         log.epoch({**metrics, "epoch": tr.progress.epoch, "step": tr.progress.step})
         report(metrics)
-        if stop or (cfg.max_steps is not None and tr.progress.step >= cfg.max_steps):
+        if stop:
             break
 
 
@@ -176,6 +177,24 @@ def train_in_process(cfg: TrainConfig) -> str:
     val = local_split(fs_, "val", cfg.val_fraction, cfg.label_field)
     tr = fit_local(cfg, train, val, fs_.dims, len(fs_.classes))
     return save_run(cfg.output, model_info(cfg, fs_), tr.final_weights()).model_sha256
+
+
+def stop_words(cfg: TrainConfig, pr: dict[str, Any]) -> str:
+    """Why and when the run ended, in words."""
+    if pr.get("stopped") == "early_stop":
+        return (
+            f"stopped early after epoch {pr['epoch']} of {cfg.epochs}: no better "
+            f"{cfg.early_stop_metric} for {cfg.early_stop_patience} epochs"
+        )
+    if pr.get("stopped") == "max_steps":
+        return f"stopped at max_steps {cfg.max_steps} (epoch {pr['epoch']})"
+    return f"{pr['epoch']} epochs"
+
+
+def val_words(m: dict[str, Any]) -> str:
+    acc = m.get("val_acc")
+    loss = m.get("val_loss")
+    return f"val_loss {loss:.4f}" + (f", val_acc {acc:.4f}" if acc is not None else "")
 
 
 def _has_checkpoints(run_path: str) -> bool:
@@ -331,10 +350,16 @@ def run_train(
             with open(os.path.join(d, "meta.json")) as f:
                 meta = json.load(f)
     save_run(out, model_info(cfg, fs_), final_weights(state))
+    pr = state["progress"]
     report = {
         "fingerprint": fp,
-        "metrics": meta["metrics"],
-        "progress": state["progress"],
+        # The saved model's validation: its epoch's, which eval reproduces on the same rows.
+        "metrics": {**pr.get("best_metrics", {}), "epoch": pr.get("best_epoch")},
+        "last_epoch": meta["metrics"],
+        "best_epoch": pr.get("best_epoch"),
+        "selected_by": cfg.early_stop_metric,
+        "stopped": pr.get("stopped") or "epochs",
+        "progress": pr,
         "train_rows": train_rows,
         "model": MODEL_FILE,
         "checkpoint": result.checkpoint.path,
@@ -347,10 +372,10 @@ def run_train(
         report_url, json.dumps(report, indent=2, default=str).encode()
     )  # commit, last
     if not quiet:
-        m = meta["metrics"]
         print(
-            f"train: {cfg.fusion} fusion, {state['progress']['step']} steps, val_loss {m.get('val_loss'):.4f}, "
-            f"val_acc {m.get('val_acc')}, in {report['seconds']}s -> {out}"
+            f"train: {cfg.fusion} fusion, {pr['step']} steps, {stop_words(cfg, pr)}; "
+            f"saved epoch {pr.get('best_epoch')}: {val_words(report['metrics'])}, "
+            f"in {report['seconds']}s -> {out}"
             + (
                 f"; object store spilled {store['spilled_mib']:.0f} MiB"
                 if store.get("spilled_mib")

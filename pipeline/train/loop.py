@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,9 +32,12 @@ class TrainProgress:
     epoch: int = 0  # the epoch in progress
     epoch_batches: int = 0  # batches of that epoch already consumed
     step: int = 0  # optimizer steps so far
-    best: float = math.inf
+    best: float = math.inf  # the watched metric's best score, lower is better (acc negated)
     bad_epochs: int = 0
     done: bool = False
+    best_epoch: int = 0  # epochs completed when the best score was reached (0: none yet)
+    best_metrics: dict[str, Any] = field(default_factory=dict)  # that epoch's validation
+    stopped: str = ""  # why training ended: early_stop, epochs or max_steps
 
 
 def seed_everything(seed: int) -> None:
@@ -107,11 +110,13 @@ class Trainer:
         self.single = {"single": True} if cfg.w_single > 0 and not cfg.preset else {}
         self.ema = None
         if cfg.ema_decay and not cfg.preset:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from torch.optim.swa_utils import AveragedModel
 
             self.ema = AveragedModel(
-                self.core, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+                self.core, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True
             )
+        # The saved weights at the best epoch so far (CPU copies): what the run keeps.
+        self.best_weights: dict[str, Any] | None = None
         if cfg.preset:
             from pipeline.train.presets import e2e_tensors
 
@@ -204,18 +209,33 @@ class Trainer:
                 checkpoint()
         pr.epoch += 1
         pr.epoch_batches = 0
+        if pr.epoch >= c.epochs:
+            pr.stopped = "epochs"
+
+    def reached_max_steps(self) -> bool:
+        """Whether ``max_steps`` ends the run (noted as why it stopped)."""
+        if self.cfg.max_steps is not None and self.progress.step >= self.cfg.max_steps:
+            self.progress.stopped = self.progress.stopped or "max_steps"
+            return True
+        return False
+
+    def saved_model(self) -> Any:
+        """The model whose weights the run saves: the moving average when it keeps one."""
+        return self.ema.module if self.ema is not None else self.core
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[pa.Table]) -> dict[str, float]:
-        """Validation loss (same multi-task loss, no dropout) and accuracy, summed over rows."""
+        """Validation loss (same multi-task loss, no dropout) and accuracy, summed over rows,
+        of the weights the run saves, so that what training reports is what eval scores."""
         c = self.cfg
-        self.model.eval()
+        model = self.saved_model()
+        model.eval()
         tot = {"loss": 0.0, "rows": 0.0, "correct": 0.0, "labelled": 0.0}
         for table in batches:
             feats, masks, labels = self.convert(table, self.dims, self.device)
             with self._autocast():
-                out = self.core(feats, masks)
-                loss, _ = fusion_loss(self.core, out, masks, labels, c.w_contrastive, c.w_classify)
+                out = model(feats, masks)
+                loss, _ = fusion_loss(model, out, masks, labels, c.w_contrastive, c.w_classify)
             n = float(labels.shape[0])
             tot["loss"] += float(loss) * n
             tot["rows"] += n
@@ -225,24 +245,42 @@ class Trainer:
                 tot["labelled"] += float(known.sum())
         return tot
 
-    def end_epoch(self, val_loss: float) -> bool:
-        """Early stopping bookkeeping; True when training should stop."""
-        pr, pat = self.progress, self.cfg.early_stop_patience
-        if val_loss < pr.best - 1e-4:
-            pr.best, pr.bad_epochs = val_loss, 0
+    def end_epoch(self, metrics: dict[str, Any]) -> bool:
+        """Keep the best epoch's weights and count epochs without progress on the watched
+        metric (``early_stop_metric``); True when training should stop."""
+        pr, pat, name = self.progress, self.cfg.early_stop_patience, self.cfg.early_stop_metric
+        if metrics.get(name) is None:  # no labelled validation row: no accuracy to watch
+            name = "val_loss"
+        score = -metrics[name] if name == "val_acc" else metrics[name]  # lower is better
+        if score < pr.best - 1e-4 or self.best_weights is None:
+            pr.best, pr.bad_epochs, pr.best_epoch = score, 0, pr.epoch
+            pr.best_metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}
+            self.best_weights = {
+                k: v.detach().cpu().clone() for k, v in self.last_weights().items()
+            }
         else:
             pr.bad_epochs += 1
         pr.done = bool(pat is not None and pr.bad_epochs >= pat)
+        if pr.done and pr.epoch < self.cfg.epochs:
+            pr.stopped = "early_stop"
         return pr.done
 
+    def last_weights(self) -> dict[str, Any]:
+        """The weights as they are now: the moving average when averaging is on, else the last."""
+        return final_weights(
+            {"model": self.core.state_dict(), "ema": self.ema.state_dict() if self.ema else None}
+        )
+
     def final_weights(self) -> dict[str, Any]:
-        """What the run saves: the averaged weights when averaging is on, else the last."""
+        """What the run saves: the best epoch's weights (by ``early_stop_metric``), or the
+        weights as they are when no epoch was validated."""
         return final_weights(self.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.core.state_dict(),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"best": self.best_weights} if self.best_weights is not None else {}),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -254,6 +292,7 @@ class Trainer:
         self.core.load_state_dict(state["model"])
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
+        self.best_weights = state.get("best")
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -261,8 +300,27 @@ class Trainer:
         set_rng_state(state["rng"])
 
 
+def ema_with_warmup(decay: float) -> Callable[..., None]:
+    """AveragedModel's update with TensorFlow's warm-up (``ExponentialMovingAverage`` with
+    ``num_updates``): the decay is min(decay, (1 + n) / (10 + n)) after n updates, so that a
+    run of a few steps averages its own steps instead of holding on to the first ones."""
+
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        if torch.is_floating_point(ema[0]) or torch.is_complex(ema[0]):
+            torch._foreach_lerp_(ema, current, 1.0 - d)
+        else:  # integer buffers (counters): as torch's own EMA treats them
+            for e, c in zip(ema, current, strict=True):
+                e.copy_(e * d + c * (1.0 - d))
+
+    return update
+
+
 def final_weights(state: dict[str, Any]) -> dict[str, Any]:
-    """The model weights of a training state: the moving average's, when it kept one."""
+    """The model weights a training state saves: the best epoch's when one was validated,
+    else the moving average's, when it kept one, else the last."""
+    if state.get("best"):
+        return dict(state["best"])
     ema = state.get("ema")
     if not ema:
         return dict(state["model"])
@@ -373,15 +431,22 @@ def fit_local(
                 should_checkpoint=lambda: tr.progress.step == stop_after_steps,
                 checkpoint=stop,
             )
-            if cfg.max_steps is not None and tr.progress.step >= cfg.max_steps:
-                break
             tot = tr.evaluate(
                 val.slice(i, cfg.batch_size) for i in range(0, val.num_rows, cfg.batch_size)
             )
-            tr.end_epoch(tot["loss"] / max(1.0, tot["rows"]))
+            if tr.end_epoch(val_metrics(tot)) or tr.reached_max_steps():
+                break
     except _Stop:
         pass  # stopped at an exact step: the caller checkpoints tr.state_dict()
     return tr
+
+
+def val_metrics(tot: dict[str, float]) -> dict[str, Any]:
+    """An epoch's validation figures from ``Trainer.evaluate``'s sums."""
+    return {
+        "val_loss": tot["loss"] / max(1.0, tot["rows"]),
+        "val_acc": tot["correct"] / tot["labelled"] if tot["labelled"] else None,
+    }
 
 
 class _Stop(Exception):

@@ -32,7 +32,7 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _curves(metrics: list[dict[str, Any]]) -> str:
+def _curves(metrics: list[dict[str, Any]], best_epoch: int | None) -> str:
     import matplotlib.pyplot as plt
 
     steps = [m for m in metrics if m.get("kind") == "step"]
@@ -43,10 +43,13 @@ def _curves(metrics: list[dict[str, Any]]) -> str:
         [m["step"] for m in epochs], [m["val_loss"] for m in epochs], "o-", label="val loss"
     )
     axes[0].set_xlabel("optimizer step")
-    axes[0].legend()
     acc = [(m["step"], m["val_acc"]) for m in epochs if m.get("val_acc") is not None]
     if acc:
         axes[1].plot(*zip(*acc), "o-", color="tab:green")
+    saved = [m["step"] for m in epochs if m.get("epoch") == best_epoch]
+    for ax in axes if saved else ():  # the epoch whose weights model.pt holds
+        ax.axvline(saved[-1], color="grey", ls="--", lw=1, label=f"saved: epoch {best_epoch}")
+    axes[0].legend()
     axes[1].set_title("validation accuracy")
     axes[1].set_ylim(0, 1.02)
     axes[1].set_xlabel("optimizer step")
@@ -104,8 +107,10 @@ def _confusion(e: dict[str, Any]) -> str:
     ax.imshow(conf, cmap="Blues")
     ax.set_xticks(range(len(e["classes"])), e["classes"], rotation=45, ha="right")
     ax.set_yticks(range(len(e["classes"])), e["classes"])
+    dark = conf.max() / 2  # above half the scale the cell is dark: white digits stay legible
     for (i, j), v in np.ndenumerate(conf):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        color = "white" if v > dark else "black"
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color=color)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     return _png(fig)
@@ -140,21 +145,30 @@ def write_html_report(run: str, compare: list[str] | None = None, output: str | 
         evals[f"{e['fusion']} ({os.path.basename(other.rstrip('/'))})"] = e
     metrics = _load(run, "metrics.jsonl") or []
     points = _load(run, "eval_points.json")
+    best_epoch = (_load(run, "train.json") or {}).get("best_epoch")
     sections = [
-        ("Training curves", _curves(metrics)) if metrics else None,
-        ("Class-level Recall@1 per modality pair", _recall_bars(evals, "class"))
+        ("Training curves", _curves(metrics, best_epoch), NOTES["curves"]) if metrics else None,
+        ("Class-level Recall@1 per modality pair", _recall_bars(evals, "class"), NOTES["class"])
         if any("class" in v for e in evals.values() for v in e["retrieval"].values())
         else None,
-        ("Instance-level Recall@1 per modality pair", _recall_bars(evals, "instance")),
+        (
+            "Instance-level Recall@1 per modality pair",
+            _recall_bars(evals, "instance"),
+            NOTES["instance"],
+        ),
     ]
     if any(e["accuracy"] for e in evals.values()):
         sections.append(
-            ("Accuracy: fused against single-modality baselines", _accuracy_bars(evals))
+            (
+                "Accuracy: fused against single-modality baselines",
+                _accuracy_bars(evals),
+                NOTES["accuracy"],
+            )
         )
     if ev.get("confusion"):
-        sections.append(("Confusion matrix (fused)", _confusion(ev)))
+        sections.append(("Confusion matrix (fused)", _confusion(ev), NOTES["confusion"]))
     if points:
-        sections.append(("Embedding map", _projection(points, ev["classes"])))
+        sections.append(("Embedding map", _projection(points, ev["classes"]), NOTES["map"]))
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{e['rows']}</td><td>{_fmt(e['accuracy'].get('fused'))}</td>"
         f"<td>{_fmt(e['accuracy'].get('best_single'))}</td>"
@@ -166,19 +180,44 @@ def write_html_report(run: str, compare: list[str] | None = None, output: str | 
     )
     body = "".join(
         f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{src}'>"
-        for t, src in (s for s in sections if s)
+        f"<p class='note'>{html.escape(note)}</p>"
+        for t, src, note in (s for s in sections if s)
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>mmpipe report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px}}</style></head><body>
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px}}
+.note{{color:#444;margin-top:.2em}}</style></head><body>
 <h1>mmpipe run report</h1><p>{html.escape(run)}, split: {html.escape(ev["split"])}</p>
 <table><tr><th>run</th><th>rows</th><th>fused acc</th><th>best single-modality acc</th>
 <th>late fusion of linear probes</th><th>best linear probe</th>
 <th>rows only the model / only the probes got right (McNemar p)</th>
-<th>min R@1 (class, or instance without labels)</th></tr>{rows}</table>{body}</body></html>"""
+<th>min R@1 (class, or instance without labels)</th></tr>{rows}</table>
+<p class='note'>{html.escape(NOTES["table"])}</p>{body}</body></html>"""
     out = output or join(run, "report.html")
     write_bytes_atomic(out, page.encode())
     return out
+
+
+# One sentence under each figure: what it shows and which way is better.
+NOTES = {
+    "table": "Accuracies are on the validation rows; higher is better. The model should beat its "
+    "best single modality and stand level with or above the late fusion of linear probes. The "
+    "paired column counts the rows only the model, or only the probes, got right, and says "
+    "whether that difference is more than chance (McNemar's exact test, p < 0.05).",
+    "curves": "Loss on the training batches and on the validation rows (lower is better), and "
+    "validation accuracy (higher is better), of the weights the run saves; the dashed line marks "
+    "the epoch whose weights model.pt holds, the best by the watched metric.",
+    "class": "For each query modality and target modality, the share of queries whose nearest "
+    "target in the shared space has the same class; higher is better, 1.0 is perfect.",
+    "instance": "The share of queries whose nearest target is the same sample (or one with the same "
+    "content); higher is better. Harder than the class level: every other sample competes.",
+    "accuracy": "Classification accuracy with every modality, and with one modality alone; the "
+    "fused bar should stand above each single one.",
+    "confusion": "Rows are the true classes, columns the predicted ones: counts on the diagonal are "
+    "right, counts off it are the mistakes; a dark diagonal and a pale rest is better.",
+    "map": "The fused embeddings of the validation rows, projected to two dimensions; classes "
+    "that form separate clusters are easier to tell apart.",
+}
 
 
 def _fmt(v: Any) -> str:
@@ -188,4 +227,7 @@ def _fmt(v: Any) -> str:
 def _paired(vs: dict[str, Any] | None) -> str:
     if not vs:
         return "-"
-    return f"{vs['model_only_right']} / {vs['probes_only_right']} ({vs['p_value']:.2g})"
+    a, b, p = vs["model_only_right"], vs["probes_only_right"], vs["p_value"]
+    ahead = "model" if a > b else "probes"
+    words = "no significant difference" if p >= 0.05 else f"the {ahead} significantly ahead"
+    return f"{a} / {b} (p {p:.2g}: {words})"
