@@ -125,6 +125,31 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rejects(sub: Any) -> None:
+    p = sub.add_parser("rejects", help="list the rows a build or curate rejected, with why")
+    p.add_argument("build", help="a build or curate output folder")
+    p.add_argument("--reason", help="only this reject reason (e.g. decode_error)")
+    p.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_cmd_rejects)
+
+
+def _cmd_rejects(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.build.browse import iter_rejects, reject_line
+    from pipeline.redact import redact_obj
+
+    shown = 0
+    for row in iter_rejects(args.build, reason=args.reason, limit=args.limit):
+        print(json.dumps(redact_obj(row)) if args.json else reject_line(row))
+        shown += 1
+    if not args.json:
+        more = f" (--limit {args.limit}; raise it for more)" if shown == args.limit else ""
+        print(f"{shown} rejected row{'s' if shown != 1 else ''} shown{more}", file=sys.stderr)
+    return 0
+
+
 def _add_features(sub: Any) -> None:
     from pipeline.config import add_choice
     from pipeline.features.config import FeaturesConfig
@@ -212,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.curate.cli import add_commands as add_curate
 
     add_curate(sub)
+    _add_rejects(sub)
     _add_features(sub)
     _add_sample_corpus(sub)
     from pipeline.embed.cli import add_commands as add_embed

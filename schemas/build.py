@@ -156,6 +156,9 @@ BUILD_REPORT_SCHEMA = pa.schema(
         pa.field("rejects_by_reason", pa.map_(pa.string(), pa.int64()), nullable=False),
         pa.field("timings_s", pa.map_(pa.string(), pa.float64()), nullable=False),
         pa.field("throughput_rows_per_s", pa.float64()),
+        # Every member extension a written sample has (jpg, png, flac, txt, json, ...): what
+        # the dataset card (README.md) types for HF datasets.
+        pa.field("member_types", pa.list_(pa.string())),
         pa.field(
             "files",
             pa.struct(

@@ -122,6 +122,11 @@ def test_the_curated_build_is_a_build_for_the_next_jobs(world, curated):
     shards = pq.read_table(out / "shards.parquet").to_pylist()
     kept_all = [s for s in shards if s["samples"] == 8]
     assert len(whole) == len(kept_all)
+    # A Hugging Face dataset too: its card types the members the build's samples hold.
+    card = (out / "README.md").read_text()
+    build_types = json.loads((root / "b" / "build.json").read_text())["member_types"]
+    assert build_types and all(f"- name: {t}\n" in card for t in build_types)
+    assert "mmpipe curated build" in card
 
 
 def test_a_rerun_is_byte_identical_and_a_finished_one_is_reused(world, curated, tmp_path):

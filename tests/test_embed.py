@@ -115,7 +115,9 @@ def test_files_read_with_duckdb_polars_and_pandas(store):
 
 def test_search_returns_the_paired_item_first_exact_and_with_the_index(world, store):
     out, _ = store
-    rows = {r["key"]: r for r in _manifest(world / "c" / "manifest.jsonl")}
+    listed = _manifest(world / "c" / "manifest.jsonl")
+    rows = {r["key"]: r for r in listed}
+    line = {r["key"]: i for i, r in enumerate(listed)}
     for key in ("s000003", "s000031", "s000057"):
         r = rows[key]
         res = search(
@@ -126,8 +128,12 @@ def test_search_returns_the_paired_item_first_exact_and_with_the_index(world, st
             k=3,
             exact=True,
         )
-        assert res["hits"][0]["key"] == key and res["hits"][0]["score"] > 0.999
-        assert res["hits"][0]["meta"]["label"] == r["label"]
+        top = res["hits"][0]
+        assert top["key"] == key and top["score"] > 0.999
+        assert top["meta"]["label"] == r["label"]
+        # What a person needs beside the key: the caption, the label and the input row.
+        assert top["caption"] == r["text"] and top["label"] == r["label"]
+        assert top["source"] == f"{world / 'c' / 'manifest.jsonl'}:{line[key]}"
     build_index(str(out))
     r = rows["s000031"]
     res = search(

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.build.card import member_types
 from pipeline.build.stream import FetchedRows
 from pipeline.config import BuildConfig
 from pipeline.faults import maybe_fail
@@ -32,6 +33,7 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("bytes", pa.int64()),
         pa.field("tars", pa.int64()),
         pa.field("reasons", pa.string()),  # JSON {reason: count}
+        pa.field("member_types", pa.string()),  # JSON [extension, ...] of the staged members
         pa.field("resumed", pa.bool_()),
         pa.field("seconds", pa.float64()),
     ]
@@ -167,6 +169,7 @@ def summarize(
         "bytes": nbytes,
         "tars": tars,
         "reasons": json.dumps(dict(sorted(reasons.items()))),
+        "member_types": json.dumps(sorted(member_types(table.column("members")))),
         "resumed": resumed,
         "seconds": seconds,
     }

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from pipeline import __version__
+from pipeline.build.card import CARD, write_card
 from pipeline.build.chunk import BuildChunkStage
 from pipeline.build.distributed import finalize_distributed
 from pipeline.build.finalize import SHARD_DIR, TABLES, publish
@@ -25,9 +27,10 @@ from pipeline.io.fs import (
     remove_tree,
     write_bytes_atomic,
 )
+from pipeline.redact import redact
 from pipeline.runner import map_stages, probe_address, ray_session, stream, task_concurrency
 
-OUTPUT_FILES = ("build.json", *TABLES, SHARD_DIR, "_work")
+OUTPUT_FILES = ("build.json", *TABLES, SHARD_DIR, CARD, "_work")
 
 
 def _read_json(url: str) -> dict[str, Any] | None:
@@ -176,12 +179,20 @@ def run_build(
         raise UserError(f"input {cfg.input} holds no samples (only headers or blank lines)")
     timings["total"] = time.perf_counter() - t0
     chunks = {"total": progress.chunks, "resumed": progress.resumed}
-    report = make_report(cfg, plan.kind, counts, timings, chunks)
+    report = make_report(cfg, plan.kind, counts, timings, chunks, progress.member_types)
     # Everything waits in _work, complete, until here: then only renames remain, so no final
     # name exists without build.json for longer than they take, and a rerun removes any
     # that an interrupted commit left (see _claim_output).
     write_build_json(join(work, "build.json"), report)
     publish(work, cfg.output)
+    write_card(
+        cfg.output,
+        title=f"mmpipe build of {redact(cfg.input)}",
+        types=report["member_types"],
+        counts=report["counts"],
+        reasons=report["rejects_by_reason"],
+        how=f"`mmpipe build` {__version__}, config fingerprint {report['config_fingerprint']}",
+    )
     move(join(work, "build.json"), join(cfg.output, "build.json"))  # the commit marker: last
     try:
         remove_tree(work)

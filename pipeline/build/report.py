@@ -30,6 +30,7 @@ class ProgressLine:
         self.last = 0.0
         self.rows = self.staged = self.rejected = self.chunks = self.resumed = self.tars = 0
         self.reasons: Counter[str] = Counter()
+        self.member_types: set[str] = set()
 
     def update(self, summary: pa.Table) -> None:
         for s in summary.to_pylist():
@@ -40,6 +41,7 @@ class ProgressLine:
             self.rejected += s["rejected"]
             self.tars += s["tars"]
             self.reasons.update(json.loads(s["reasons"]))
+            self.member_types.update(json.loads(s["member_types"]))
         now = time.perf_counter()
         if not self.quiet and now - self.last >= self.every_s:
             self.last = now
@@ -67,6 +69,7 @@ def make_report(
     counts: dict[str, Any],
     timings: dict[str, float],
     chunks: dict[str, int] | None = None,
+    member_types: set[str] | None = None,
 ) -> dict[str, Any]:
     """build.json's content, checked against its Arrow schema so it cannot drift from schemas/."""
     total = timings.get("total", 0.0)
@@ -83,6 +86,7 @@ def make_report(
         "rejects_by_reason": counts["rejects_by_reason"],
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "throughput_rows_per_s": round(counts["input_rows"] / total, 1) if total else None,
+        "member_types": sorted(member_types or ()),
         "files": {"index": "index.parquet", "rejects": "rejects.parquet", "shards": "shards/*.tar"},
     }
     as_arrow = {

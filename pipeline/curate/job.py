@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.build.card import write_card
 from pipeline.build.finalize import publish
 from pipeline.curate import metrics
 from pipeline.curate.config import CurateConfig
@@ -280,8 +281,20 @@ def run_curate(
             "shards": "shards/",
             "report": "report.html",
         },
+        # Curation keeps a subset of the samples: their member types are the build's.
+        "member_types": json.loads(read_bytes(build_marker(cfg.build) or "")).get(
+            "member_types", []
+        ),
     }
     write_report(join(cfg.output, "report.html"), report, total)
+    write_card(
+        cfg.output,
+        title=f"mmpipe curated build of {cfg.build}",
+        types=report["member_types"],
+        counts=report["counts"],
+        reasons=report["rejects_by_reason"],
+        how=f"`mmpipe curate` {__version__}, config fingerprint {report['config_fingerprint']}",
+    )
     write_bytes_atomic(join(cfg.output, "curate.json"), json.dumps(report, indent=1).encode())
     remove_tree(work)
     _say(

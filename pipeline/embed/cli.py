@@ -159,8 +159,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
         return 0
     print(f"{res['version']} ({res['method']}):")
     for rank, hit in enumerate(res["hits"], 1):
-        extra = " ".join(f"{k}={v}" for k, v in hit.get("meta", {}).items())
-        print(f"{rank:3d}  {hit['score']:.4f}  {hit['column']:<6} {hit['key']}  {extra}".rstrip())
+        fields = {"label": hit.get("label"), **hit.get("meta", {})}
+        extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        caption = f" {json.dumps(hit['caption'][:80])}" if hit.get("caption") else ""
+        source = f"  ({hit['source']})" if hit.get("source") else ""
+        line = f"{rank:3d}  {hit['score']:.4f}  {hit['column']:<6} {hit['key']}  {extra}"
+        print(f"{line.rstrip()}{caption}{source}")
     return 0
 
 

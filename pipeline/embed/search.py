@@ -13,11 +13,13 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.artifact import RunArtifact
+from pipeline.build.browse import samples
 from pipeline.embed.model import resolve_model
-from pipeline.embed.store import data_files, read_latest, read_manifest
+from pipeline.embed.store import data_files, read_latest, read_manifest, version_dir
 from pipeline.errors import Reject, UserError
 from pipeline.io.fs import exists, get_fs, is_remote, join, read_bytes, write_bytes_atomic
 from pipeline.io.parquet import fsl_to_numpy, iter_tables
+from pipeline.io.shards import build_marker
 
 COLUMNS = ("fused", "image", "text", "audio")
 
@@ -236,14 +238,29 @@ def search(
                 best[key] = (score, c)
     ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
     meta = _hit_meta(files, {key for key, _ in ranked})
+    found = _hit_samples(out, version, {key for key, _ in ranked})
     return {
         "version": version,
         "method": used,
         "hits": [
-            {"key": key, "score": round(s, 6), "column": c, "meta": meta.get(key, {})}
+            {
+                "key": key,
+                "score": round(s, 6),
+                "column": c,
+                "meta": meta.get(key, {}),
+                **found.get(key, {}),  # source, caption, label
+            }
             for key, (s, c) in ranked
         ],
     }
+
+
+def _hit_samples(out: str, version: str, keys: set[str]) -> dict[str, dict[str, Any]]:
+    """Source, caption and label of the hits, from the build the version was embedded from
+    (none when it was embedded from loose tars)."""
+    url = join(version_dir(out, version), "config.json")
+    build = json.loads(read_bytes(url)).get("shards") if exists(url) else None
+    return samples(build, keys) if build and build_marker(build) else {}
 
 
 def _hit_meta(files: list[str], keys: set[str]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,66 @@
+"""The docs' recipes for reading mmpipe's outputs run as written, with the real client libraries."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from tests.test_embed import store  # noqa: F401  (a fixture: an embeddings store)
+from tests.test_hf import _audio_decoding, mixed  # noqa: F401  (a fixture: a mixed build)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipes(doc: str, lang: str, section: str) -> list[str]:
+    """The ``lang`` code blocks under the heading ``section`` of docs/``doc``."""
+    lines, body, inside, code = (ROOT / "docs" / doc).read_text().splitlines(), [], False, False
+    for line in lines:
+        code ^= line.startswith("```")
+        if not code and re.match(r"#+ ", line):  # a heading, not a comment in a code block
+            inside = line.lstrip("#").strip() == section
+        elif inside:
+            body.append(line)
+    body = "\n".join(body) + "\n"
+    assert body.strip(), f"docs/{doc} has no section {section!r}"
+    found = re.findall(rf"```{lang}\n(.*?)```", body, flags=re.DOTALL)
+    assert found, f"docs/{doc} '{section}' has no {lang} recipe"
+    return found
+
+
+def at(code: str, out: Path) -> str:
+    return re.sub(r"\bOUT\b", str(out), code)
+
+
+def test_the_build_recipes_run(mixed, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import datasets
+
+    _audio_decoding()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    out, index = mixed
+    for code in recipes("build.md", "python", "Reading a build elsewhere"):
+        scope: dict = {}
+        exec(compile(at(code, out), "docs/build.md", "exec"), scope)
+        if "ds" in scope and hasattr(scope["ds"], "num_rows"):
+            assert scope["ds"].num_rows == index.num_rows  # every sample, by every loader
+    for code in recipes("build.md", "bash", "Reading a build elsewhere"):
+        for line in at(code, out).splitlines():
+            argv = shlex.split(line.split("#", 1)[0])
+            assert argv[0] == "mmpipe" and main(argv[1:]) == 0, line
+    assert "decode_error" in capsys.readouterr().out
+
+
+def test_the_embeddings_recipes_run(store):  # noqa: F811
+    import duckdb
+
+    out, report = store
+    (code,) = recipes("embed.md", "python", "Reading")
+    scope: dict = {}
+    exec(compile(at(code, out), "docs/embed.md", "exec"), scope)
+    assert scope["table"].num_rows == len(scope["df"]) == scope["frame"].height == report["rows"]
+    (sql,) = recipes("embed.md", "sql", "Reading")
+    rows = duckdb.sql(at(sql, out).strip().rstrip(";")).fetchall()
+    assert len(rows) == 10 and rows[0][2] == pytest.approx(1.0, abs=1e-4)
