@@ -73,7 +73,12 @@ REASON_DOCS: dict[Reason, str] = {
 
 
 class SampleError(Exception):
-    """A per-sample failure that becomes a reject row; never escapes a stage."""
+    """A per-sample failure that becomes a reject row; never escapes a stage.
+
+    Raised where the problem is found (a decoder that cannot read the bytes), never made
+    from an arbitrary exception further on: anything else is a bug, or the machine (out of
+    memory), and fails the task, so that no sample is rejected for our own mistake.
+    """
 
     def __init__(self, reason: Reason, message: str, modality: str | None = None) -> None:
         super().__init__(message)
@@ -120,6 +125,17 @@ def storage_line(e: BaseException) -> str:
         if isinstance(e, kind):
             return f"{storage_message(e)}; {advice}"
     return f"storage: {storage_message(e)}; rerun to resume once the store answers"
+
+
+def decode_failure(modality: str, e: Exception) -> SampleError:
+    """A decoder's own exception, as the sample's ``decode_error``; MemoryError is the
+    machine's, not the sample's, and is re-raised."""
+    if isinstance(e, MemoryError):
+        raise e
+    # The message as features' rejects have always carried it.
+    return SampleError(
+        Reason.DECODE_ERROR, f"decode_error: {type(e).__name__}: {e}"[:300], modality
+    )
 
 
 @dataclass(frozen=True)

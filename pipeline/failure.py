@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -35,10 +36,43 @@ def write_traceback(prog: str, e: BaseException) -> str | None:
         return None
 
 
+def root_cause(e: BaseException) -> BaseException:
+    """The error under Ray's wrappers (RayTaskError, UserCodeException): what really failed."""
+    seen = {id(e)}
+    while True:
+        nxt = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(nxt, BaseException) or id(nxt) in seen:
+            return e
+        seen.add(id(nxt))
+        e = nxt
+
+
+# "SomeError: message", the last line of a Python traceback, as Ray's task errors carry it.
+_RAISED = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit)): (?P<msg>.*)$")
+_WRAPPERS = ("UserCodeException", "RayTaskError", "RayActorError")
+
+
+def bug_line(e: BaseException) -> str:
+    """A failure no sample or user caused, in one line: what it was, and that it stopped the run.
+
+    A Ray task's error arrives wrapped (RayTaskError, then Ray Data's UserCodeException), with
+    the worker's traceback as text: the line that names the original error is what is shown.
+    """
+    root = root_cause(e)
+    what = f"{type(root).__name__}: {(str(root).strip().splitlines() or [''])[0]}"
+    for line in reversed("".join(traceback.format_exception(e)).splitlines()):
+        m = _RAISED.match(line.strip())
+        if m and not any(w in m["type"] for w in _WRAPPERS) and not m["type"].startswith("ray."):
+            what = f"{m['type'].rsplit('.', 1)[-1]}: {m['msg']}"
+            break
+    return f"the run stopped on an error that is no sample's: {what}"[:500]
+
+
 def run_guarded(prog: str, run: Callable[[], object], debug: bool = False) -> int:
     """Run a command: a user mistake is one line and exit 2; a storage failure is one line
     that names the operation and path and points to its traceback, exit 1; Ctrl-C is 130.
-    Anything else is a bug, and its traceback is shown as Python shows it."""
+    Anything else is a bug (ours, a model's, or the machine's: out of memory): one line that
+    says so and points to its traceback, exit 1; never a reject row."""
     debug = debug or os.environ.get(DEBUG_ENV) == "1"
     try:
         run()
@@ -49,12 +83,11 @@ def run_guarded(prog: str, run: Callable[[], object], debug: bool = False) -> in
         print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:
-        if not is_storage_error(e):
-            raise  # a bug: the traceback is what we need to see
         if debug:
             traceback.print_exception(e, file=sys.stderr)
         path = write_traceback(prog, e)
         where = f" (traceback: {path})" if path else ""
-        print(f"{prog}: error: {redact(storage_line(e))}{where}", file=sys.stderr)
+        line = storage_line(e) if is_storage_error(e) else bug_line(e)
+        print(f"{prog}: error: {redact(line)}{where}", file=sys.stderr)
         return 1
     return 0

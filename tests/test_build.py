@@ -304,3 +304,24 @@ def test_shard_bytes_target_splits_shards(corpus, tmp_path):
     assert rep["counts"]["shards"] == len(sizes) > 2
     assert max(sizes) <= 120_000 + 80_000  # one sample may overshoot an empty shard only
     check_shards(out, index)
+
+
+def test_a_build_that_writes_nothing_fails_and_what_follows_says_it_is_empty(tmp_path, capsys):
+    from pipeline.cli import main
+
+    rows = [{"key": f"k{i}", "image": f"missing{i}.jpg"} for i in range(4)]
+    rows += [{"key": "t", "image": "bad.jpg"}]
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_path / "m.jsonl"), "--output", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"mmpipe: error: {out} holds no sample: all 5 input rows were rejected "
+        f"(missing 4, decode_error 1); mmpipe rejects {out} lists them"
+    ]
+    check_invariant(out, 5)  # committed all the same: the rejects are the record
+    assert main(["build", str(tmp_path / "m.jsonl"), "--output", str(out), "-q"]) == 2  # rerun
+    capsys.readouterr()
+    assert main(["features", str(out), "--output", str(tmp_path / "f"), "-q"]) == 2
+    assert "holds no sample: all 5 input rows were rejected" in capsys.readouterr().err

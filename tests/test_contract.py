@@ -131,3 +131,69 @@ def test_submit_validates_exactly_what_the_job_does(tmp_path):
             check()
     with pytest.raises(UserError, match="unknown job"):
         job("nope")
+
+
+def _images() -> list:
+    from tests import media
+
+    return [media.jpeg(40, 30), b"not an image", None]
+
+
+def test_a_corrupt_image_is_its_samples_reject_and_nothing_else_is():
+    from pipeline.preprocess.image import ImagePreprocess
+
+    stage = ImagePreprocess()
+    _x, mask, errors = stage.tensors(_images())
+    assert mask.tolist() == [True, False, False]
+    assert errors[0] is None and errors[2] is None and errors[1].startswith("decode_error: ")
+
+
+@pytest.mark.parametrize("kind", ["bug", "oom"])
+def test_our_own_errors_fail_the_batch_and_reject_no_row(monkeypatch, kind):
+    """A bug in our transform, or the GPU out of memory, is never a sample's reject: it fails
+    the batch (then the task and the job), where it used to reject every image it touched."""
+    import torch
+
+    from pipeline.preprocess.image import ImagePreprocess
+
+    expected = RuntimeError if kind == "bug" else torch.cuda.OutOfMemoryError
+    stage = ImagePreprocess()
+    stage.ensure_setup()
+
+    def transform(_im):
+        raise expected("our transform broke")
+
+    stage.transform = transform  # in this process: the stage's own transform raises
+    with pytest.raises(expected, match="our transform broke"):
+        stage.tensors(_images())
+    # Through the features stages as the job runs them, by the hook that reaches workers.
+    monkeypatch.setenv("MMPIPE_FAULT", f"image_transform:raise:{kind}")
+    pre = FeaturePreprocess(_cfg())
+    batch = {
+        "key": np.array(["a", "b", "c"], dtype=object),
+        "shard": np.array(["s"] * 3, dtype=object),
+        "image": np.array(_images(), dtype=object),
+        "text": np.array(["x", "y", None], dtype=object),
+        "audio": np.array([None] * 3, dtype=object),
+        "meta": np.array([None] * 3, dtype=object),
+    }
+    with pytest.raises(expected):
+        pre(batch)
+    monkeypatch.setenv("MMPIPE_FAULT", f"encode:raise:{kind}")
+    with pytest.raises(expected):
+        EncodeStage(_cfg())(FeaturePreprocess(_cfg())(dict(batch)))
+
+
+def test_a_processors_failure_on_every_image_is_no_samples_fault():
+    from pipeline.preprocess import processors
+
+    class Broken:
+        def __call__(self, images):
+            raise ValueError("the processor is broken")
+
+    stage = processors.ModelImagePreprocess.__new__(processors.ModelImagePreprocess)
+    stage.transform = Broken()
+    errors: list = [None, None]
+    with pytest.raises(ValueError, match="broken"):
+        stage._transform({0: object(), 1: object()}, errors)
+    assert errors == [None, None]

@@ -190,3 +190,33 @@ def test_an_embed_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, w
     ].to_pylist()
     expected = pq.read_table(world / "b1" / "index.parquet")["key"].to_pylist()
     assert sorted(keys) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("job", "fault"), [("features", "image_transform:raise:bug"), ("embed", "encode:raise:oom")]
+)
+def test_our_own_errors_fail_the_job_in_one_line_and_reject_no_row(
+    ray_local, world, tmp_path, job, fault
+):
+    """A bug in our transform, or a GPU out of memory, in a worker: the job fails with one
+    line and the traceback in a log, and writes no reject (they used to be decode_errors)."""
+    out = tmp_path / "out"
+    args = [job, str(world / "b1"), "--output", str(out)]
+    if job == "embed":
+        args += ["--model", str(world / "run")]
+    env_logs = tmp_path / "logs"
+    os.environ["MMPIPE_LOG_DIR"] = str(env_logs)
+    try:
+        res = _run(args, ray_local, fault, tmp_path)
+    finally:
+        del os.environ["MMPIPE_LOG_DIR"]
+    assert res.returncode == 1, res.stderr[-2000:]
+    # Ray's own lines may precede it (issue 36 moves them to the log); ours is one line.
+    ours = [x for x in res.stderr.splitlines() if x.startswith("mmpipe:")]
+    assert len(ours) == 1 and "an error that is no sample's" in ours[0], res.stderr[-2000:]
+    cause = "OutOfMemoryError: CUDA out of memory" if job == "embed" else "RuntimeError: injected"
+    assert cause in ours[0], ours[0]
+    assert "traceback: " in ours[0] and any(env_logs.iterdir())
+    written = [p for p in out.rglob("*.parquet")] if out.exists() else []
+    assert not [p for p in written if "reject" in str(p) and pq.read_metadata(p).num_rows]
+    assert not (out / "_SUCCESS").exists() and not (out / "latest").exists()

@@ -198,11 +198,28 @@ def test_broken_sample_becomes_a_reject_row(tmp_path):
     out = tmp_path / "f"
     rep = run_features(features_cfg(str(tar), out), quiet=True)
     assert rep["counts"]["rows"] == 2 and rep["counts"]["rejected"] == 1
+    assert rep["counts"]["rejects_by_reason"] == {"decode_error": 1}
     rej = pq.read_table(sorted((out / "rejects").rglob("*.parquet")))
     assert rej["key"].to_pylist() == ["b"] and rej["stage"].to_pylist() == ["preprocess_image"]
     table = read_all(out)
     c = table.filter(pa.compute.equal(table["key"], "c")).to_pylist()[0]
     assert c["has_image"] is False and c["image_emb"] is None and c["has_text"] is True
+
+
+def test_features_that_hold_no_row_fail_with_the_reasons(tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.io.tar import tar_bytes
+
+    tar = tmp_path / "000000.tar"
+    tar.write_bytes(tar_bytes([("a.jpg", b"corrupt"), ("b.jpg", b"also corrupt")]))
+    out = tmp_path / "f"
+    with pytest.raises(
+        UserError, match=r"no sample got features: all 2 were rejected \(decode_error 2\)"
+    ):
+        run_features(features_cfg(str(tar), out), quiet=True)
+    assert (out / "_SUCCESS").exists()  # committed: the rejects are the record
+    with pytest.raises(UserError, match="no sample got features"):  # and so is a rerun
+        run_features(features_cfg(str(tar), out), quiet=True)
 
 
 def test_a_modality_that_the_samples_hold_with_no_encoder_stops_with_the_fix(built, tmp_path):

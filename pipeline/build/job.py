@@ -27,6 +27,7 @@ from pipeline.io.fs import (
     remove_tree,
     write_bytes_atomic,
 )
+from pipeline.io.shards import empty_build_line
 from pipeline.redact import redact
 from pipeline.runner import map_stages, probe_address, ray_session, stream, task_concurrency
 
@@ -132,7 +133,7 @@ def run_build(
     if done is not None:
         if not quiet:
             print("\n".join(summary_lines(done, noop=True)), file=sys.stderr)
-        return done
+        return _not_empty(done, cfg.output)
     plan = plan_input(cfg)  # every input mistake is found before OUT is touched
     if not plan.units:
         raise UserError(f"input {cfg.input} holds no samples; nothing to build")
@@ -204,4 +205,16 @@ def run_build(
         )
     if not quiet:
         print("\n".join(summary_lines(report)), file=sys.stderr)
+    return _not_empty(report, cfg.output)
+
+
+def _not_empty(report: dict[str, Any], out: str) -> dict[str, Any]:
+    """A build that wrote no sample is committed (its rejects are the record) but fails.
+
+    Raises:
+        UserError: every input row was rejected.
+    """
+    empty = empty_build_line(report, out)
+    if empty:
+        raise UserError(empty)
     return report

@@ -36,7 +36,7 @@ from pipeline.io.fs import (
     write_bytes_atomic,
 )
 from pipeline.io.parquet import iter_tables
-from pipeline.io.shards import build_marker, shard_stem
+from pipeline.io.shards import build_marker, empty_build_line, shard_stem
 from schemas import CURATE_SCHEMA_VERSION
 
 
@@ -302,4 +302,7 @@ def run_curate(
         f"{input_rows} rows -> {counts['written']} kept, {counts['rejected']} rejected "
         f"{json.dumps(counts['rejects_by_reason'])} -> {cfg.output}",
     )
+    empty = empty_build_line(report, cfg.output)
+    if empty:  # committed, so that its rejects can be read, but no success
+        raise UserError(empty)
     return report

@@ -80,7 +80,7 @@ def run_features(
                     f"features: already complete ({report['counts']['rows']} rows); nothing to do",
                     file=sys.stderr,
                 )
-            return dict(report)
+            return _not_empty(dict(report), out)
         raise UserError(f"{out} holds features of a different config; choose another --output")
     stems = {shard_stem(u) for u in urls}
     done = _resumable(out, fp, stems, quiet)
@@ -107,7 +107,13 @@ def run_features(
         for summary in stream(ds):
             totals.add(summary)
     resumed = sum(len(v) for v in done.values())
-    counts = {"rows": totals.rows, "rejected": totals.rejected, "resumed": resumed}
+    counts = {
+        "rows": totals.rows,
+        "rejected": totals.rejected,
+        "resumed": resumed,
+        # This run's rejects; a resumed run's earlier ones are in rejects/ beside them.
+        "rejects_by_reason": dict(totals.reasons.most_common()),
+    }
     parts = (
         sorted(f"parts/{p}" for p in list_files(join(out, "parts")))
         if exists(join(out, "parts"))
@@ -130,4 +136,21 @@ def run_features(
             f"{counts['resumed']} already done, in {report['seconds']}s -> {out}",
             file=sys.stderr,
         )
-    return report
+    return _not_empty(report, out)
+
+
+def _not_empty(report: dict[str, Any], out: str) -> dict[str, Any]:
+    """Features that hold no row are committed (their rejects are the record) but fail.
+
+    Raises:
+        UserError: every sample was rejected.
+    """
+    c = report["counts"]
+    if c["rows"] or c.get("resumed"):
+        return report
+    top = ", ".join(f"{r} {n}" for r, n in list((c.get("rejects_by_reason") or {}).items())[:3])
+    raise UserError(
+        f"features: no sample got features: all {c['rejected']} were rejected"
+        + (f" ({top})" if top else "")
+        + f"; their reasons are in {join(out, 'rejects')}"
+    )

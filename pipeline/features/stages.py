@@ -191,6 +191,7 @@ class EncodeStage(Stage):
         import torch
 
         self.ensure_setup()
+        maybe_fail("encode")  # the error-contract tests: a GPU out of memory in the encoders
         with torch.inference_mode(), autocast(self.cfg.amp, self.device):
             if "image" in self.encoders:
                 enc = self.encoders["image"]

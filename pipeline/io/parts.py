@@ -3,8 +3,10 @@ back on resume. The features and embed writers are the two users of ``PartWriter
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,7 +20,7 @@ from pipeline.io.parquet import read_table, to_table, write_table
 from pipeline.stage import Batch, Resources, Stage
 
 PART_DIRS = ("parts", "rejects")
-SUMMARY = ("shard", "part", "rows", "rejects", "write_s")
+SUMMARY = ("shard", "part", "rows", "rejects", "write_s", "reasons")  # reasons: JSON counts
 
 
 def done_keys(root: str) -> dict[str, frozenset[str]]:
@@ -85,7 +87,8 @@ class PartWriter(Stage):
             part = f"parts/{shard}/{name}.parquet"
             table = self.rows_table(batch, ok, keys, shard)
             write_table(join(self.root, part), table, self.schema, self.schema_name)
-            for col, value in zip(SUMMARY, (shard, part, len(ok), len(bad), 0.0)):
+            reasons = json.dumps(dict(Counter(rejects[i].reason.value for i in bad)))  # type: ignore[union-attr]
+            for col, value in zip(SUMMARY, (shard, part, len(ok), len(bad), 0.0, reasons)):
                 summary[col].append(value)
         if summary["write_s"]:
             summary["write_s"][0] = time.perf_counter() - t0
@@ -113,6 +116,7 @@ class PartTotals:
     rows: int = 0
     rejected: int = 0
     write_s: float = 0.0
+    reasons: Counter[str] = field(default_factory=Counter)  # rejects by reason so far
     # (time, rows done) after each summary: the steady rate leaves start-up out.
     marks: list[tuple[float, int]] = field(default_factory=list)
     _printed: float = 0.0
@@ -121,6 +125,8 @@ class PartTotals:
         self.rows += int(summary.column("rows").to_numpy().sum())
         self.rejected += int(summary.column("rejects").to_numpy().sum())
         self.write_s += float(summary.column("write_s").to_numpy().sum())
+        for text in summary.column("reasons").to_pylist():
+            self.reasons.update(json.loads(text))
         now = time.perf_counter()
         self.marks.append((now, self.rows + self.rejected))
         if not self.quiet and now - self._printed > 5:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import posixpath
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import pyarrow as pa
 
 from pipeline.errors import UserError
 from pipeline.ingest.rows import AUDIO_EXTS, IMAGE_EXTS
-from pipeline.io.fs import exists, expand_inputs, get_fs, is_dir, join
+from pipeline.io.fs import exists, expand_inputs, get_fs, is_dir, join, read_bytes
 from pipeline.io.tar import iter_tar_samples
 
 SAMPLE_SCHEMA = pa.schema(
@@ -50,9 +51,27 @@ def build_marker(spec: str) -> str | None:
     return None
 
 
+def empty_build_line(report: dict, where: str) -> str | None:
+    """The one line that says a finished build (or curated build) holds no sample, and why."""
+    counts = report.get("counts") or {}
+    if counts.get("written", 1):
+        return None
+    reasons = sorted((report.get("rejects_by_reason") or {}).items(), key=lambda kv: -kv[1])
+    top = ", ".join(f"{r} {n}" for r, n in reasons[:3])
+    return (
+        f"{where} holds no sample: all {counts.get('input_rows', 0)} input rows were rejected"
+        + (f" ({top})" if top else "")
+        + f"; mmpipe rejects {where} lists them"
+    )
+
+
 def resolve_shards(spec: str) -> list[str]:
     """A build output folder (its shards/), a glob or brace pattern, or one tar."""
-    if build_marker(spec):
+    marker = build_marker(spec)
+    if marker:
+        empty = empty_build_line(json.loads(read_bytes(marker)), spec)
+        if empty:
+            raise UserError(empty)
         spec = join(spec, "shards", "*.tar")
     elif not any(c in spec for c in "*?[{") and is_dir(spec):
         if exists(join(spec, "_work")):

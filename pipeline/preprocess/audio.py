@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pipeline.errors import SampleError, decode_failure
 from pipeline.stage import Batch, Stage
 
 
@@ -87,9 +88,17 @@ def log_mel(waves: Any, cfg: LogMelConfig, fbank: Any) -> Any:
 
 
 def decode_mono(data: bytes, rate: int) -> np.ndarray:
+    """Mono float32 at ``rate``.
+
+    Raises:
+        SampleError: the bytes are no audio that libsndfile reads.
+    """
     import soundfile as sf
 
-    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    try:
+        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile's errors for bytes it cannot read
+        raise decode_failure("audio", e) from None
     mono = x.mean(axis=1)
     if sr != rate:
         import soxr
@@ -110,8 +119,8 @@ def decode_clips(
             continue
         try:
             clips[i] = decode_mono(bytes(data), rate)[:samples]
-        except Exception as e:  # any decoder failure is this sample's reject, not the batch's
-            errors[i] = f"decode_error: {type(e).__name__}: {e}"[:300]
+        except SampleError as e:  # this sample's reject; resampling errors are bugs
+            errors[i] = e.message
     return clips, errors
 
 

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pipeline.errors import SampleError, decode_failure
+from pipeline.faults import maybe_fail
 from pipeline.stage import Batch, Resources, Stage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,14 +69,18 @@ def decode_pil(data: bytes, min_side: int) -> Any:
     shrinks anyway, and several times faster on large photos."""
     from PIL import Image, ImageOps
 
-    im: Any = Image.open(io.BytesIO(data))
-    if im.format == "JPEG":
-        w, h = im.size
-        scale = min_side / min(w, h)
-        if scale < 0.5:
-            im.draft("RGB", (max(1, int(w * scale + 0.5)), max(1, int(h * scale + 0.5))))
-    im = ImageOps.exif_transpose(im)
-    return im if im.mode == "RGB" else im.convert("RGB")
+    try:
+        im: Any = Image.open(io.BytesIO(data))
+        if im.format == "JPEG":
+            w, h = im.size
+            scale = min_side / min(w, h)
+            if scale < 0.5:
+                im.draft("RGB", (max(1, int(w * scale + 0.5)), max(1, int(h * scale + 0.5))))
+        im.load()  # decode here, so that a truncated file fails here and not in a transform
+        im = ImageOps.exif_transpose(im)
+        return im if im.mode == "RGB" else im.convert("RGB")
+    except Exception as e:  # Pillow's many error types for bytes it cannot read
+        raise decode_failure("image", e) from None
 
 
 class ImagePreprocess(Stage):
@@ -151,10 +157,12 @@ class ImagePreprocess(Stage):
                 continue
             try:
                 im = decode_pil(bytes(data), self.preset.resize)
-                out[i] = self.transform(im).to(self.device)
-                mask[i] = True
-            except Exception as e:  # any decoder failure is this sample's reject, not the batch's
-                errors[i] = f"decode_error: {type(e).__name__}: {e}"[:300]
+            except SampleError as e:  # this sample's reject; our transform's errors are bugs
+                errors[i] = e.message
+                continue
+            maybe_fail("image_transform")  # the error-contract tests: a bug in our transform
+            out[i] = self.transform(im).to(self.device)
+            mask[i] = True
         return out, mask, errors
 
     def _decode_gpu(self, images: list[Any], out: Any, mask: np.ndarray) -> set[int]:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pipeline.errors import SampleError
 from pipeline.preprocess.audio import decode_clips
 from pipeline.preprocess.image import decode_pil
 from pipeline.stage import Batch, Stage
@@ -18,6 +19,11 @@ AUDIO_COLUMNS = ("audio_values", "audio_attention", "audio_is_longer")
 
 def _error(e: Exception) -> str:
     return f"decode_error: {type(e).__name__}: {e}"[:300]
+
+
+def _not_the_samples(e: BaseException) -> bool:
+    """Out of memory (host or GPU) is the machine's, never a sample's reject."""
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
 
 
 def _target_side(proc: Any) -> int:
@@ -74,8 +80,8 @@ class ModelImagePreprocess(Stage):
                 continue
             try:
                 images[i] = decode_pil(bytes(data), self.side)
-            except Exception as e:  # any decoder failure is this sample's reject
-                errors[i] = _error(e)
+            except SampleError as e:  # this sample's reject
+                errors[i] = e.message
         out = self._transform(images, errors)
         pixels = np.zeros((n, *self.shape), dtype=np.float32)
         for i, x in out.items():
@@ -91,13 +97,21 @@ class ModelImagePreprocess(Stage):
         try:
             values = self.transform(list(images.values())).float().numpy()
             return dict(zip(images, values))
-        except Exception:  # one bad image fails the batch call: find it one by one
-            out = {}
+        except Exception as first:  # one bad image fails the batch call: find it one by one
+            if _not_the_samples(first):
+                raise
+            out, failed = {}, {}
             for i, im in images.items():
                 try:
                     out[i] = self.transform([im]).float().numpy()[0]
                 except Exception as e:
-                    errors[i] = _error(e)
+                    if _not_the_samples(e):
+                        raise
+                    failed[i] = _error(e)
+            if not out and len(failed) > 1:  # every image fails alone: the processor does
+                raise first
+            for i, msg in failed.items():
+                errors[i] = msg
             return out
 
 
