@@ -24,6 +24,7 @@ def test_the_features_chain_checks_out_from_the_shard_columns():
     stages = [FeaturePreprocess(cfg), EncodeStage(cfg), FeatureWriter(cfg, {})]
     assert check_plan(stages, SAMPLE_SCHEMA.names) == [
         "part",
+        "reasons",
         "rejects",
         "rows",
         "shard",
