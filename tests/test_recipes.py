@@ -64,3 +64,15 @@ def test_the_embeddings_recipes_run(store):  # noqa: F811
     (sql,) = recipes("embed.md", "sql", "Reading")
     rows = duckdb.sql(at(sql, out).strip().rstrip(";")).fetchall()
     assert len(rows) == 10 and rows[0][2] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_features_recipes_run(world):
+    import duckdb
+
+    out = world / "f"
+    (code,) = recipes("features.md", "python", "Reading the output")
+    scope: dict = {}
+    exec(compile(at(code, out), "docs/features.md", "exec"), scope)
+    assert scope["t"].num_rows == 60 and "text_emb" in scope["t"].column_names
+    (sql,) = recipes("features.md", "sql", "Reading the output")
+    assert len(duckdb.sql(at(sql, out).strip().rstrip(";")).fetchall()) == 60
