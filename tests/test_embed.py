@@ -102,7 +102,7 @@ def test_files_read_with_duckdb_polars_and_pandas(store):
     import polars as pl
 
     out, _ = store
-    glob = str(out / "versions" / "v000001" / "*.parquet")
+    glob = str(out / "versions" / "v000001" / "data" / "*.parquet")
     rows = duckdb.sql(
         f"SELECT key, label, len(fused_emb) AS d, list_dot_product(fused_emb, fused_emb) AS n "
         f"FROM read_parquet('{glob}') ORDER BY key"
@@ -406,9 +406,43 @@ def test_the_torchscript_export_embeds_the_same_and_float16_reads_everywhere(
     np.testing.assert_allclose(
         b.reshape(-1, 16), a, atol=2e-3
     )  # TorchScript = eager, to fp16 precision
-    glob = str(out / "versions" / rec["version"] / "*.parquet")
+    glob = str(out / "versions" / rec["version"] / "data" / "*.parquet")
     norms = duckdb.sql(
         f"SELECT list_dot_product(fused_emb, fused_emb) FROM read_parquet('{glob}')"
     ).fetchall()
     assert len(norms) == 60 and all(abs(n - 1) < 1e-2 for (n,) in norms)
     assert str(pl.read_parquet(glob).schema["fused_emb"]).startswith("Array(Float16")
+
+
+def test_a_store_written_before_data_folders_refreshes_into_one(world, store, tmp_path):
+    """Versions written before ``data/`` held their files at the top: a refresh reads them by
+    their manifest paths and writes the new version's files under ``data/``."""
+    import shutil
+
+    src, _ = store
+    out = tmp_path / "old"
+    shutil.copytree(src, out)
+    v = (out / "latest").read_text().strip()
+    vdir = out / "versions" / v
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    for f in manifest["files"]:  # back to the old layout
+        if (vdir / f["path"]).exists():
+            (vdir / f["path"]).rename(vdir / Path(f["path"]).name)
+        f["path"] = Path(f["path"]).name
+    (vdir / "manifest.json").write_text(json.dumps(manifest))
+    before = read_version(out)
+    rows = _manifest(world / "c" / "manifest.jsonl")
+    edited = [dict(r, text=r["text"] + " (edited)") if r["key"] == "s000002" else r for r in rows]
+    manifest_path = world / "c" / "manifest-layout.jsonl"  # beside the media it names
+    _write_manifest(manifest_path, edited)
+    b2 = tmp_path / "b2"
+    run_build(BuildConfig(input=str(manifest_path), output=str(b2), shard_samples=20), quiet=True)
+    rec = run_embed(ecfg(world, out, shards=str(b2)), quiet=True)
+    assert rec["shards_carried"] == len(manifest["files"]) - 1 and rec["embedded"] == 1
+    new = out / "versions" / rec["version"]
+    assert sorted(p.name for p in (new / "data").iterdir()) == sorted(
+        Path(f["path"]).name for f in manifest["files"]
+    )
+    after = read_version(out)
+    unchanged = [k != "s000002" for k in after["key"].to_pylist()]
+    assert after.filter(unchanged).equals(before.filter(unchanged))

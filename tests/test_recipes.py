@@ -53,26 +53,33 @@ def test_the_build_recipes_run(mixed, tmp_path, monkeypatch, capsys):  # noqa: F
     assert "decode_error" in capsys.readouterr().out
 
 
-def test_the_embeddings_recipes_run(store):  # noqa: F811
+def test_the_embeddings_recipes_run(store, tmp_path, monkeypatch):  # noqa: F811
+    import datasets
     import duckdb
 
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
     out, report = store
     (code,) = recipes("embed.md", "python", "Reading")
     scope: dict = {}
     exec(compile(at(code, out), "docs/embed.md", "exec"), scope)
-    assert scope["table"].num_rows == len(scope["df"]) == scope["frame"].height == report["rows"]
+    n = report["rows"]
+    assert scope["table"].num_rows == len(scope["df"]) == scope["frame"].height == n
+    assert scope["dataset"].count_rows() == scope["hf"].num_rows == n
     (sql,) = recipes("embed.md", "sql", "Reading")
     rows = duckdb.sql(at(sql, out).strip().rstrip(";")).fetchall()
     assert len(rows) == 10 and rows[0][2] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_the_features_recipes_run(world):
+def test_the_features_recipes_run(world, tmp_path, monkeypatch):
+    import datasets
     import duckdb
 
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
     out = world / "f"
     (code,) = recipes("features.md", "python", "Reading the output")
     scope: dict = {}
     exec(compile(at(code, out), "docs/features.md", "exec"), scope)
-    assert scope["t"].num_rows == 60 and "text_emb" in scope["t"].column_names
+    assert scope["t"].num_rows == len(scope["df"]) == scope["frame"].height == 60
+    assert scope["hf"].num_rows == 60 and "text_emb" in scope["t"].column_names
     (sql,) = recipes("features.md", "sql", "Reading the output")
     assert len(duckdb.sql(at(sql, out).strip().rstrip(";")).fetchall()) == 60

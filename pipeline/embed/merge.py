@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.embed.plan import index_hashes, previous_keys, rejects_path
 from pipeline.embed.records import DIFF_FIELDS, FILE_FIELDS
+from pipeline.embed.store import data_path
 from pipeline.io.fs import atomic_open, exists, get_fs, is_remote, join, list_files
 from pipeline.io.parquet import read_table
 from pipeline.stage import Resources, Stage
@@ -94,7 +95,7 @@ class MergeShard(Stage):
     def merge(self, plan: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         stem, prev = plan["shard"], plan["prev"]
-        path = f"{stem}.parquet"
+        path = data_path(stem)
         entry = {"shard": stem, "path": path, "digest": plan["digest"], "write_s": 0.0}
         entry.update(dict.fromkeys(DIFF_FIELDS, 0))
         if plan["action"] == "carry":

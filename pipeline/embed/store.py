@@ -3,7 +3,9 @@
 Layout of OUT::
 
     latest                     "v000003": the one pointer readers follow (moved atomically)
-    versions/v000003/          one Parquet file per shard, rejects/, manifest.json, _SUCCESS
+    versions/v000003/data/     one Parquet file per shard, and nothing else: a folder every
+                               Parquet reader takes as it stands (v000003/ itself also holds
+                               rejects/, manifest.json, config.json and _SUCCESS)
     ledger/<time>-<run>.json   one record per run that wrote a version
     _staging/<target>/         parts of an unfinished run; a rerun of the same target resumes
 
@@ -29,6 +31,15 @@ def version_name(n: int) -> str:
 
 def version_dir(out: str, version: str) -> str:
     return join(out, "versions", version)
+
+
+# Where a version's data files go, relative to its folder. Versions written before it held
+# them at the top: the manifest records each file's path, so both layouts read the same.
+DATA_DIR = "data"
+
+
+def data_path(stem: str) -> str:
+    return f"{DATA_DIR}/{stem}.parquet"
 
 
 def list_versions(out: str) -> tuple[list[str], list[str]]:
