@@ -72,7 +72,7 @@ def run(feats, tmp_path_factory):
 def test_two_worker_run_writes_model_metrics_and_lineage(run, feats):
     out, report = run
     assert report["workers"] == 2 and report["progress"]["epoch"] == 3
-    assert report["stopped"] == "epochs" and report["selected_by"] == "val_loss"
+    assert report["stopped"] == "epochs" and report["selected_by"] == "val_acc"
     assert 1 <= report["best_epoch"] == report["metrics"]["epoch"] <= 3
     state = torch.load(io.BytesIO((out / "model.pt").read_bytes()), weights_only=True)
     assert any(k.startswith("fusion.") for k in state)

@@ -250,7 +250,7 @@ def test_early_stopping_keeps_the_best_epochs_weights_and_says_why(monkeypatch):
 
     monkeypatch.setattr(Trainer, "evaluate", scripted)
     monkeypatch.setattr(Trainer, "end_epoch", end_epoch)
-    cfg = _cfg(epochs=10, early_stop_patience=2)
+    cfg = _cfg(epochs=10, early_stop_patience=2, early_stop_metric="val_loss")
     tr = fit_local(cfg, train, val, DIMS, 3)
     pr = tr.progress
     assert (pr.epoch, pr.best_epoch, pr.stopped) == (4, 2, "early_stop")
@@ -265,10 +265,13 @@ def test_early_stopping_keeps_the_best_epochs_weights_and_says_why(monkeypatch):
     assert all(torch.equal(v, saved[k]) for k, v in final_weights(state).items())
 
 
-def test_early_stopping_can_watch_accuracy():
+def test_early_stopping_watches_accuracy_by_default_when_classifying():
     train, val = synthetic_table(160, seed=1), synthetic_table(64, seed=2)
-    tr = fit_local(_cfg(epochs=4, early_stop_metric="val_acc"), train, val, DIMS, 3)
+    tr = fit_local(_cfg(epochs=4), train, val, DIMS, 3)
+    assert tr.progress.selected_by == "val_acc"
     assert tr.progress.best == -tr.progress.best_metrics["val_acc"]
+    no_labels = fit_local(_cfg(epochs=2, w_classify=0.0, w_single=0.0), train, val, DIMS, 0)
+    assert no_labels.progress.selected_by == "val_loss"
 
 
 def test_training_learns_the_synthetic_classes():

@@ -184,7 +184,7 @@ def stop_words(cfg: TrainConfig, pr: dict[str, Any]) -> str:
     if pr.get("stopped") == "early_stop":
         return (
             f"stopped early after epoch {pr['epoch']} of {cfg.epochs}: no better "
-            f"{cfg.early_stop_metric} for {cfg.early_stop_patience} epochs"
+            f"{pr.get('selected_by') or cfg.early_stop_metric} for {cfg.early_stop_patience} epochs"
         )
     if pr.get("stopped") == "max_steps":
         return f"stopped at max_steps {cfg.max_steps} (epoch {pr['epoch']})"
@@ -357,7 +357,7 @@ def run_train(
         "metrics": {**pr.get("best_metrics", {}), "epoch": pr.get("best_epoch")},
         "last_epoch": meta["metrics"],
         "best_epoch": pr.get("best_epoch"),
-        "selected_by": cfg.early_stop_metric,
+        "selected_by": pr.get("selected_by") or cfg.early_stop_metric,
         "stopped": pr.get("stopped") or "epochs",
         "progress": pr,
         "train_rows": train_rows,

@@ -38,6 +38,7 @@ class TrainProgress:
     best_epoch: int = 0  # epochs completed when the best score was reached (0: none yet)
     best_metrics: dict[str, Any] = field(default_factory=dict)  # that epoch's validation
     stopped: str = ""  # why training ended: early_stop, epochs or max_steps
+    selected_by: str = ""  # the metric that picked the kept epoch (early_stop_metric resolved)
 
 
 def seed_everything(seed: int) -> None:
@@ -249,8 +250,11 @@ class Trainer:
         """Keep the best epoch's weights and count epochs without progress on the watched
         metric (``early_stop_metric``); True when training should stop."""
         pr, pat, name = self.progress, self.cfg.early_stop_patience, self.cfg.early_stop_metric
+        if name == "auto":
+            name = "val_acc"
         if metrics.get(name) is None:  # no labelled validation row: no accuracy to watch
             name = "val_loss"
+        pr.selected_by = name
         score = -metrics[name] if name == "val_acc" else metrics[name]  # lower is better
         if score < pr.best - 1e-4 or self.best_weights is None:
             pr.best, pr.bad_epochs, pr.best_epoch = score, 0, pr.epoch
