@@ -85,6 +85,14 @@ def card_text(
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n" + "\n".join(body)
 
 
-def write_card(out: str, **kw: Any) -> None:
-    """Write ``OUT/README.md`` (atomically); see ``card_text`` for the arguments."""
-    write_bytes_atomic(join(out, CARD), card_text(**kw).encode())
+def write_card(out: str, report: dict[str, Any], *, title: str, job: str) -> None:
+    """Write ``OUT/README.md`` (atomically) from a build's or curate's report."""
+    text = card_text(
+        title=title,
+        types=report.get("member_types") or (),
+        counts=report["counts"],
+        reasons=report["rejects_by_reason"],
+        how=f"`mmpipe {job}` {report['mmpipe_version']}, config fingerprint "
+        f"{report['config_fingerprint']}",
+    )
+    write_bytes_atomic(join(out, CARD), text.encode())

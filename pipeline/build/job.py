@@ -7,7 +7,6 @@ import sys
 import time
 from typing import Any
 
-from pipeline import __version__
 from pipeline.build.card import CARD, write_card
 from pipeline.build.chunk import BuildChunkStage
 from pipeline.build.distributed import finalize_distributed
@@ -186,14 +185,7 @@ def run_build(
     # that an interrupted commit left (see _claim_output).
     write_build_json(join(work, "build.json"), report)
     publish(work, cfg.output)
-    write_card(
-        cfg.output,
-        title=f"mmpipe build of {redact(cfg.input)}",
-        types=report["member_types"],
-        counts=report["counts"],
-        reasons=report["rejects_by_reason"],
-        how=f"`mmpipe build` {__version__}, config fingerprint {report['config_fingerprint']}",
-    )
+    write_card(cfg.output, report, title=f"mmpipe build of {redact(cfg.input)}", job="build")
     move(join(work, "build.json"), join(cfg.output, "build.json"))  # the commit marker: last
     try:
         remove_tree(work)

@@ -287,14 +287,7 @@ def run_curate(
         ),
     }
     write_report(join(cfg.output, "report.html"), report, total)
-    write_card(
-        cfg.output,
-        title=f"mmpipe curated build of {cfg.build}",
-        types=report["member_types"],
-        counts=report["counts"],
-        reasons=report["rejects_by_reason"],
-        how=f"`mmpipe curate` {__version__}, config fingerprint {report['config_fingerprint']}",
-    )
+    write_card(cfg.output, report, title=f"mmpipe curated build of {cfg.build}", job="curate")
     write_bytes_atomic(join(cfg.output, "curate.json"), json.dumps(report, indent=1).encode())
     remove_tree(work)
     _say(
