@@ -265,6 +265,24 @@ def test_early_stopping_keeps_the_best_epochs_weights_and_says_why(monkeypatch):
     assert all(torch.equal(v, saved[k]) for k, v in final_weights(state).items())
 
 
+def test_at_equal_accuracy_the_lower_loss_is_the_better_epoch(monkeypatch):
+    """Accuracy saturates at 1.0 on a clean corpus from the first epoch: the epoch kept is the
+    one of lowest loss among those, not the first."""
+    from pipeline.train.loop import Trainer
+
+    train, val = synthetic_table(96, seed=1), synthetic_table(32, seed=2)
+    losses = iter([1.0, 0.6, 0.4, 0.5, 0.7, 0.8])
+    orig = Trainer.evaluate
+
+    def perfect(self, batches):
+        tot = orig(self, batches)
+        return {**tot, "loss": next(losses) * tot["rows"], "correct": tot["labelled"]}
+
+    monkeypatch.setattr(Trainer, "evaluate", perfect)
+    tr = fit_local(_cfg(epochs=10, early_stop_patience=2), train, val, DIMS, 3)
+    assert (tr.progress.best_epoch, tr.progress.epoch, tr.progress.selected_by) == (3, 5, "val_acc")
+
+
 def test_early_stopping_watches_accuracy_by_default_when_classifying():
     train, val = synthetic_table(160, seed=1), synthetic_table(64, seed=2)
     tr = fit_local(_cfg(epochs=4), train, val, DIMS, 3)

@@ -256,7 +256,12 @@ class Trainer:
             name = "val_loss"
         pr.selected_by = name
         score = -metrics[name] if name == "val_acc" else metrics[name]  # lower is better
-        if score < pr.best - 1e-4 or self.best_weights is None:
+        best_loss = pr.best_metrics.get("val_loss", math.inf)
+        # Accuracy saturates (1.0 from the first epoch on a clean corpus) while the shared
+        # space still improves: an equal accuracy with a lower loss is progress too.
+        tie = name == "val_acc" and abs(score - pr.best) <= 1e-4
+        better = score < pr.best - 1e-4 or (tie and metrics["val_loss"] < best_loss - 1e-4)
+        if better or self.best_weights is None:
             pr.best, pr.bad_epochs, pr.best_epoch = score, 0, pr.epoch
             pr.best_metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}
             self.best_weights = {
