@@ -125,3 +125,26 @@ def test_rejects_are_listed_with_their_source_and_reason(mixed, capsys):
     assert main(["rejects", str(out), "--reason", "nope"]) == 2
     assert "no reject reason" in capsys.readouterr().err
     assert main(["rejects", str(Path(out).parent)]) == 2
+
+
+def test_open_clips_own_loader_reads_the_shards_with_sizes_json(mixed):
+    """open_clip's data loader: its sample count comes from shards/sizes.json, and it yields
+    every sample that has an image and a caption. (Its training path's own tar reader expects
+    an older webdataset's 'fname' field and fails on webdataset 1.0 whatever the tars; the
+    evaluation path uses webdataset's reader.)"""
+    from types import SimpleNamespace
+
+    from open_clip_train.data import get_dataset_size, get_wds_dataset
+
+    out, index = mixed
+    shards = str(out / "shards" / "{000000..000000}.tar")
+    assert get_dataset_size(shards) == (index.num_rows, 1)
+    args = SimpleNamespace(val_data=shards, val_num_samples=None, batch_size=1, workers=0)
+    info = get_wds_dataset(args, lambda im: im.size, is_train=False, tokenizer=lambda t: [t])
+    got = [text[0] for _size, text in info.dataloader]
+    pairs = sum(
+        any(m["name"].rsplit(".", 1)[1] in FORMATS for m in ms)
+        and any(m["name"].endswith(".txt") for m in ms)
+        for ms in index["members"].to_pylist()
+    )
+    assert len(got) == pairs and all(t.startswith("caption number") for t in got)
