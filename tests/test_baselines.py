@@ -91,3 +91,36 @@ def test_the_model_is_compared_with_the_late_fusion_row_by_row():
     assert (never["model_only_right"], never["probes_only_right"]) == (0, 400 - wrong)
     # only the keys both scored are paired
     assert vs({"k0": True, "nope": True})["vs_model"]["rows"] == 1
+
+
+def _association(n: int, seed: int):
+    """An image and a sound of digits 0-9 (each read reliably alone); the label is whether
+    they show the same digit: each modality alone is at chance for it, and so are its probes."""
+    protos = np.random.default_rng(0).normal(0, 1, (2, 10, 24))  # the same in every split
+    rng = np.random.default_rng(seed)
+    d_img = rng.integers(0, 10, n)
+    same = rng.random(n) < 0.5
+    d_aud = np.where(same, d_img, (d_img + rng.integers(1, 10, n)) % 10)
+    x = {
+        "image": (protos[0][d_img] + 0.3 * rng.normal(size=(n, 24))).astype(np.float32),
+        "audio": (protos[1][d_aud] + 0.3 * rng.normal(size=(n, 24))).astype(np.float32),
+    }
+    has = {m: np.ones(n, dtype=bool) for m in x}
+    return x, has, same.astype(np.int64)
+
+
+def test_cca_sees_a_relation_that_the_probes_cannot():
+    from pipeline.train.cca import cca_baseline
+
+    xt, ht, yt = _association(1500, 1)
+    xv, hv, yv = _association(400, 2)
+    probes = probe_baselines(_batches(xt, ht, yt), _batches(xv, hv, yv), 2)
+    assert probes["late_fusion"] < 0.62  # chance is 0.5: neither modality holds the label
+    cca = cca_baseline(_batches(xt, ht, yt), _batches(xv, hv, yv), 2)
+    assert cca["accuracy"] > 0.85 and cca["pairs"] == ["image~audio"]
+    # Without labels: one CCA on all pairs, scored by Recall@1 across the pair.
+    unlabelled = np.full_like(yt, -1)
+    same = np.ones_like(yv)
+    xs = {m: v.copy() for m, v in xv.items()}
+    cca = cca_baseline(_batches(xt, ht, unlabelled), _batches(xs, hv, same * -1), 0)
+    assert set(cca["recall@1"]) == {"image->audio"} and 0 <= cca["recall@1"]["image->audio"] <= 1

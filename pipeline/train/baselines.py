@@ -15,12 +15,15 @@ L2 = 1e-3  # weight decay of the probes, on standardised features
 STEPS = 200  # L-BFGS iterations at most; it stops earlier once the loss stops moving
 
 
-def _collect(batches: Iterator[tuple[Any, ...]], limit: int) -> dict[str, Any]:
-    """Input features, masks and labels of the labelled rows, up to ``limit`` rows."""
+def collect(
+    batches: Iterator[tuple[Any, ...]], limit: int, labelled_only: bool = True
+) -> dict[str, Any]:
+    """Input features, masks and labels of the labelled rows (or of every row), up to
+    ``limit`` rows."""
     out: dict[str, list[Any]] = {"labels": [], "keys": []}
     n = 0
     for keys, _metas, feats, masks, labels in batches:
-        keep = labels.numpy() >= 0
+        keep = labels.numpy() >= 0 if labelled_only else np.ones(len(keys), bool)
         if not keep.any():
             continue
         take = np.flatnonzero(keep)[: limit - n]
@@ -75,8 +78,8 @@ def probe_baselines(
     fusion: the probes' log-probabilities summed over the modalities each row has. With
     ``model_correct`` (validation key -> the model was right), also the paired comparison of
     the model with the late fusion on the same rows (``vs_model``)."""
-    tr = _collect(train, MAX_TRAIN_ROWS)
-    va = _collect(val, 1 << 62)
+    tr = collect(train, MAX_TRAIN_ROWS)
+    va = collect(val, 1 << 62)
     if not tr or not va:
         return {}
     mods = [k[2:] for k in tr if k.startswith("x_")]

@@ -192,6 +192,16 @@ def run_eval(run_dir: str, data: str, *, split: str = "val", quiet: bool = False
             len(info.classes),
             model_correct,
         )
+    if not info.preset:  # a shared-space baseline: what agreement between modalities tells
+        from pipeline.train.cca import cca_baseline
+
+        cca = cca_baseline(
+            _batches(info, data, "train", fraction),
+            _batches(info, data, split, fraction),
+            len(info.classes or []),
+        )
+        if cca:
+            result.setdefault("baselines", {})["cca"] = cca
     write_bytes_atomic(join(run_dir, "eval.json"), json.dumps(result, indent=2).encode())
     pts = pca_2d(rows["fused"][:3000])
     points = {"xy": pts.round(4).tolist(), "label": rows["labels"][:3000].tolist()}
@@ -216,6 +226,12 @@ def summary_line(r: dict[str, Any]) -> str:
                 f"rows only the model / only the probes got right: {vs['model_only_right']} / "
                 f"{vs['probes_only_right']} (McNemar p {vs['p_value']:.2g});"
             )
+    cca = base.get("cca") or {}
+    if cca.get("accuracy") is not None:
+        parts.append(f"CCA of each modality pair: {cca['accuracy']:.3f};")
+    elif cca.get("recall@1"):
+        best = max(cca["recall@1"].items(), key=lambda kv: kv[1])
+        parts.append(f"CCA R@1 best {best[1]:.3f} ({best[0]});")
     level = "class" if any("class" in v for v in r["retrieval"].values()) else "instance"
     worst = min(((v[level]["R@1"], k) for k, v in r["retrieval"].items()), default=None)
     if worst:

@@ -175,6 +175,7 @@ def write_html_report(run: str, compare: list[str] | None = None, output: str | 
         f"<td>{_fmt((e.get('baselines') or {}).get('late_fusion'))}</td>"
         f"<td>{_fmt((e.get('baselines') or {}).get('best_probe'))}</td>"
         f"<td>{_paired((e.get('baselines') or {}).get('vs_model'))}</td>"
+        f"<td>{_fmt(((e.get('baselines') or {}).get('cca') or {}).get('accuracy'))}</td>"
         f"<td>{_fmt(_min_r1(e))}</td></tr>"
         for n, e in evals.items()
     )
@@ -191,6 +192,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px}}
 <table><tr><th>run</th><th>rows</th><th>fused acc</th><th>best single-modality acc</th>
 <th>late fusion of linear probes</th><th>best linear probe</th>
 <th>rows only the model / only the probes got right (McNemar p)</th>
+<th>CCA of each modality pair</th>
 <th>min R@1 (class, or instance without labels)</th></tr>{rows}</table>
 <p class='note'>{html.escape(NOTES["table"])}</p>{body}</body></html>"""
     out = output or join(run, "report.html")
@@ -203,7 +205,10 @@ NOTES = {
     "table": "Accuracies are on the validation rows; higher is better. The model should beat its "
     "best single modality and stand level with or above the late fusion of linear probes. The "
     "paired column counts the rows only the model, or only the probes, got right, and says "
-    "whether that difference is more than chance (McNemar's exact test, p < 0.05).",
+    "whether that difference is more than chance (McNemar's exact test, p < 0.05). The CCA "
+    "column classifies how much each pair of modalities agrees in a shared space fitted on the "
+    "training pairs: where the label lives in the relation between modalities (same or "
+    "different), it is the bar the model should reach; the probes cannot see such a label.",
     "curves": "Loss on the training batches and on the validation rows (lower is better), and "
     "validation accuracy (higher is better), of the weights the run saves; the dashed line marks "
     "the epoch whose weights model.pt holds, the best by the watched metric.",
