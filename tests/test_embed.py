@@ -414,14 +414,11 @@ def test_the_torchscript_export_embeds_the_same_and_float16_reads_everywhere(
     assert str(pl.read_parquet(glob).schema["fused_emb"]).startswith("Array(Float16")
 
 
-def test_a_store_written_before_data_folders_refreshes_into_one(world, store, tmp_path):
+def test_a_store_written_before_data_folders_refreshes_into_one(world, tmp_path):
     """Versions written before ``data/`` held their files at the top: a refresh reads them by
     their manifest paths and writes the new version's files under ``data/``."""
-    import shutil
-
-    src, _ = store
-    out = tmp_path / "old"
-    shutil.copytree(src, out)
+    out = tmp_path / "old"  # its own store: the shared one is refreshed by other tests
+    run_embed(ecfg(world, out), incremental=False, kind="embed", quiet=True)
     v = (out / "latest").read_text().strip()
     vdir = out / "versions" / v
     manifest = json.loads((vdir / "manifest.json").read_text())
