@@ -61,7 +61,7 @@ def test_every_built_sample_has_features(built, features):
     table = read_all(out)
     index = pq.read_table(built / "index.parquet")
     assert sorted(table["key"].to_pylist()) == sorted(index["key"].to_pylist())
-    assert report["counts"] == {"rows": 12, "rejected": 0, "resumed": 0}
+    assert report["counts"] == {"rows": 12, "rejected": 0, "resumed": 0, "rejects_by_reason": {}}
     assert (out / "_SUCCESS").exists()
     # The defaults: grid-pooled EfficientNet-Lite0, MiniLM plus n-grams, audio statistics.
     assert table.schema.field("image_emb").type == pa.list_(pa.float32(), 5 * 1280)
@@ -288,7 +288,7 @@ def test_a_users_own_models_embed_every_modality_on_ray(built, tmp_path):
         "audio": {"name": "hf", "weights": str(w2v)},
     }
     report = run_features(features_cfg(built, out, **encoders), quiet=True)
-    assert report["counts"] == {"rows": 12, "rejected": 0, "resumed": 0}
+    assert report["counts"] == {"rows": 12, "rejected": 0, "resumed": 0, "rejects_by_reason": {}}
     table = read_all(out)
     assert table.schema.field("image_emb").type == pa.list_(pa.float32(), 24)
     assert table.schema.field("text_emb").type == pa.list_(pa.float32(), 16)
