@@ -185,9 +185,9 @@ def test_an_embed_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, w
     assert res.returncode == 0, res.stderr[-2000:]
     assert _fired(tmp_path)
     latest = (out / "latest").read_text().strip()
-    keys = pq.read_table(sorted((out / "versions" / latest).glob("*.parquet")), columns=["key"])[
-        "key"
-    ].to_pylist()
+    keys = pq.read_table(
+        sorted((out / "versions" / latest / "data").glob("*.parquet")), columns=["key"]
+    )["key"].to_pylist()
     expected = pq.read_table(world / "b1" / "index.parquet")["key"].to_pylist()
     assert sorted(keys) == sorted(expected)
 

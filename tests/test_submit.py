@@ -146,7 +146,7 @@ def test_build_and_refresh_jobs_run_on_the_cluster(head, world, tmp_path, capsys
     )
     assert code == 0, capsys.readouterr()
     latest = (tmp_path / "emb" / "latest").read_text().strip()
-    files = sorted((tmp_path / "emb" / "versions" / latest).glob("*.parquet"))
+    files = sorted((tmp_path / "emb" / "versions" / latest / "data").glob("*.parquet"))
     assert sum(pq.read_metadata(f).num_rows for f in files) == 60
     assert main(["jobs", "list", "--address", head]) == 0
     listing = capsys.readouterr().out
