@@ -20,6 +20,14 @@ METADATA = frozenset(
 )
 
 
+def as_address(text: str) -> Address | None:
+    """``text`` as an IP address (an IPv6 zone such as ``%eth0`` dropped), or None for a name."""
+    try:
+        return ipaddress.ip_address(text.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+
+
 class BlockedAddressError(ConnectionError):
     """A URL's host is (or resolves to) an address that data may not make us reach."""
 
@@ -100,14 +108,10 @@ class NetGuard:
         """
         if not host or self.name_allowed(host):
             return None
-        bare = host.strip("[]")
-        try:
-            ip = ipaddress.ip_address(bare.split("%")[0])  # fe80::1%eth0: the zone goes
-        except ValueError:
-            ip = None
+        ip = as_address(host)
         if ip is not None:
-            return self.refuse(bare, ip)
-        name = bare.rstrip(".").lower()
+            return self.refuse(host.strip("[]"), ip)
+        name = host.rstrip(".").lower()
         if _proxied(name):
             # The proxy resolves and connects to the target, not us: the best we can do is
             # check what the name resolves to here. A name we cannot resolve is the proxy's
@@ -117,7 +121,7 @@ class NetGuard:
             except OSError:
                 return None
             for info in infos:
-                err = self.refuse(name, ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+                err = self.refuse(name, as_address(str(info[4][0])))  # type: ignore[arg-type]
                 if err is not None:
                     return err
         return None
@@ -164,7 +168,7 @@ def guarded_resolver(guard: NetGuard) -> Any:
             # One blocked answer blocks the name: aiohttp would try the others in turn, and a
             # public name that also answers 127.0.0.1 is an attack, not a fallback.
             for a in answers:
-                err = guard.refuse(host, ipaddress.ip_address(a["host"].split("%")[0]))
+                err = guard.refuse(host, as_address(a["host"]))  # type: ignore[arg-type]
                 if err is not None:
                     raise err
             return answers

@@ -83,7 +83,7 @@ def cca_baseline(
     if not tr or not va:
         return {}
     mods = [k[2:] for k in tr if k.startswith("x_")]
-    pairs = [(a, b) for a, b in combinations(mods, 2)]
+    pairs = list(combinations(mods, 2))
     if not labelled:
         recall = {}
         for a, b in pairs:
