@@ -46,10 +46,10 @@ def main() -> None:
 
     import torch
 
-    from pipeline.artifact import RunArtifact
     from pipeline.device import autocast
     from pipeline.features.config import FeaturesConfig
     from pipeline.features.stages import encoder_info
+    from pipeline.fusion.artifact import RunArtifact
     from pipeline.models.onnx_runtime import OnnxModel
     from pipeline.train import onnx_export
     from pipeline.train.export import export_run

@@ -1,10 +1,10 @@
-"""Job entrypoint for the nightly ``refresh``: embed only new or changed samples, move ``latest``."""
+"""Job entrypoint for ``refresh``: the nightly refresh, from a YAML config."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jobs.embed_bulk import main as _main
+from jobs.common import job_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -12,7 +12,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A rerun with nothing new writes nothing; a run killed halfway resumes when rerun.
     """
-    return _main(argv, kind="refresh")
+    return job_main("refresh", argv, prog="nightly_refresh")
 
 
 if __name__ == "__main__":

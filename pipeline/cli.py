@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -17,8 +18,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_build(sub: Any) -> None:
-    from pipeline.config import BuildConfig, add_choice
+    from pipeline.config import BuildConfig
     from pipeline.errors import REASON_DOCS
+    from pipeline.options import add_field
 
     reasons = "\n".join(f"  {r.value:<15} {doc}" for r, doc in REASON_DOCS.items())
     p = sub.add_parser(
@@ -32,64 +34,49 @@ def _add_build(sub: Any) -> None:
     )
     p.add_argument("--output", "-o", required=True, help="output folder or URL")
     p.add_argument("--config", help="YAML file with build fields (CLI options override it)")
-    add_choice(p, "--input-format", BuildConfig, "the form of INPUT")
+    f = functools.partial(add_field, p, BuildConfig)
+    f("input_format", "the form of INPUT")
     for col in ("image", "audio", "text", "key"):
-        p.add_argument(
-            f"--{col}-column", help=f"manifest column holding the {col} (default: {col})"
-        )
-    add_choice(p, "--text-source", BuildConfig, "whether the text column holds captions or paths")
-    p.add_argument("--shard-samples", type=int, help="max samples per shard (default 1000)")
-    p.add_argument("--shard-bytes", help="max bytes per shard, e.g. 512MB")
-    p.add_argument("--resize", type=int, help="resize images to this size (see --resize-mode)")
-    add_choice(p, "--resize-mode", BuildConfig, "how --resize fits an image")
-    add_choice(p, "--resize-filter", BuildConfig, "the resampling filter")
-    p.add_argument(
-        "--upscale", action="store_true", default=None, help="also enlarge smaller images"
+        f(f"{col}_column", f"manifest column holding the {col}")
+    f("text_source", "whether the text column holds captions or paths")
+    f("shard_samples", "max samples per shard")
+    f("shard_bytes", "max bytes per shard, e.g. 512MB", type=str)
+    f("resize", "resize images to this size (see --resize-mode)")
+    f("resize_mode", "how --resize fits an image")
+    f("resize_filter", "the resampling filter")
+    f("upscale", "also enlarge smaller images")
+    f("image_format", "re-encode images unless keep")
+    f("image_quality", "JPEG/WebP quality", "--quality")
+    f("min_image_size", "reject images with a smaller side (px)")
+    f("max_image_size", "reject images with a larger side (px)")
+    f("max_image_pixels", "decompression-bomb guard (pixels)")
+    f(
+        "near_duplicates",
+        "also reject images whose pHash is near an earlier image's (docs/build.md)",
     )
-    add_choice(p, "--image-format", BuildConfig, "re-encode images unless keep")
-    p.add_argument(
-        "--image-quality", "--quality", type=int, dest="image_quality", help="JPEG/WebP quality"
+    f("near_dup_distance", "pHash bits that still count as near")
+    f("audio_rate", "transcode audio to mono FLAC at this rate")
+    f("audio_format", "one audio format per build")
+    f("min_audio_seconds", "reject shorter audio")
+    f("max_audio_seconds", "reject longer audio")
+    f("max_text_chars", "reject longer texts")
+    f("max_file_bytes", "largest file read, e.g. 256MB", type=str)
+    f("sample_timeout_s", "per-sample decode limit (s)", flag="--sample-timeout")
+    f("on_modality_error", "what a failing modality does to its row")
+    f("on_error", "what a sample's error does: its reject row, or raise to fail the run")
+    f("allow_local_refs", "let a remote manifest name local files")
+    f(
+        "allow_hosts",
+        "networks or host names that URLs in the data may reach besides public "
+        "addresses, comma-separated, e.g. 10.0.0.0/8,minio.internal",
+        type=str,
     )
-    p.add_argument("--min-image-size", type=int, help="reject images with a smaller side (px)")
-    p.add_argument("--max-image-size", type=int, help="reject images with a larger side (px)")
-    p.add_argument("--max-image-pixels", type=int, help="decompression-bomb guard (pixels)")
-    p.add_argument(
-        "--near-duplicates",
-        action="store_true",
-        default=None,
-        help="also reject images whose pHash is near an earlier image's (docs/build.md)",
-    )
-    p.add_argument(
-        "--near-dup-distance", type=int, help="pHash bits that still count as near (default 4)"
-    )
-    p.add_argument("--audio-rate", type=int, help="transcode audio to mono FLAC at this rate")
-    add_choice(p, "--audio-format", BuildConfig, "one audio format per build")
-    p.add_argument("--min-audio-seconds", type=float, help="reject shorter audio")
-    p.add_argument("--max-audio-seconds", type=float, help="reject longer audio")
-    p.add_argument("--max-text-chars", type=int, help="reject longer texts")
-    p.add_argument("--max-file-bytes", help="largest file read, e.g. 256MB")
-    p.add_argument(
-        "--sample-timeout", type=float, dest="sample_timeout_s", help="per-sample decode limit (s)"
-    )
-    add_choice(p, "--on-modality-error", BuildConfig, "what a failing modality does to its row")
-    p.add_argument(
-        "--allow-local-refs",
-        action="store_true",
-        default=None,
-        help="let a remote manifest name local files",
-    )
-    p.add_argument(
-        "--allow-hosts",
-        help="networks or host names that URLs in the data may reach besides public "
-        "addresses, comma-separated, e.g. 10.0.0.0/8,minio.internal; none unless named",
-    )
-    p.add_argument(
-        "--fetch-concurrency",
-        type=int,
-        help="at most this many HTTP requests in flight per host and chunk task (a ceiling: "
+    f(
+        "fetch_concurrency",
+        "at most this many HTTP requests in flight per host and chunk task (a ceiling: "
         "the fetcher adapts below it)",
     )
-    p.add_argument("--num-cpus", type=float, help="CPUs per chunk task")
+    f("num_cpus", "CPUs per chunk task")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
     p.add_argument("--ray-num-cpus", type=int, help="logical CPUs of the local Ray")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in --output")
@@ -104,24 +91,16 @@ def _add_build(sub: Any) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from pipeline.build.job import run_build
-    from pipeline.config import load_build_config
+    from pipeline.registry import run_from_args
 
-    skip = {"func", "command", "config", "address", "ray_num_cpus", "overwrite", "quiet", "debug"}
-    overrides = {k: v for k, v in vars(args).items() if k not in skip | {"dry_run"}}
-    cfg = load_build_config(overrides, args.config)
     if args.dry_run:
         from pipeline.build.dryrun import dry_run
+        from pipeline.config import BuildConfig, load_build_config
+        from pipeline.options import overrides
 
-        dry_run(cfg)
+        dry_run(load_build_config(overrides(args, BuildConfig), args.config))
         return 0
-    run_build(
-        cfg,
-        address=args.address,
-        ray_num_cpus=args.ray_num_cpus,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-    )
+    run_from_args("build", args, ray_num_cpus=args.ray_num_cpus)
     return 0
 
 
@@ -151,8 +130,8 @@ def _cmd_rejects(args: argparse.Namespace) -> int:
 
 
 def _add_features(sub: Any) -> None:
-    from pipeline.config import add_choice
     from pipeline.features.config import FeaturesConfig
+    from pipeline.options import add_field
 
     p = sub.add_parser(
         "features", help="preprocess built shards and extract frozen-encoder features"
@@ -160,25 +139,24 @@ def _add_features(sub: Any) -> None:
     p.add_argument("shards", help="a build output folder, or a tar glob/brace pattern")
     p.add_argument("--output", "-o", required=True, help="output folder or URL")
     p.add_argument("--config", help="YAML file with features fields (CLI options override it)")
-    p.add_argument("--batch-size", type=int, help="samples per encoder batch")
-    p.add_argument("--actors", type=int, help="encoder actors (each loads the models once)")
-    p.add_argument(
-        "--actor-num-cpus", type=float, help="CPUs per encoder actor (fractions allowed)"
-    )
-    add_choice(p, "--device", FeaturesConfig, "where the encoders run")
+    f = functools.partial(add_field, p, FeaturesConfig)
+    f("batch_size", "samples per encoder batch")
+    f("actors", "encoder actors (each loads the models once)")
+    f("actor_num_cpus", "CPUs per encoder actor (fractions allowed)")
+    f("device", "where the encoders run")
+    f("on_error", "what a sample's error does: its reject row, or raise to fail the run")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace features of another config in --output"
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     p.set_defaults(func=_cmd_features)
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from pipeline.config import options
-    from pipeline.features.config import load_features_config
-    from pipeline.features.job import run_features
+    from pipeline.registry import run_from_args
 
-    names = ("shards", "output", "batch_size", "actors", "actor_num_cpus", "device")
-    cfg = load_features_config(options(args, names), args.config)
-    run_features(cfg, address=args.address, quiet=args.quiet)
+    run_from_args("features", args)
     return 0
 
 
@@ -285,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # --debug is taken anywhere on the line, before or after the subcommand.
     debug = "--debug" in given
     given = [a for a in given if a != "--debug"]
+    if debug:  # Ray's own lines stay on the terminal too (pipeline/logs.py)
+        import os
+
+        from pipeline.logs import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"
 
     def run() -> None:
         nonlocal rc

@@ -69,6 +69,9 @@ class BuildConfig(BaseModel):
     max_file_bytes: int = Field(parse_size("256MB"), ge=1)
     sample_timeout_s: float = Field(30.0, gt=0)
     on_modality_error: Literal["reject", "drop"] = "reject"
+    # A sample's error becomes its reject row; "raise" fails the run on the first one instead
+    # (tests, debugging a corpus). Our own bugs fail the run under either.
+    on_error: Literal["reject", "raise"] = "reject"
     allow_local_refs: bool = False
     # URLs from the data reach public addresses only: a manifest nobody here wrote must not
     # make the cluster fetch its own metadata service, dashboard or internal stores. Networks
@@ -117,7 +120,13 @@ class BuildConfig(BaseModel):
         from schemas import BUILD_SCHEMA_VERSION
 
         fields = self.model_dump(
-            exclude={"output", "fetch_concurrency", "num_cpus", "dedup_partition_rows"}
+            exclude={
+                "output",
+                "fetch_concurrency",
+                "num_cpus",
+                "dedup_partition_rows",
+                "on_error",
+            }
         )
         # A schema bump changes the fingerprint, so staged chunks are never reused across it.
         fields["_schema_version"] = BUILD_SCHEMA_VERSION

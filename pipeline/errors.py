@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -85,6 +87,41 @@ class SampleError(Exception):
         self.reason = reason
         self.message = message
         self.modality = modality
+
+
+ON_ERROR = ("reject", "raise")  # the named policies of a sample's error
+_raising = [0]  # > 0 while a stage of an ``on_error: raise`` job runs in this process
+
+
+@contextlib.contextmanager
+def sample_policy(on_error: str) -> Iterator[None]:
+    """While a stage runs: under ``raise`` a sample's error fails the task instead of becoming
+    its reject (tests, debugging a corpus). Nested stages keep the stricter policy."""
+    strict = on_error == "raise"
+    _raising[0] += strict
+    try:
+        yield
+    finally:
+        _raising[0] -= strict
+
+
+class SampleErrorRaised(RuntimeError):
+    """A sample's error under ``on_error: raise``: it fails the job as a bug would."""
+
+
+def rejecting(e: SampleError) -> SampleError:
+    """Called where a sample's error is caught to become its reject row; under
+    ``on_error: raise`` it fails the task instead.
+
+    Raises:
+        SampleErrorRaised: the policy in force is ``raise``.
+    """
+    if _raising[0]:
+        # The message carries the reason; the chain would only repeat it.
+        raise SampleErrorRaised(
+            f"on_error is raise: {e.modality or 'sample'}: {e.message}"
+        ) from None
+    return e
 
 
 def is_storage_error(e: BaseException) -> bool:

@@ -6,31 +6,28 @@ import datetime
 import os
 import re
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 
 from pipeline.errors import UserError, is_storage_error, storage_line
+from pipeline.logs import DEBUG_ENV, LOG_DIR_ENV, log_path, ray_log
 from pipeline.redact import redact
 
-LOG_DIR_ENV = "MMPIPE_LOG_DIR"  # where tracebacks go (default: the temp dir's mmpipe-logs/)
-DEBUG_ENV = "MMPIPE_DEBUG"  # "1": tracebacks on the console too
-
-
-def log_dir() -> str:
-    return os.environ.get(LOG_DIR_ENV) or os.path.join(tempfile.gettempdir(), "mmpipe-logs")
+__all__ = ["DEBUG_ENV", "LOG_DIR_ENV", "run_guarded", "write_traceback"]
 
 
 def write_traceback(prog: str, e: BaseException) -> str | None:
     """The whole story of ``e`` (a Ray task's error carries the remote traceback in its text)
     in a new log file; its path, or None when even that cannot be written."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = os.path.join(log_dir(), f"{prog}-{stamp}-{os.getpid()}.log")
+    path = log_path(prog)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             f.write(f"{prog} failed at {stamp}: argv {redact(' '.join(sys.argv))}\n\n")
             f.write(redact("".join(traceback.format_exception(e))))
+            if ray_log():
+                f.write(f"\nRay's own lines: {ray_log()}\n")
         return path
     except OSError:
         return None
@@ -65,6 +62,9 @@ def bug_line(e: BaseException) -> str:
         if m and not any(w in m["type"] for w in _WRAPPERS) and not m["type"].startswith("ray."):
             what = f"{m['type'].rsplit('.', 1)[-1]}: {m['msg']}"
             break
+    raised = "SampleErrorRaised: "
+    if what.startswith(raised):  # asked for: on_error is raise
+        return f"the run stopped at a sample's error, as asked: {what[len(raised) :]}"[:500]
     return f"the run stopped on an error that is no sample's: {what}"[:500]
 
 

@@ -28,7 +28,14 @@ def features_fingerprint(cfg: Any, info: dict[str, Any]) -> str:
     from schemas import FEATURES_SCHEMA_VERSION
 
     fields = cfg.model_dump(
-        exclude={"output", "actors", "actor_num_cpus", "preprocess_num_cpus", "batch_size"}
+        exclude={
+            "output",
+            "actors",
+            "actor_num_cpus",
+            "preprocess_num_cpus",
+            "batch_size",
+            "on_error",
+        }
     )
     return fingerprint({"cfg": fields, "encoders": info, "v": FEATURES_SCHEMA_VERSION})
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.logs import ray_lines_to_log, reroute_ray_loggers
 from pipeline.stage import Batch, Stage, check_plan
 
 # glibc/Pillow settings measured on our 2-core VMs (docs/benchmarks.md): large decode
@@ -78,9 +79,18 @@ def probe_address(address: str, timeout_s: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def ray_session(
-    address: str | None = None, num_cpus: int | None = None, quiet: bool = True
+    address: str | None = None, num_cpus: int | None = None, quiet: bool = True, job: str = "mmpipe"
 ) -> Iterator[None]:
-    """Use the running Ray, join ``address``, or start a local Ray and stop it afterwards."""
+    """Use the running Ray, join ``address``, or start a local Ray and stop it afterwards.
+    Ray's own lines go to the run's log file meanwhile (``pipeline/logs.py``)."""
+    with ray_lines_to_log(job):
+        with _ray_session(address, num_cpus, quiet):
+            reroute_ray_loggers()
+            yield
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None, num_cpus: int | None, quiet: bool) -> Iterator[None]:
     import ray
 
     started = False
@@ -89,10 +99,12 @@ def ray_session(
     in_job = not address and bool(os.environ.get("RAY_ADDRESS"))
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
+        # The job's reporter is the display: Ray's INFO lines ("Started a local Ray
+        # instance") are noise to a person, and what Ray logs goes to the run's log anyway.
         kwargs: dict[str, Any] = {
             "log_to_driver": not quiet,
             "configure_logging": True,
-            "logging_level": "WARNING" if quiet else "INFO",
+            "logging_level": "WARNING",
         }
         saved = dict(os.environ)
         if address:
@@ -114,6 +126,7 @@ def ray_session(
             probe_address(address)
         try:
             ray.init(**kwargs)
+            reroute_ray_loggers()
         except ConnectionError as e:
             raise UserError(f"cannot connect to Ray at {address}: {e}; check --address") from None
         finally:
@@ -185,8 +198,9 @@ def configure_data_context(quiet: bool, small: bool = False) -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR if quiet else logging.WARNING)
 
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = not quiet
-    ctx.print_on_execution_start = not quiet
+    # Each job's own reporter (pipeline/progress.py) is the display, whatever the verbosity.
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
     # Read tasks yield whole chunks (<= 128 MiB of inline bytes); never split them.
     ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 512 * 1024 * 1024)
     # A hash-shuffle map task joins its input blocks up to this many bytes before it
@@ -251,17 +265,20 @@ def map_stages(
     *,
     columns: list[str] | tuple[str, ...],
     batch_size: int | None = None,
+    on_error: str = "reject",
 ) -> Any:
     """Apply each stage with its declared resources: tasks, or an actor pool of fixed size.
 
     ``columns`` are the source's: the chain's ``reads`` and ``adds`` are checked against them
     before anything runs. ``batch_size`` overrides the stages' own (None: whole blocks).
+    ``on_error``: the job's policy for a sample's error (``pipeline/errors.py``).
     Task stages carry ``task_concurrency``; a read fused into the first must carry it too.
     """
     from ray.data import ActorPoolStrategy
 
     check_plan(stages, columns)
     for i, stage in enumerate(stages):
+        stage.on_error = on_error
         res = stage.resources
         common: dict[str, Any] = {
             "batch_size": batch_size if batch_size is not None else stage.batch_size,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pipeline.errors import sample_policy
+
 # A batch is a dict of equal-length columns (Python lists, numpy or Arrow arrays).
 Batch = dict[str, Any]
 
@@ -47,6 +49,9 @@ class Stage:
     # None: one whole input block per call. Stages that must see whole chunks rely on it.
     batch_size: ClassVar[int | None] = None
     batch_format: ClassVar[str] = "pyarrow"
+    # What a sample's error does while this stage runs: its reject row, or (``raise``) a
+    # failed task. The runner sets the job's ``on_error`` on every stage it maps.
+    on_error: str = "reject"
 
     def __init__(self) -> None:
         self._ready = False
@@ -81,7 +86,8 @@ class Stage:
     def run(self, batch: Batch) -> Batch:
         """``__call__`` with the declared columns checked on the way in and on the way out."""
         self.check_columns(batch)
-        out = self(batch)
+        with sample_policy(self.on_error):
+            out = self(batch)
         missing = [c for c in self.outputs() if c not in column_names(out)]
         if missing:
             raise KeyError(f"stage {self.name} declares {missing} but did not add them")

@@ -13,31 +13,6 @@ FUSION = "zero_shot"
 LIBRARIES = ("hf", "open_clip")
 
 
-def zero_shot_module(dims: dict[str, int]) -> Any:
-    """The fusion of a zero-shot run: no parameters. Each modality's embedding is its tower's
-    output, L2-normalised; the fused embedding is the normalised mean of those present."""
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    mods = [m for m in ("image", "text", "audio") if m in dims]
-
-    class ZeroShot(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.mods = mods
-
-        def forward(self, feats: dict[str, Any], mask: dict[str, Any]) -> dict[str, Any]:
-            emb = {m: F.normalize(feats[m].float(), dim=-1) for m in self.mods}
-            present = torch.stack([mask[m] for m in self.mods], dim=1).float()  # [B, M]
-            total = torch.stack(
-                [emb[m] * present[:, i : i + 1] for i, m in enumerate(self.mods)]
-            ).sum(0)
-            return {"emb": emb, "fused": F.normalize(total, dim=-1)}
-
-    return ZeroShot()
-
-
 def towers_of(library: str, source: str) -> list[str]:
     """The modalities the paired model has towers for, found on the model itself."""
     if library == "open_clip":
@@ -64,10 +39,10 @@ def write_zero_shot_run(
     Raises:
         UserError: an unknown library, a model without two towers, or towers of other widths.
     """
-    from pipeline.artifact import Lineage, ModelInfo, save_run
     from pipeline.features.config import FeaturesConfig
     from pipeline.features.stages import encoder_info
     from pipeline.fingerprint import features_fingerprint
+    from pipeline.fusion.artifact import Lineage, ModelInfo, save_run
     from pipeline.io.fs import absolute, check_output
 
     if library not in LIBRARIES:

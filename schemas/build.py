@@ -120,6 +120,7 @@ BUILD_CONFIG_TYPE = pa.struct(
         pa.field("max_file_bytes", pa.int64()),
         pa.field("sample_timeout_s", pa.float64()),
         pa.field("on_modality_error", pa.string()),
+        pa.field("on_error", pa.string()),
         pa.field("allow_local_refs", pa.bool_()),
         pa.field("allow_hosts", pa.list_(pa.string())),
         pa.field("fetch_concurrency", pa.int64()),

@@ -114,6 +114,9 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("shards_rewritten", pa.int64(), nullable=False),
         pa.field("rows", pa.int64(), nullable=False),
         pa.field("write_seconds", pa.float64(), nullable=False),  # Parquet writing, all workers
+        # This run's rejects (the samples it embedded) by reason; ``rejected`` counts the
+        # version's, carried ones included.
+        pa.field("rejects_by_reason", pa.map_(pa.string(), pa.int64())),
     ]
 )
 

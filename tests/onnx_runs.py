@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifact import Lineage, ModelInfo, build_model, save_run
+from pipeline.fusion.artifact import Lineage, ModelInfo, build_model, save_run
 
 # The features config of the runs: every encoder the features stage has, small audio frames.
 FEATURES = {

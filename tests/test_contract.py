@@ -77,7 +77,7 @@ def test_preprocessing_rejects_carry_a_documented_reason():
 def test_the_run_artefact_round_trips_and_loads_once(tmp_path):
     import torch
 
-    from pipeline.artifact import (
+    from pipeline.fusion.artifact import (
         Lineage,
         ModelInfo,
         RunArtifact,
@@ -140,6 +140,18 @@ def _images() -> list:
     return [media.jpeg(40, 30), b"not an image", None]
 
 
+def _batch() -> dict:
+    """Three samples as the features stages get them: a good image, a corrupt one, none."""
+    return {
+        "key": np.array(["a", "b", "c"], dtype=object),
+        "shard": np.array(["s"] * 3, dtype=object),
+        "image": np.array(_images(), dtype=object),
+        "text": np.array(["x", "y", None], dtype=object),
+        "audio": np.array([None] * 3, dtype=object),
+        "meta": np.array([None] * 3, dtype=object),
+    }
+
+
 def test_a_corrupt_image_is_its_samples_reject_and_nothing_else_is():
     from pipeline.preprocess.image import ImagePreprocess
 
@@ -170,14 +182,7 @@ def test_our_own_errors_fail_the_batch_and_reject_no_row(monkeypatch, kind):
     # Through the features stages as the job runs them, by the hook that reaches workers.
     monkeypatch.setenv("MMPIPE_FAULT", f"image_transform:raise:{kind}")
     pre = FeaturePreprocess(_cfg())
-    batch = {
-        "key": np.array(["a", "b", "c"], dtype=object),
-        "shard": np.array(["s"] * 3, dtype=object),
-        "image": np.array(_images(), dtype=object),
-        "text": np.array(["x", "y", None], dtype=object),
-        "audio": np.array([None] * 3, dtype=object),
-        "meta": np.array([None] * 3, dtype=object),
-    }
+    batch = _batch()
     with pytest.raises(expected):
         pre(batch)
     monkeypatch.setenv("MMPIPE_FAULT", f"encode:raise:{kind}")
@@ -186,7 +191,7 @@ def test_our_own_errors_fail_the_batch_and_reject_no_row(monkeypatch, kind):
 
 
 def test_a_processors_failure_on_every_image_is_no_samples_fault():
-    from pipeline.preprocess import processors
+    from pipeline.models import processors
 
     class Broken:
         def __call__(self, images):
@@ -198,3 +203,20 @@ def test_a_processors_failure_on_every_image_is_no_samples_fault():
     with pytest.raises(ValueError, match="broken"):
         stage._transform({0: object(), 1: object()}, errors)
     assert errors == [None, None]
+
+
+def test_on_error_raise_fails_at_a_samples_error_and_reject_keeps_its_row():
+    """The named policy: under ``raise`` the first sample error fails the stage (tests and
+    debugging ask for it); under ``reject`` (the default) it is that sample's reject."""
+    from pipeline.errors import SampleErrorRaised
+    from pipeline.failure import bug_line
+
+    batch = _batch()
+    pre = FeaturePreprocess(_cfg())
+    out = pre.run(dict(batch))
+    assert [bool(e) for e in out["error"]] == [False, True, False]
+    pre.on_error = "raise"  # what the runner sets on every stage of an on_error: raise job
+    with pytest.raises(SampleErrorRaised, match="decode_error") as got:
+        pre.run(dict(batch))
+    assert bug_line(got.value).startswith("the run stopped at a sample's error, as asked: ")
+    assert pre.run.__self__ is pre and FeaturePreprocess(_cfg()).run(dict(batch))  # no leak

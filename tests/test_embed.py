@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.artifact import load_run
 from pipeline.build.job import run_build
 from pipeline.config import BuildConfig
 from pipeline.embed.config import load_embed_config
@@ -25,6 +24,7 @@ from pipeline.embed.job import run_embed
 from pipeline.embed.search import build_index, search
 from pipeline.embed.store import data_files, read_latest, read_ledger, read_manifest
 from pipeline.errors import UserError
+from pipeline.fusion.artifact import load_run
 from pipeline.io.parquet import fsl_to_numpy
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -230,15 +230,16 @@ def test_refresh_embeds_only_what_changed(world, store, tmp_path):
     again = run_embed(ecfg(world, out, shards=str(tmp_path / "b2")), quiet=True)
     assert again["noop"] and sorted(p for p in out.rglob("*")) == listing
     assert [r["version"] for r in read_ledger(str(out))] == ["v000001", "v000002"]
+    assert all(isinstance(r["rejects_by_reason"], dict) for r in read_ledger(str(out)))
 
 
 def test_embedding_through_onnxruntime_equals_eager_and_refreshes_the_same_way(
     world, store, tmp_path
 ):
-    from pipeline.artifact import RunArtifact
     from pipeline.cli import main
     from pipeline.embed.stages import EmbedStage
     from pipeline.fingerprint import short_hash
+    from pipeline.fusion.artifact import RunArtifact
     from pipeline.models.onnx_runtime import OnnxModel
 
     run = tmp_path / "run"
@@ -393,6 +394,9 @@ def test_the_torchscript_export_embeds_the_same_and_float16_reads_everywhere(
         ecfg(world, out, model=str(run_dir / "model.torchscript.pt"), storage="float16"), quiet=True
     )
     assert rec["rows"] == 60
+    # The refresh job itself keeps the store's layout (float16) when its config does not say.
+    kept = ecfg(world, out, model=str(run_dir / "model.torchscript.pt"))
+    assert run_embed(kept, kind="refresh", incremental=True, quiet=True)["noop"]
     half = read_version(out)
     assert half.schema.field("fused_emb").type == pa.list_(pa.float16(), 16)
     # v000001 of the shared store: the state-dict model's fp32 embeddings of the same 60 samples

@@ -9,11 +9,11 @@ import onnx
 import pytest
 import torch
 
-from pipeline.artifact import RunArtifact
 from pipeline.cli import main
+from pipeline.fusion.artifact import RunArtifact
+from pipeline.fusion.model import FUSIONS
 from pipeline.train import onnx_export
 from pipeline.train.export import export_run, serving_module
-from pipeline.train.model import FUSIONS
 from tests.onnx_runs import make_run
 
 

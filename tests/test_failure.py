@@ -70,19 +70,33 @@ def test_features_resume_only_parts_of_the_same_config(tmp_path, capsys):
     import pytest
 
     from pipeline.errors import UserError
-    from pipeline.features.job import STARTED, _resumable
+    from pipeline.features.job import STARTED
+    from pipeline.features.output import OWNED
+    from pipeline.io.parts import done_keys
+    from pipeline.lifecycle import Output
+
+    def output(root, fp):
+        return Output("features", str(root), fp, "features.json", STARTED, OWNED, "_SUCCESS")
+
+    def kept(root):
+        return lambda: sum(len(v) for v in done_keys(str(root)).values())
 
     out = tmp_path / "feats"
     (out / "parts" / "000000").mkdir(parents=True)
     pq.write_table(pa.table({"key": ["a", "b"]}), out / "parts" / "000000" / "p.parquet")
     (out / STARTED).write_text(json.dumps({"fingerprint": "config-a"}))
     with pytest.raises(UserError, match="different config"):
-        _resumable(str(out), "config-b", {"000000"}, quiet=False)
-    assert _resumable(str(out), "config-a", {"000000"}, quiet=False) == {"000000": {"a", "b"}}
-    assert "keeping 2 samples already done" in capsys.readouterr().err
+        output(out, "config-b").claim({}, work_done=kept(out))
+    said: list[str] = []
+    assert output(out, "config-a").claim({}, work_done=kept(out), say=said.append) == 2
+    assert "keeping 2 units" in said[0] and done_keys(str(out)) == {"000000": {"a", "b"}}
     # A run of another config that committed nothing is replaced, not refused.
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / STARTED).write_text(json.dumps({"fingerprint": "config-a"}))
-    assert _resumable(str(empty), "config-b", {"000000"}, quiet=True) == {}
+    assert output(empty, "config-b").claim({}, work_done=kept(empty)) == 0
     assert json.loads((empty / STARTED).read_text())["fingerprint"] == "config-b"
+    # --overwrite removes what the job owns there, and nothing else.
+    (out / "notes.txt").write_text("mine")
+    assert output(out, "config-b").claim({}, overwrite=True, work_done=kept(out)) == 0
+    assert not (out / "parts").exists() and (out / "notes.txt").read_text() == "mine"

@@ -251,8 +251,8 @@ def test_bad_features_config_is_one_clear_error(tmp_path):
 
 def test_a_model_without_audio_reads_shards_with_audio(tmp_path):
     """What the model never saw is ignored on purpose when embed preprocesses for it."""
-    from pipeline.artifact import RunArtifact
     from pipeline.features.stages import FeaturePreprocess
+    from pipeline.fusion.artifact import RunArtifact
     from tests.onnx_runs import FEATURES, make_run
 
     feats = {**FEATURES, "audio": {"name": "mel_stats"}}
@@ -275,7 +275,7 @@ def test_a_users_own_models_embed_every_modality_on_ray(built, tmp_path):
 
     from pipeline.features.config import EncoderConfig
     from pipeline.models.encoders import load_encoder
-    from pipeline.preprocess.processors import ModelAudioPreprocess
+    from pipeline.models.processors import ModelAudioPreprocess
     from tests import tiny_models
 
     clip = tiny_models.make_clip(tmp_path / "clip")

@@ -96,3 +96,24 @@ def test_the_shipped_features_config_shows_the_defaults():
     # It shows every field a user is likely to change; these few stay in docs/features.md.
     unshown = set(FeaturesConfig.model_fields) - set(shipped)
     assert unshown <= {"preprocess_num_cpus", "amp", "max_block_bytes", "image_decode"}
+
+
+def test_one_registry_names_every_job_that_the_cli_jobs_and_submit_run():
+    import importlib
+    import inspect
+
+    from pipeline.cli import build_parser
+    from pipeline.registry import JOB_NAMES, job
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name in JOB_NAMES:
+        spec = job(name)
+        assert name in commands, f"mmpipe has no {name} command"
+        entry = importlib.import_module(spec.entrypoint)
+        assert f'job_main("{name}"' in inspect.getsource(entry.main), spec.entrypoint
+        mod, fn = spec.runner.split(":")
+        run = getattr(importlib.import_module(mod), fn)
+        params = inspect.signature(run).parameters
+        for kw in (*spec.flags, *dict(spec.fixed), "address", "quiet"):
+            assert kw in params, f"{spec.runner} takes no {kw}"
+        assert set(spec.paths) <= set(spec.config.model_fields), spec.paths

@@ -64,7 +64,7 @@ def test_ray_stats_equal_the_in_memory_figures(ray_local):
 
 
 def test_the_projector_standardises_and_old_weights_load_as_identity():
-    from pipeline.train.model import FusionModel
+    from pipeline.fusion.model import FusionModel
 
     model = FusionModel(DIMS, "late", d=8, embed_dim=4, n_classes=2).eval()
     old = {k: v for k, v in model.state_dict().items() if not k.endswith((".shift", ".scale"))}

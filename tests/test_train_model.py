@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 import torch
 
+from pipeline.fusion.model import FUSIONS, FusionModel, fusion_loss, info_nce
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import fit_local, load_state, save_state
-from pipeline.train.model import FUSIONS, FusionModel, fusion_loss, info_nce
 
 DIMS = {"image": 12, "text": 10, "audio": 6}
 
@@ -209,7 +209,7 @@ def test_the_saved_weights_are_the_warmed_up_moving_average_of_the_steps():
 
 def _val_accuracy(weights: dict, cfg: TrainConfig, val: pa.Table) -> float:
     """Accuracy of saved weights loaded into a fresh model, as eval loads a run."""
-    from pipeline.artifact import build_model
+    from pipeline.fusion.artifact import build_model
     from pipeline.train.data import to_tensors
 
     model = build_model(cfg.model_spec(DIMS, 3), dropout=cfg.dropout)
@@ -316,7 +316,7 @@ def test_a_pickle_checkpoint_is_refused():
 
 @pytest.mark.parametrize("preset", ["cnn_lstm", "attn_conv"])
 def test_classic_presets_train_and_take_missing_text(preset):
-    from pipeline.train.presets import ClassicFusion
+    from pipeline.fusion.presets import ClassicFusion
 
     torch.manual_seed(0)
     model = ClassicFusion(preset, 3, d=16, embed_dim=8)
@@ -334,7 +334,7 @@ def test_classic_presets_train_and_take_missing_text(preset):
 
 
 def test_finetune_trains_the_upper_encoder_layers_and_keeps_the_lower_frozen():
-    from pipeline.train.presets import FinetuneFusion
+    from pipeline.fusion.presets import FinetuneFusion
 
     torch.manual_seed(0)
     model = FinetuneFusion("early", 3, d=16, embed_dim=8, dropout=0.0, freeze_fraction=0.8)
@@ -358,18 +358,24 @@ def test_training_progress_line_reads_what_rank_zero_writes(tmp_path):
     """Long training is never silent: the driver prints step/total, loss, rate and an ETA."""
     import io as _io
 
+    from pipeline.progress import Progress
     from pipeline.train.metrics import PROGRESS_FILE, MetricsLog, TrainProgressLine
 
     log = MetricsLog(str(tmp_path), enabled=True)
     log.step({"step": 5, "epoch": 0, "loss": 1.25, "time": 0.0})
     assert json.loads((tmp_path / PROGRESS_FILE).read_text())["step"] == 5
     out = _io.StringIO()
-    line = TrainProgressLine(str(tmp_path), total_steps=100, quiet=False, stream=out)
-    first = line.line({"step": 5, "epoch": 0, "loss": 1.25})
-    line.t_first -= 2.0  # two seconds later, 20 more steps
-    later = line.line({"step": 25, "epoch": 1, "loss": 0.5})
-    assert "step 5/100" in first and "loss 1.2500" in first
-    assert "step 25/100" in later and "10.0 steps/s" in later and "ETA 8s" in later
+    progress = Progress("train", unit="steps", stream=out, first_s=0)
+    line = TrainProgressLine(str(tmp_path), total_steps=100, progress=progress)
+    line.show({"step": 5, "epoch": 0, "loss": 1.25})
+    first = progress.line()
+    assert progress.first is not None
+    progress.first = (progress.first[0] - 2.0, 5)  # two seconds later, 20 more steps
+    line.show({"step": 25, "epoch": 1, "loss": 0.5})
+    later = progress.line()
+    assert "steps 5/100" in first and "loss 1.2500" in first and "steps/s" not in first
+    assert "steps 25/100" in later and "10.0 steps/s" in later and "ETA 8s" in later
+    assert "[train] training" in out.getvalue()
 
 
 def test_torchscript_is_written_and_read_without_deprecation_noise():

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.artifact import Lineage, ModelInfo
 from pipeline.errors import UserError
+from pipeline.fusion.artifact import Lineage, ModelInfo
 from pipeline.train.config import TrainConfig
 from pipeline.train.evaluate import score, summary_line
 from pipeline.train.job import without_absent_labels

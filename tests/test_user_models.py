@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline.errors import UserError
 from pipeline.features.config import EncoderConfig, load_features_config
 from pipeline.models.encoders import load_encoder
-from pipeline.preprocess.processors import ModelAudioPreprocess, ModelImagePreprocess, ModelTokenize
+from pipeline.models.processors import ModelAudioPreprocess, ModelImagePreprocess, ModelTokenize
 from tests import tiny_models
 
 TEXTS = ["a red circle", "two dogs on the grass near a big tree", "一只猫"]

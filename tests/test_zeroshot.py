@@ -97,8 +97,8 @@ def test_a_model_without_two_towers_is_refused_in_one_line(tmp_path):
 def test_an_open_clip_query_is_the_librarys_own_normalised_embedding(tmp_path):
     import open_clip
 
-    from pipeline.artifact import RunArtifact
     from pipeline.embed.search import encode_query
+    from pipeline.fusion.artifact import RunArtifact
 
     folder = tiny_models.make_open_clip(tmp_path / "oc")
     info = write_zero_shot_run(str(folder), str(tmp_path / "run"), "open_clip", quiet=True)

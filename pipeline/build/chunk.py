@@ -23,21 +23,7 @@ from pipeline.validate.fetch import FetchStage
 from pipeline.validate.keys import KeyStage
 from pipeline.validate.row import ValidateStage
 from schemas import STAGED_SCHEMA
-
-SUMMARY_SCHEMA = pa.schema(
-    [
-        pa.field("chunk_id", pa.string()),
-        pa.field("rows", pa.int64()),
-        pa.field("staged", pa.int64()),
-        pa.field("rejected", pa.int64()),
-        pa.field("bytes", pa.int64()),
-        pa.field("tars", pa.int64()),
-        pa.field("reasons", pa.string()),  # JSON {reason: count}
-        pa.field("member_types", pa.string()),  # JSON [extension, ...] of the staged members
-        pa.field("resumed", pa.bool_()),
-        pa.field("seconds", pa.float64()),
-    ]
-)
+from schemas.work import SUMMARY_SCHEMA
 
 
 def chunk_meta_url(work_dir: str, chunk_id: str) -> str:

@@ -21,27 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import Reason
+from schemas.work import CLAIMS_SCHEMA
 
 UNDECIDED, WRITTEN, REJECTED = 0, 1, 2
 Side = Literal["hash", "key"]
 COLUMN = {"hash": "content_hash", "key": "key"}
-# The rows a pass reads and writes. ``hfree``/``kfree``: every earlier row of the row's hash
-# (key) group is rejected, so that side no longer blocks it. ``hn``/``kn``: undecided rows in
-# its group after the last pass on that side (-1 before one ran).
-CLAIMS_SCHEMA = pa.schema(
-    [
-        pa.field("pos", pa.int64()),
-        pa.field("key", pa.string()),
-        pa.field("content_hash", pa.string()),
-        pa.field("state", pa.int8()),
-        pa.field("hfree", pa.bool_()),
-        pa.field("kfree", pa.bool_()),
-        pa.field("hn", pa.int64()),
-        pa.field("kn", pa.int64()),
-        pa.field("reason", pa.string()),
-        pa.field("message", pa.string()),
-    ]
-)
 
 
 def position(chunk: int, row: np.ndarray) -> np.ndarray:

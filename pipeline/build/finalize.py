@@ -33,14 +33,11 @@ from pipeline.io.fs import (
 from pipeline.io.parquet import parquet_sink, read_table, to_table, write_table
 from pipeline.io.tar import copy_samples
 from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
+from schemas.work import DEDUP_SCHEMA
 
 SHARD_DIR = "shards"
 # What finalize writes beside the shards folder, published before build.json.
 TABLES = ("index.parquet", "rejects.parquet", "shards.parquet")
-# A chunk's dedup rejects: its row number, the reason and the message.
-DEDUP_SCHEMA = pa.schema(
-    [pa.field("row", pa.int64()), pa.field("reason", pa.string()), pa.field("message", pa.string())]
-)
 
 
 def shard_name(n: int) -> str:

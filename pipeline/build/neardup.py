@@ -17,21 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# A candidate row of the near-dup search: its position (dedup.position), key and pHash.
-NEAR_SCHEMA = pa.schema(
-    [pa.field("pos", pa.int64()), pa.field("key", pa.string()), pa.field("phash", pa.uint64())]
-)
-# A near duplicate and what it points at: first its earliest earlier neighbour, then its root.
-LINK_SCHEMA = pa.schema(
-    [
-        *NEAR_SCHEMA,
-        pa.field("to_pos", pa.int64()),
-        pa.field("to_key", pa.string()),
-        pa.field("to_phash", pa.uint64()),
-        pa.field("via_key", pa.string()),  # the earliest earlier neighbour
-        pa.field("via_distance", pa.int32()),
-    ]
-)
+from schemas.work import LINK_SCHEMA, NEAR_SCHEMA
+
 MAX_DISTANCE = 16
 _BAND_BITS = 56  # below the 8 bits that number the band, in a bucket id
 

@@ -1,38 +1,30 @@
-"""The progress line while a build runs, build.json at its end, and the printed summary."""
+"""A build's counts while it runs, build.json at its end, and the printed summary."""
 
 from __future__ import annotations
 
 import json
-import sys
-import time
 from collections import Counter
-from typing import Any, TextIO
+from typing import Any
 
 import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.config import BuildConfig
 from pipeline.io.fs import write_bytes_atomic
+from pipeline.progress import Progress
 from schemas import BUILD_REPORT_SCHEMA, BUILD_SCHEMA_VERSION
 
 
 class ProgressLine:
-    """Rows and chunks done and rejects so far: a live line on a TTY, a line every few s otherwise."""
+    """A build's counts from its chunk summaries, shown by the job's reporter."""
 
-    def __init__(
-        self, stream: TextIO | None = None, every_s: float = 5.0, quiet: bool = False
-    ) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.every_s = 0.5 if self.tty else every_s
-        self.quiet = quiet
-        self.t0 = time.perf_counter()
-        self.last = 0.0
+    def __init__(self, progress: Progress, chunks: int) -> None:
+        self.progress, self.total_chunks = progress, chunks
         self.rows = self.staged = self.rejected = self.chunks = self.resumed = self.tars = 0
-        self.reasons: Counter[str] = Counter()
         self.member_types: set[str] = set()
 
     def update(self, summary: pa.Table) -> None:
+        found: Counter[str] = Counter()
         for s in summary.to_pylist():
             self.chunks += 1
             self.resumed += int(s["resumed"])
@@ -40,27 +32,15 @@ class ProgressLine:
             self.staged += s["staged"]
             self.rejected += s["rejected"]
             self.tars += s["tars"]
-            self.reasons.update(json.loads(s["reasons"]))
+            found.update(json.loads(s["reasons"]))
             self.member_types.update(json.loads(s["member_types"]))
-        now = time.perf_counter()
-        if not self.quiet and now - self.last >= self.every_s:
-            self.last = now
-            self._print(end="\r" if self.tty else "\n")
-
-    def _print(self, end: str) -> None:
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        top = ", ".join(f"{k} {v}" for k, v in self.reasons.most_common(3))
-        line = (
-            f"[build] chunks {self.chunks} | rows {self.rows} | shards {self.tars} | staged {self.staged} | "
-            f"rejected {self.rejected}{f' ({top})' if top else ''} | {self.rows / dt:.0f} rows/s"
+        self.progress.reasons.update(found)
+        self.progress.update(
+            self.rows,
+            rejected=self.rejected,
+            chunks=f"{self.chunks}/{self.total_chunks}",
+            shards=self.tars,
         )
-        self.stream.write(line + end)
-        self.stream.flush()
-
-    def done(self) -> None:
-        """The final state, always, so that a log shows where processing ended."""
-        if not self.quiet:
-            self._print(end="\n")
 
 
 def make_report(

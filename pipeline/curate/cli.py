@@ -30,12 +30,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _cmd_curate(args: argparse.Namespace) -> int:
-    from pipeline.config import options
-    from pipeline.curate.config import load_curate_config
-    from pipeline.curate.job import run_curate
+    from pipeline.registry import run_from_args
 
-    cfg = load_curate_config(
-        options(args, ("build", "output", "vectors", "predicate")), args.config
-    )
-    run_curate(cfg, address=args.address, overwrite=args.overwrite, quiet=args.quiet)
+    run_from_args("curate", args)
     return 0

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.build.card import write_card
-from pipeline.build.finalize import publish
+from pipeline.build.card import CARD, write_card
+from pipeline.build.finalize import SHARD_DIR, TABLES, publish
 from pipeline.curate import metrics
 from pipeline.curate.config import CurateConfig
 from pipeline.curate.measure import (
@@ -31,18 +31,16 @@ from pipeline.io.fs import (
     check_output,
     exists,
     join,
+    list_files,
     read_bytes,
     remove_tree,
     write_bytes_atomic,
 )
 from pipeline.io.parquet import iter_tables
 from pipeline.io.shards import build_marker, empty_build_line, shard_stem
+from pipeline.lifecycle import Output
+from pipeline.progress import Progress
 from schemas import CURATE_SCHEMA_VERSION
-
-
-def _say(quiet: bool, line: str) -> None:
-    if not quiet:
-        print(f"curate: {line}", file=sys.stderr)
 
 
 def input_shards(build: str) -> list[tuple[str, list[int]]]:
@@ -63,36 +61,33 @@ def input_shards(build: str) -> list[tuple[str, list[int]]]:
     return sorted((r["shard"], list(r["index_row_groups"])) for r in rows)
 
 
-def _prepare(cfg: CurateConfig, overwrite: bool) -> dict[str, Any] | None:
-    """Refuse or clear what is in the output; return the finished curate.json to reuse."""
+OWNED = ("curate.json", *TABLES, SHARD_DIR, CARD, "report.html", "_work")
+
+
+def curate_output(cfg: CurateConfig) -> Output:
+    """The curated build's folder under the one lifecycle (pipeline/lifecycle.py).
+
+    Raises:
+        UserError: the output is the build itself, or holds shards no curate run claims.
+    """
     if cfg.output.rstrip("/") == cfg.build.rstrip("/"):
         raise UserError("--output must differ from BUILD: curate writes a new build")
-    check_output(cfg.output)
-    done = join(cfg.output, "curate.json")
-    work = join(cfg.output, "_work")
-    if overwrite:
-        remove_tree(cfg.output)
-    elif exists(done):
-        report = json.loads(read_bytes(done))
-        if report.get("config_fingerprint") == cfg.fingerprint():
-            return dict(report)
-        raise UserError(
-            f"{cfg.output} holds a curated build of another config; pass --overwrite to replace it"
-        )
-    elif exists(join(work, "config.json")):
-        if json.loads(read_bytes(join(work, "config.json")))["fingerprint"] != cfg.fingerprint():
-            raise UserError(
-                f"{cfg.output} holds an unfinished curate of another config; pass --overwrite "
-                "to start again, or rerun with that config to resume"
-            )
-    elif exists(cfg.output) and exists(join(cfg.output, "shards")):
-        raise UserError(f"{cfg.output} is not empty; pass --overwrite or choose another folder")
-    if not exists(join(work, "config.json")):
-        write_bytes_atomic(
-            join(work, "config.json"),
-            json.dumps({"fingerprint": cfg.fingerprint(), "config": cfg.model_dump()}).encode(),
-        )
-    return None
+    return Output(
+        "curate",
+        cfg.output,
+        cfg.fingerprint(),
+        marker="curate.json",
+        started="_work/config.json",
+        owned=OWNED,
+        what="curate",
+        unit=("shard step", "shard steps"),
+    )
+
+
+def _work_done(out: str) -> int:
+    """Files an unfinished curate committed in its _work/ (the claim aside)."""
+    work = join(out, "_work")
+    return sum(1 for f in list_files(work) if f != "config.json") if exists(work) else 0
 
 
 def _each(rows: list[dict[str, Any]], stage: Any) -> int:
@@ -199,16 +194,36 @@ def run_curate(
         )
     if cfg.predicate:  # a typo is one line here, before any work; workers import it again
         load_predicate(cfg.predicate)
-    reused = _prepare(cfg, overwrite)
+    output = curate_output(cfg)
+    check_output(cfg.output)
+    reused = output.finished(overwrite)
     if reused is not None:
-        _say(quiet, f"{cfg.output} is up to date ({reused['counts']['written']} kept)")
+        if not quiet:
+            print(
+                f"curate: {cfg.output} is up to date ({reused['counts']['written']} kept)",
+                file=sys.stderr,
+            )
         return reused
+    if (
+        not overwrite
+        and not exists(join(cfg.output, "_work"))
+        and exists(join(cfg.output, "shards"))
+    ):
+        raise UserError(f"{cfg.output} is not empty; pass --overwrite or choose another folder")
+    progress = Progress("curate", quiet=quiet)
+    output.claim(
+        cfg.model_dump(),
+        overwrite=overwrite,
+        work_done=lambda: _work_done(cfg.output),
+        say=progress.say,
+    )
     work, t0, timings = join(cfg.output, "_work"), time.time(), {}
     groups = {s: g for s, g in shards}
     names_only = [s for s, _ in shards]
-    with ray_session(address, quiet=quiet):
+    progress.phase("starting Ray")
+    with progress, ray_session(address, quiet=quiet, job="curate"):
         todo = [s for s in names_only if read_summary(work, s) is None]
-        _say(quiet, f"measuring {len(todo)} of {len(shards)} shards")
+        progress.phase(f"measuring {len(todo)} of {len(shards)} shards")
         rank = {s: i for i, s in enumerate(names_only)}
         rows = [
             {
@@ -228,16 +243,17 @@ def run_curate(
         timings["measure"] = time.time() - t0
         sem: dict[str, Any] = {}
         if sem_column:
-            _say(quiet, f"semantic dedup over {sem_column}")
+            progress.phase(f"semantic dedup over {sem_column}")
             sem = run_semdedup(cfg, work, names_only, threshold)
             sem["column"] = sem_column
         timings["semdedup"] = time.time() - t0 - timings["measure"]
         todo = [s for s in names_only if read_placed(work, s) is None]
-        _say(quiet, f"placing {len(todo)} shards")
+        progress.phase(f"placing {len(todo)} shards")
         _each(
             [{"shard": s, "groups": json.dumps(groups[s])} for s in todo],
             PlaceShard(cfg, work, cfg.output, threshold),
         )
+        progress.phase("merging the index and rejects")
         counts = run_remote(merge, cfg.build, work, names_only)
     input_rows = int(total.get("rows", 0))
     if counts["written"] + counts["rejected"] != input_rows:
@@ -288,13 +304,14 @@ def run_curate(
     }
     write_report(join(cfg.output, "report.html"), report, total)
     write_card(cfg.output, report, title=f"mmpipe curated build of {cfg.build}", job="curate")
-    write_bytes_atomic(join(cfg.output, "curate.json"), json.dumps(report, indent=1).encode())
+    output.commit(report, json.dumps(report, indent=1))
     remove_tree(work)
-    _say(
-        quiet,
-        f"{input_rows} rows -> {counts['written']} kept, {counts['rejected']} rejected "
-        f"{json.dumps(counts['rejects_by_reason'])} -> {cfg.output}",
-    )
+    if not quiet:
+        print(
+            f"curate: {input_rows} rows -> {counts['written']} kept, {counts['rejected']} "
+            f"rejected {json.dumps(counts['rejects_by_reason'])} -> {cfg.output}",
+            file=sys.stderr,
+        )
     empty = empty_build_line(report, cfg.output)
     if empty:  # committed, so that its rejects can be read, but no success
         raise UserError(empty)

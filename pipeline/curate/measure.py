@@ -17,7 +17,7 @@ from pipeline.curate import metrics
 from pipeline.curate.config import CurateConfig
 from pipeline.errors import UserError
 from pipeline.faults import maybe_fail
-from pipeline.io.fs import exists, get_fs, join, list_files, read_bytes, write_bytes_atomic
+from pipeline.io.fs import exists, get_fs, join, read_bytes, write_bytes_atomic
 from pipeline.io.parquet import iter_row_groups, read_table, to_table, write_table
 from pipeline.io.shards import read_shard, shard_stem
 from pipeline.stage import Batch, Resources, Stage
@@ -39,12 +39,10 @@ def vector_files(path: str) -> dict[str, list[str]]:
         UserError: ``path`` is neither.
     """
     from pipeline.embed.store import read_latest, read_manifest, version_dir
+    from pipeline.features.output import has_parts, parts_by_shard
 
-    if exists(join(path, "_SUCCESS")) and exists(join(path, "parts")):
-        out: dict[str, list[str]] = {}
-        for rel in list_files(join(path, "parts")):
-            out.setdefault(rel.split("/", 1)[0], []).append(join(path, "parts", rel))
-        return out
+    if has_parts(path):
+        return parts_by_shard(path)
     version = read_latest(path) if exists(path) else None
     if version is None:
         raise UserError(

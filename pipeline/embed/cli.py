@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Any
@@ -24,8 +25,8 @@ def positive_int(text: str) -> int:
 
 
 def _common(p: Any) -> None:
-    from pipeline.config import add_choice
     from pipeline.embed.config import EmbedConfig
+    from pipeline.options import add_field
 
     p.add_argument(
         "--model",
@@ -34,11 +35,13 @@ def _common(p: Any) -> None:
     )
     p.add_argument("--output", "-o", help="the embeddings store (local or URL)")
     p.add_argument("--config", help="YAML file with embed fields (CLI options override it)")
-    p.add_argument("--batch-size", type=int, help="samples per model batch")
-    p.add_argument("--actors", help="encoder+model actors, or 'auto' to follow free resources")
-    add_choice(p, "--device", EmbedConfig, "where the model runs")
-    add_choice(p, "--storage", EmbedConfig, "the float type stored")
-    p.add_argument("--keep-versions", type=int, help="complete versions kept (default 3)")
+    f = functools.partial(add_field, p, EmbedConfig)
+    f("batch_size", "samples per model batch")
+    f("actors", "encoder+model actors, or auto to follow free resources")
+    f("device", "where the model runs")
+    f("storage", "the float type stored")
+    f("keep_versions", "complete versions kept")
+    f("on_error", "what a sample's error does: its reject row, or raise to fail the run")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
@@ -104,48 +107,13 @@ def add_commands(sub: Any) -> None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from pipeline.config import options
-    from pipeline.embed.config import load_embed_config
-    from pipeline.embed.job import run_embed
+    from pipeline.registry import run_from_args
 
     if args.shards_arg and args.shards and args.shards_arg != args.shards:
         raise UserError("give SHARDS or --shards, not both")
     args.shards = args.shards or args.shards_arg
-    names = ("shards", "model", "output", "batch_size", "device", "storage", "keep_versions")
-    overrides = options(args, names)
-    overrides["actors"] = args.actors if args.actors in (None, "auto") else _int(args.actors)
-    if args.kind == "refresh" and not args.config and args.output:
-        # A refresh continues the store as it was configured (storage, metadata fields, model
-        # id): without this, a bare `mmpipe refresh` would see a new layout and re-embed all.
-        overrides = {
-            **_store_config(args.output),
-            **{k: v for k, v in overrides.items() if v is not None},
-        }
-    cfg = load_embed_config(overrides, args.config)
-    run_embed(
-        cfg,
-        incremental=args.kind == "refresh",
-        kind=args.kind,
-        address=args.address,
-        quiet=args.quiet,
-    )
+    run_from_args(args.kind, args)
     return 0
-
-
-def _store_config(out: str) -> dict[str, Any]:
-    from pipeline.embed.store import read_latest, version_dir
-    from pipeline.io.fs import exists, join, read_bytes
-
-    latest = read_latest(out)
-    url = join(version_dir(out, latest), "config.json") if latest else None
-    if not url or not exists(url):
-        return {}
-    keep = ("storage", "metadata_fields", "model_id", "row_group_mb", "keep_versions")
-    return {k: v for k, v in json.loads(read_bytes(url)).items() if k in keep}
-
-
-def _int(v: str) -> Any:
-    return int(v) if v.isdigit() else v  # a bad value is named by the config validation
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

@@ -34,6 +34,8 @@ class EmbedConfig(BaseModel):
     row_group_mb: int = Field(32, ge=1, le=1024)
     keep_versions: int = Field(3, ge=1, le=1000)
     max_block_bytes: int = Field(64 * 1024 * 1024, ge=1 << 20)
+    # A sample's error becomes its reject row; "raise" fails the run on the first one instead.
+    on_error: Literal["reject", "raise"] = "reject"
 
     @field_validator("metadata_fields")
     @classmethod

@@ -8,10 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.artifact import RunArtifact
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.plan import Plan, ShardPlan
+from pipeline.fusion.artifact import RunArtifact
 from pipeline.io.parts import PartTotals
+from pipeline.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Execution:
     vdir: str
     schema: Any  # the embeddings files' schema
     kind: str  # embed | refresh
-    quiet: bool = False
+    progress: Progress | None = None
 
 
 def execute(run: Execution, address: str | None) -> tuple[list[dict[str, Any]], PartTotals, dict]:
@@ -37,19 +38,25 @@ def execute(run: Execution, address: str | None) -> tuple[list[dict[str, Any]], 
 
     plan, cfg = run.plan, run.cfg
     work = [p for p in plan.shards if p.action != "carry"]
-    totals = PartTotals(run.kind, run.quiet)
+    totals = PartTotals(run.progress)
+    phase = run.progress.phase if run.progress else (lambda what: None)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    with ray_session(address):
+    phase("starting Ray")
+    with ray_session(address, job=run.kind):
         import ray.data
 
         timings["ray_start_s"] = time.perf_counter() - t
         if work:
             t = time.perf_counter()
+            phase(f"embedding {len(work)} shards (the actors load the encoders and the model)")
             for summary in stream(_embed_dataset(run, work)):
                 totals.add(summary)
+            if run.progress:
+                run.progress.finish()
             timings["embed_s"] = time.perf_counter() - t
         t = time.perf_counter()
+        phase(f"merging {len(plan.shards)} shards into the new version")
         merge = MergeShard(
             run.staging, run.base_dir, run.vdir, plan.index_url, run.schema, cfg.row_group_mb
         )
@@ -120,4 +127,6 @@ def _embed_dataset(run: Execution, work: list[ShardPlan]) -> Any:
         EmbedStage(fcfg, ref, gpus, actors, max_actors, decode_preset=preset if on_gpu else None),
         EmbedWriter(run.staging, ref, cfg.storage, cfg.metadata_fields),
     ]
-    return map_stages(ds, stages, columns=SAMPLE_SCHEMA.names, batch_size=cfg.batch_size)
+    return map_stages(
+        ds, stages, columns=SAMPLE_SCHEMA.names, batch_size=cfg.batch_size, on_error=cfg.on_error
+    )

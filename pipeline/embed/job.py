@@ -9,7 +9,6 @@ import sys
 import time
 from typing import Any
 
-from pipeline.artifact import RunArtifact
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.execute import Execution, execute
 from pipeline.embed.model import resolve_model
@@ -20,26 +19,45 @@ from pipeline.embed.store import (
     commit_version,
     next_version,
     prune,
+    read_latest,
     read_manifest,
     recover,
     set_latest,
     version_dir,
 )
 from pipeline.fingerprint import fingerprint
+from pipeline.fusion.artifact import RunArtifact
 from pipeline.io.fs import (
     absolute,
-    check_output,
     exists,
     get_fs,
     is_remote,
     join,
+    read_bytes,
     remove_tree,
     write_bytes_atomic,
 )
 from pipeline.io.parts import done_keys
+from pipeline.lifecycle import prepare
+from pipeline.progress import Progress
 from pipeline.redact import redact_obj
-from pipeline.runner import probe_address
 from schemas.embeddings import EMBED_SCHEMA_VERSION, embeddings_schema
+
+# What a store keeps from run to run: a refresh that is not told otherwise continues with them.
+STORE_FIELDS = ("storage", "metadata_fields", "model_id", "row_group_mb", "keep_versions")
+
+
+def continued(cfg: EmbedConfig) -> EmbedConfig:
+    """A refresh continues the store as it was configured (storage, metadata fields, model
+    id): fields the config does not set come from the latest version's config.json. Without
+    this, a bare ``mmpipe refresh`` would see a new layout and re-embed everything."""
+    latest = read_latest(cfg.output) if exists(cfg.output) else None
+    url = join(version_dir(cfg.output, latest), "config.json") if latest else None
+    if not url or not exists(url):
+        return cfg
+    last = json.loads(read_bytes(url))
+    kept = {k: last[k] for k in STORE_FIELDS if k in last and k not in cfg.model_fields_set}
+    return EmbedConfig(**{**cfg.model_dump(include=cfg.model_fields_set), **kept})
 
 
 def layout_of(ref: RunArtifact, cfg: EmbedConfig) -> str:
@@ -97,48 +115,51 @@ def run_embed(
     command resumes from the parts it staged.
     """
     t0, started = time.perf_counter(), now_utc()
+    if kind == "refresh":
+        cfg = continued(cfg)
     # Every path is resolved once, here: workers run elsewhere (see io/fs.absolute).
     cfg = cfg.model_copy(update={"shards": absolute(cfg.shards), "output": absolute(cfg.output)})
-    check_output(cfg.output)
-    if address:
-        probe_address(address)  # seconds, where ray.init would retry for ever
-    # Local paths are recorded absolute: search and later runs may start elsewhere.
-    model = cfg.model if is_remote(cfg.model) else os.path.abspath(cfg.model)
-    ref = resolve_model(model, cfg.model_id)
-    index_url, shards = scan_input(cfg.shards)
-    out = cfg.output
-    base = recover(out)
-    base_manifest = read_manifest(out, base) if base else None
-    base_dir = version_dir(out, base) if base else None
-    layout = layout_of(ref, cfg)
-    plan = make_plan(
-        shards, index_url, base, base_manifest, base_dir, ref.version, layout, incremental
-    )
-    if plan.noop:
-        secs = round(time.perf_counter() - t0, 2)
-        if not quiet:
-            print(
-                f"{kind}: nothing new ({len(plan.shards)} shards match {base}); nothing written, {secs}s",
-                file=sys.stderr,
-            )
-        return {"version": base, "noop": True, "seconds": secs, "reason": plan.reason}
-    staging = join(out, "_staging", plan.target)
-    _clear_other_staging(out, plan.target)
-    staged = done_keys(staging)
-    version = next_version(out)
-    run = Execution(
-        cfg,
-        ref,
-        plan,
-        staging,
-        staged,
-        base_dir,
-        version_dir(out, version),
-        file_schema(ref, cfg),
-        kind,
-        quiet,
-    )
-    entries, totals, timings = execute(run, address)
+    prepare(cfg.output, address)
+    with Progress(kind, quiet=quiet) as progress:
+        progress.phase("planning: what changed since the last version")
+        # Local paths are recorded absolute: search and later runs may start elsewhere.
+        model = cfg.model if is_remote(cfg.model) else os.path.abspath(cfg.model)
+        ref = resolve_model(model, cfg.model_id)
+        index_url, shards = scan_input(cfg.shards)
+        out = cfg.output
+        base = recover(out)
+        base_manifest = read_manifest(out, base) if base else None
+        base_dir = version_dir(out, base) if base else None
+        layout = layout_of(ref, cfg)
+        plan = make_plan(
+            shards, index_url, base, base_manifest, base_dir, ref.version, layout, incremental
+        )
+        if plan.noop:
+            secs = round(time.perf_counter() - t0, 2)
+            progress.close()
+            if not quiet:
+                print(
+                    f"{kind}: nothing new ({len(plan.shards)} shards match {base}); nothing written, {secs}s",
+                    file=sys.stderr,
+                )
+            return {"version": base, "noop": True, "seconds": secs, "reason": plan.reason}
+        staging = join(out, "_staging", plan.target)
+        _clear_other_staging(out, plan.target)
+        staged = done_keys(staging)
+        version = next_version(out)
+        run = Execution(
+            cfg,
+            ref,
+            plan,
+            staging,
+            staged,
+            base_dir,
+            version_dir(out, version),
+            file_schema(ref, cfg),
+            kind,
+            progress,
+        )
+        entries, totals, timings = execute(run, address)
     manifest = Manifest.of(version, ref, layout, cfg.storage, entries)
     # The resolved config next to the files it produced (credentials never live in it).
     write_bytes_atomic(
@@ -163,6 +184,7 @@ def run_embed(
         shards_carried=sum(1 for p in plan.shards if p.action == "carry"),
         shards_rewritten=sum(1 for p in plan.shards if p.action != "carry"),
         write_seconds=round(totals.write_s + sum(e["write_s"] for e in entries), 3),
+        rejects_by_reason=dict(totals.reasons.most_common()),
     )
     append_ledger(out, record.to_json())
     pruned = prune(out, cfg.keep_versions)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.artifact import RunArtifact
 from pipeline.errors import UserError
+from pipeline.fusion.artifact import RunArtifact
 
 
 def resolve_model(spec: str, model_id: str | None = None) -> RunArtifact:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pipeline.artifact import RunArtifact
+from pipeline.fusion.artifact import RunArtifact
 from schemas.embeddings import EMBED_SCHEMA_VERSION
 
 FILE_FIELDS = ("path", "shard", "rows", "rejected", "bytes", "digest")
@@ -86,6 +86,7 @@ class RunRecord:
     shards_rewritten: int
     rows: int
     write_seconds: float
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)  # this run's
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @classmethod

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.artifact import RunArtifact
 from pipeline.build.browse import samples
 from pipeline.embed.model import resolve_model
 from pipeline.embed.store import data_files, read_latest, read_manifest, version_dir
 from pipeline.errors import Reject, UserError
+from pipeline.fusion.artifact import RunArtifact
 from pipeline.io.fs import exists, get_fs, is_remote, join, read_bytes, write_bytes_atomic
 from pipeline.io.parquet import fsl_to_numpy, iter_tables
 from pipeline.io.shards import build_marker

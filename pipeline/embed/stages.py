@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -9,13 +10,13 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from pipeline.artifact import RunArtifact
 from pipeline.device import autocast
 from pipeline.embed.model import EmbeddingModel
 from pipeline.errors import Reason, Reject
 from pipeline.faults import maybe_fail
 from pipeline.features.config import FeaturesConfig
 from pipeline.features.stages import EncodeStage
+from pipeline.fusion.artifact import RunArtifact
 from pipeline.io.parts import PartWriter
 from pipeline.io.shards import as_text
 from pipeline.stage import Batch, Resources, Stage
@@ -40,13 +41,16 @@ class EmbedStage(Stage):
         decode_preset: str | None = None,
     ) -> None:
         super().__init__()
-        self.encode = EncodeStage(fcfg, gpus, decode_preset=decode_preset)
+        # An export's encoder graphs run in onnxruntime too, in place of the encoders' own.
+        graphs = functools.partial(onnx_encoders, ref) if ref.kind == "onnx" else None
+        self.encode = EncodeStage(fcfg, gpus, decode_preset=decode_preset, graphs=graphs)
         self.ref, self.gpus, self.actors, self.max_actors = ref, gpus, actors, max_actors
+        self.amp = fcfg.amp
 
     @property
     def resources(self) -> Resources:
         return Resources(
-            num_cpus=self.encode.cfg.actor_num_cpus,
+            num_cpus=self.encode.resources.num_cpus,
             num_gpus=self.gpus,
             actors=self.actors,
             max_actors=self.max_actors,
@@ -62,21 +66,11 @@ class EmbedStage(Stage):
         return self.encode.drops()
 
     def setup(self) -> None:
-        self.encode.ensure_setup()
         # Checked here, where the encoders are loaded anyway: loading them on the driver as
         # well cost ~10 s per run on 2 CPUs (docs/benchmarks.md).
-        self.ref.check_encoders(
-            {
-                m: {"encoder": e.encoder_id, "weights": e.weights_id, "dim": e.dim}
-                for m, e in self.encode.encoders.items()
-            }
-        )
+        self.ref.check_encoders(self.encode.identities())
         self.device = self.encode.device
-        threads = max(1, int(self.encode.cfg.actor_num_cpus))
-        self.model = EmbeddingModel(self.ref, self.device, threads)
-        if self.ref.kind == "onnx":  # the export's encoder graphs run in onnxruntime too
-            for m, graph in onnx_encoders(self.ref, self.device, threads).items():
-                self.encode.encoders[m].model = graph
+        self.model = EmbeddingModel(self.ref, self.device, self.encode.threads)
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
@@ -92,7 +86,7 @@ class EmbedStage(Stage):
             x[torch.from_numpy(~has)] = 0.0  # as in training: an absent modality is zeros
             feats[m] = x.to(self.device, non_blocking=True)
             masks[m] = torch.from_numpy(has).to(self.device)
-        with torch.inference_mode(), autocast(self.encode.cfg.amp, self.device):
+        with torch.inference_mode(), autocast(self.amp, self.device):
             fused, embs = self.model(feats, masks)
         batch["fused_emb"] = fused.cpu().numpy()
         for m in self.ref.modalities:

@@ -52,6 +52,8 @@ class FeaturesConfig(BaseModel):
     # Where JPEGs are decoded: "gpu" inside the encoder actor (nvJPEG, no host round trip),
     # "cpu" in preprocessing tasks; "auto" picks gpu when the encoders get GPUs.
     image_decode: Literal["auto", "cpu", "gpu"] = "auto"
+    # A sample's error becomes its reject row; "raise" fails the run on the first one instead.
+    on_error: Literal["reject", "raise"] = "reject"
 
     @model_validator(mode="after")
     def _encoders(self) -> FeaturesConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,14 +15,14 @@ from pipeline.features.config import FeaturesConfig
 from pipeline.io.parts import PartWriter
 from pipeline.io.shards import as_text
 from pipeline.models.encoders import BOW_DIM, is_foreign, load_encoder
-from pipeline.preprocess.audio import AudioLogMel
-from pipeline.preprocess.image import ImagePreprocess, normalize_uint8
-from pipeline.preprocess.processors import (
+from pipeline.models.processors import (
     AUDIO_COLUMNS,
     ModelAudioPreprocess,
     ModelImagePreprocess,
     ModelTokenize,
 )
+from pipeline.preprocess.audio import AudioLogMel
+from pipeline.preprocess.image import ImagePreprocess, normalize_uint8
 from pipeline.preprocess.text import TextTokenize
 from pipeline.stage import Batch, Resources, Stage
 from schemas import FEATURE_REJECTS_SCHEMA, features_schema
@@ -135,12 +136,32 @@ class EncodeStage(Stage):
     batch_format: ClassVar[str] = "numpy"
 
     def __init__(
-        self, cfg: FeaturesConfig, gpus: float = 0.0, decode_preset: str | None = None
+        self,
+        cfg: FeaturesConfig,
+        gpus: float = 0.0,
+        decode_preset: str | None = None,
+        graphs: Callable[[str, int], dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.cfg, self.gpus = cfg, gpus
         # Set when images arrive encoded: decode here (nvJPEG on a GPU, Pillow on a CPU).
         self.decode_preset = decode_preset
+        # (device, threads) -> modality: a module that replaces that encoder's own (an
+        # export's ONNX graphs); called once per actor, after the encoders are loaded.
+        self.graphs = graphs
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads: the CPUs each actor is given, so actors do not oversubscribe."""
+        return max(1, int(self.cfg.actor_num_cpus))
+
+    def identities(self) -> dict[str, dict[str, Any]]:
+        """Each loaded encoder's id, weights and width: what a trained model must match."""
+        self.ensure_setup()
+        return {
+            m: {"encoder": e.encoder_id, "weights": e.weights_id, "dim": e.dim}
+            for m, e in self.encoders.items()
+        }
 
     @property
     def resources(self) -> Resources:
@@ -173,8 +194,7 @@ class EncodeStage(Stage):
 
         c = self.cfg
         self.device = local_device(c.device)
-        # Intra-op threads = the CPUs this actor was given, so actors do not oversubscribe.
-        torch.set_num_threads(max(1, int(c.actor_num_cpus)))
+        torch.set_num_threads(self.threads)
         self.encoders: dict[str, Any] = {
             m: load_encoder(m, getattr(c, m), n_mels=c.log_mel().n_mels)
             for m in MODALITIES
@@ -186,6 +206,8 @@ class EncodeStage(Stage):
             enc.to(self.device)
             if m == "image":  # NHWC convolutions: 1.6x on 2 CPUs for EfficientNet-Lite0 too
                 enc.model = enc.model.to(memory_format=torch.channels_last)
+        for m, graph in (self.graphs(self.device, self.threads) if self.graphs else {}).items():
+            self.encoders[m].model = graph
 
     def __call__(self, batch: Batch) -> Batch:
         import torch

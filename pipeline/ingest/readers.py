@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from pipeline.errors import Reason, SampleError
-from pipeline.ingest.rows import InputRow, ManifestLayout, part_name_for_ext, row_from_record
+from pipeline.ingest.rows import InputRow, ManifestLayout, row_from_record
 from pipeline.io.fs import get_fs, join
-from pipeline.io.tar import iter_tar_samples
+from pipeline.io.tar import iter_tar_samples, part_name_for_ext
 
 # Captions of megabytes must reach the text validator (which rejects them with a reason)
 # instead of breaking the CSV parser for the rest of the file.

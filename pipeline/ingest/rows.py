@@ -13,25 +13,7 @@ from typing import Any
 from pipeline.errors import Reason, SampleError
 from pipeline.io.fs import LOCAL_SCHEMES, REMOTE_SCHEMES, is_remote, join, scheme_of
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
-AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus", "oga")
-TEXT_EXTS = ("txt", "text", "caption")
-JSON_EXTS = ("json",)
 _TEXT_PATH_RE = re.compile(r"^\S+\.txt$", re.IGNORECASE)
-
-
-def part_name_for_ext(ext: str) -> str:
-    """Which role a sidecar file or tar member plays, from its extension."""
-    ext = ext.lower()
-    if ext in IMAGE_EXTS:
-        return "image"
-    if ext in AUDIO_EXTS:
-        return "audio"
-    if ext in TEXT_EXTS:
-        return "text"
-    if ext in JSON_EXTS:
-        return "json"
-    return "extra:" + ext
 
 
 @dataclass

@@ -4,11 +4,10 @@ back on resume. The features and embed writers are the two users of ``PartWriter
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +17,9 @@ from pipeline.fingerprint import keys_hash
 from pipeline.io.fs import exists, join, list_files
 from pipeline.io.parquet import read_table, to_table, write_table
 from pipeline.stage import Batch, Resources, Stage
+
+if TYPE_CHECKING:
+    from pipeline.progress import Progress
 
 PART_DIRS = ("parts", "rejects")
 SUMMARY = ("shard", "part", "rows", "rejects", "write_s", "reasons")  # reasons: JSON counts
@@ -109,29 +111,28 @@ class PartWriter(Stage):
 
 @dataclass
 class PartTotals:
-    """Running totals of ``PartWriter`` summaries: a job's counts and its progress line."""
+    """Running totals of ``PartWriter`` summaries: a job's counts, shown by its reporter."""
 
-    label: str
-    quiet: bool = False
+    progress: Progress | None = None
     rows: int = 0
     rejected: int = 0
     write_s: float = 0.0
     reasons: Counter[str] = field(default_factory=Counter)  # rejects by reason so far
     # (time, rows done) after each summary: the steady rate leaves start-up out.
     marks: list[tuple[float, int]] = field(default_factory=list)
-    _printed: float = 0.0
 
     def add(self, summary: pa.Table) -> None:
         self.rows += int(summary.column("rows").to_numpy().sum())
         self.rejected += int(summary.column("rejects").to_numpy().sum())
         self.write_s += float(summary.column("write_s").to_numpy().sum())
+        found: Counter[str] = Counter()
         for text in summary.column("reasons").to_pylist():
-            self.reasons.update(json.loads(text))
-        now = time.perf_counter()
-        self.marks.append((now, self.rows + self.rejected))
-        if not self.quiet and now - self._printed > 5:
-            self._printed = now
-            print(f"[{self.label}] rows {self.rows} | rejected {self.rejected}", file=sys.stderr)
+            found.update(json.loads(text))
+        self.reasons.update(found)
+        self.marks.append((time.perf_counter(), self.rows + self.rejected))
+        if self.progress is not None:
+            self.progress.update(self.rows, rejected=self.rejected)
+            self.progress.reasons.update(found)
 
     def steady_rate(self) -> float | None:
         """Rows per second from the first summary to the last (None with fewer than two)."""

@@ -11,9 +11,8 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import UserError
-from pipeline.ingest.rows import AUDIO_EXTS, IMAGE_EXTS
 from pipeline.io.fs import exists, expand_inputs, get_fs, is_dir, join, read_bytes
-from pipeline.io.tar import iter_tar_samples
+from pipeline.io.tar import AUDIO_EXTS, IMAGE_EXTS, iter_tar_samples
 
 SAMPLE_SCHEMA = pa.schema(
     [

@@ -15,6 +15,25 @@ BLOCK = 512
 RECORD = 20 * BLOCK
 # A fixed mtime (2000-01-01) rather than 0: some extractors warn on the epoch.
 FIXED_MTIME = 946684800
+# Which role a member plays, from its extension (webdataset's convention).
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus", "oga")
+TEXT_EXTS = ("txt", "text", "caption")
+JSON_EXTS = ("json",)
+
+
+def part_name_for_ext(ext: str) -> str:
+    """Which role a sidecar file or tar member plays, from its extension."""
+    ext = ext.lower()
+    if ext in IMAGE_EXTS:
+        return "image"
+    if ext in AUDIO_EXTS:
+        return "audio"
+    if ext in TEXT_EXTS:
+        return "text"
+    if ext in JSON_EXTS:
+        return "json"
+    return "extra:" + ext
 
 
 class TarShardWriter:

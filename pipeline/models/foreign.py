@@ -22,7 +22,7 @@ def foreign_encoder(modality: str, name: str, source: str | None) -> Encoder:
     """
     import torch
 
-    from pipeline.preprocess.processors import AUDIO_COLUMNS
+    from pipeline.models.processors import AUDIO_COLUMNS
 
     if not source or source in ("default", "random"):
         raise UserError(
@@ -51,7 +51,7 @@ def foreign_encoder(modality: str, name: str, source: str | None) -> Encoder:
 
 
 def _dummy_batch(modality: str, name: str, source: str) -> dict[str, Any]:
-    from pipeline.preprocess import processors as p
+    from pipeline.models import processors as p
 
     if modality == "image":
         from PIL import Image

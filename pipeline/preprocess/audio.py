@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.errors import SampleError, decode_failure
+from pipeline.errors import SampleError, decode_failure, rejecting
 from pipeline.stage import Batch, Stage
 
 
@@ -120,7 +120,7 @@ def decode_clips(
         try:
             clips[i] = decode_mono(bytes(data), rate)[:samples]
         except SampleError as e:  # this sample's reject; resampling errors are bugs
-            errors[i] = e.message
+            errors[i] = rejecting(e).message
     return clips, errors
 
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.errors import SampleError, decode_failure
+from pipeline.errors import SampleError, decode_failure, rejecting
 from pipeline.faults import maybe_fail
 from pipeline.stage import Batch, Resources, Stage
 
@@ -158,7 +158,7 @@ class ImagePreprocess(Stage):
             try:
                 im = decode_pil(bytes(data), self.preset.resize)
             except SampleError as e:  # this sample's reject; our transform's errors are bugs
-                errors[i] = e.message
+                errors[i] = rejecting(e).message
                 continue
             maybe_fail("image_transform")  # the error-contract tests: a bug in our transform
             out[i] = self.transform(im).to(self.device)

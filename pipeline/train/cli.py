@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Any
 
 
 def add_commands(sub: Any) -> None:
-    from pipeline.config import add_choice
+    from pipeline.options import add_field
     from pipeline.train.config import TrainConfig
 
     p = sub.add_parser("train", help="train a fusion model on features with Ray Train")
     p.add_argument("data", help="an `mmpipe features` output folder")
     p.add_argument("--output", "-o", required=True, help="the run directory (local or URL)")
     p.add_argument("--config", help="YAML file with train fields (CLI options override it)")
-    add_choice(p, "--fusion", TrainConfig, "how the modalities are combined")
-    add_choice(
-        p, "--preset", TrainConfig, "a classic model trained end to end (DATA is then a build)"
-    )
-    p.add_argument("--epochs", type=int, help="passes over the training split")
-    p.add_argument("--batch-size", type=int, help="samples per step, over all workers")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
-    p.add_argument("--seed", type=int, help="seed for the split, initialisation and order")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    f = functools.partial(add_field, p, TrainConfig)
+    f("fusion", "how the modalities are combined")
+    f("preset", "a classic model trained end to end (DATA is then a build)")
+    f("epochs", "passes over the training split")
+    f("batch_size", "samples per step, over all workers")
+    f("lr", "peak learning rate")
+    f("workers", "Ray Train workers (DDP)")
+    f("seed", "seed for the split, initialisation and order")
+    f("max_steps", "stop after this many steps")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
@@ -70,13 +70,9 @@ def add_commands(sub: Any) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.config import options
-    from pipeline.train.config import load_train_config
-    from pipeline.train.job import run_train
+    from pipeline.registry import run_from_args
 
-    names = ("data", "output", "fusion", "preset", "epochs", "batch_size", "lr", "workers")
-    cfg = load_train_config(options(args, (*names, "seed", "max_steps")), args.config)
-    run_train(cfg, address=args.address, resume=args.resume, quiet=args.quiet)
+    run_from_args("train", args)
     return 0
 
 

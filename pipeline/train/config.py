@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
-    from pipeline.artifact import ModelSpec
+    from pipeline.fusion.artifact import ModelSpec
 
 Modality = Literal["image", "text", "audio"]
 
@@ -83,7 +83,7 @@ class TrainConfig(BaseModel):
 
     def model_spec(self, dims: dict[str, int], n_classes: int) -> ModelSpec:
         """The architecture this config trains on features of ``dims``."""
-        from pipeline.artifact import ModelSpec
+        from pipeline.fusion.artifact import ModelSpec
 
         same = {"preset", "d_model", "embed_dim", "image_size", "max_text_tokens"}
         return ModelSpec(

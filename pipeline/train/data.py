@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import UserError
-from pipeline.io.fs import exists, join, list_files, read_bytes
+from pipeline.features.output import is_finished, part_files, read_report
 from pipeline.io.parquet import fsl_to_numpy, iter_tables
 from pipeline.stage import Stage
 
@@ -41,14 +41,12 @@ def open_features(
     root: str, modalities: Sequence[str] | None, label_field: str | None
 ) -> FeatureSet:
     """Check a features directory and read what training needs to know, streaming one column."""
-    report_url = join(root, "features.json")
-    if not exists(join(root, "_SUCCESS")) or not exists(report_url):
+    if not is_finished(root):
         raise UserError(
             f"train: {root} is not a finished `mmpipe features` output (no _SUCCESS); "
             "run mmpipe features first, or point DATA at its --output"
         )
-    raw = read_bytes(report_url)
-    report = json.loads(raw)
+    raw, report = read_report(root)
     dims = {m: int(v["dim"]) for m, v in report["encoders"].items()}
     if modalities:
         missing = [m for m in modalities if m not in dims]
@@ -57,9 +55,7 @@ def open_features(
                 f"train config: modalities {missing} are not in {root} (it has {sorted(dims)})"
             )
         dims = {m: dims[m] for m in modalities}
-    files = [join(root, f) for f in report["parts"]] or [
-        join(root, f"parts/{p}") for p in list_files(join(root, "parts"))
-    ]
+    files = part_files(root, report)
     if not files:
         raise UserError(f"train: {root} holds no feature rows")
     classes = label_vocabulary(iter_tables(files, ["meta"]), label_field)

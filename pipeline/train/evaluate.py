@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifact import ModelInfo, RunArtifact
 from pipeline.errors import UserError
+from pipeline.fusion.artifact import ModelInfo, RunArtifact
 from pipeline.io.fs import join, read_bytes, write_bytes_atomic
 from pipeline.io.parquet import iter_tables
 from pipeline.train.data import SplitLabel, open_features, to_tensors

@@ -9,7 +9,8 @@ import json
 import os
 from typing import Any
 
-from pipeline.artifact import (
+from pipeline.errors import UserError
+from pipeline.fusion.artifact import (
     EXPORT_DIR,
     EXPORT_FILE,
     INFO_FILE,
@@ -17,7 +18,6 @@ from pipeline.artifact import (
     ModelInfo,
     RunArtifact,
 )
-from pipeline.errors import UserError
 from pipeline.io.fs import check_output, exists, join, write_bytes_atomic
 from pipeline.models.weights import torchscript_quietly
 

@@ -6,28 +6,29 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipeline import faults
-from pipeline.artifact import MODEL_FILE, Lineage, ModelInfo, save_run
 from pipeline.errors import UserError
 from pipeline.fingerprint import fingerprint
+from pipeline.fusion.artifact import MODEL_FILE, Lineage, ModelInfo, save_run
 from pipeline.io.fs import (
     absolute,
-    check_output,
     exists,
     is_remote,
     join,
     list_files,
-    read_bytes,
     write_bytes_atomic,
 )
+from pipeline.lifecycle import Output, prepare
+from pipeline.progress import Progress
 from pipeline.redact import redact_obj
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import FeatureSet, open_features, ray_split
-from pipeline.train.metrics import MetricsLog, TrainProgressLine
+from pipeline.train.metrics import TrainProgressLine
+from pipeline.train.worker import train_worker
 
 RUN_NAME = "fusion"
 
@@ -65,105 +66,6 @@ def model_info(cfg: TrainConfig, fs_: FeatureSet) -> ModelInfo:
     )
 
 
-def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker loop: one process per worker, DDP across them."""
-    import ray.train
-    import ray.train.torch as rtt
-    import torch
-
-    from pipeline.train.loop import Trainer, load_state, save_state, seed_everything, val_metrics
-
-    cfg = TrainConfig(**config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed_everything(cfg.seed)  # the same initial weights on every rank
-    device = rtt.get_device()
-    steps = config["train_rows"] // (cfg.batch_size * world)
-    tr = Trainer(cfg, config["dims"], len(config["classes"]), steps, device, config["stats"])
-    ckpt = ray.train.get_checkpoint()
-    log_lines = 0
-    if ckpt is not None:  # a restart after a failure, or --resume
-        with ckpt.as_directory() as d:
-            with open(os.path.join(d, "state.pt"), "rb") as f:
-                tr.load_state_dict(load_state(f.read()))
-            with open(os.path.join(d, "meta.json")) as mf:
-                log_lines = int(json.load(mf).get("log_lines", 0))
-    if world > 1:
-        tr.model = rtt.prepare_model(tr.core, move_to_device=False)
-    train_shard, val_shard = (
-        ray.train.get_dataset_shard("train"),
-        ray.train.get_dataset_shard("val"),
-    )
-    log = MetricsLog(config["run_dir"], enabled=rank == 0)
-    if ckpt is not None:
-        # Work after the checkpoint was lost with the failed workers: so are its metric rows.
-        log.lines = log.lines[:log_lines]
-        log.lines.append(
-            json.dumps({"kind": "restore", "step": tr.progress.step, "epoch": tr.progress.epoch})
-        )
-    if rank == world - 1:  # the reliability tests' fault: this worker dies at a step, once
-        log.fault = config.get("fault")
-
-    def report(metrics: dict[str, Any]) -> None:
-        metrics = {**metrics, "step": tr.progress.step, "epoch": tr.progress.epoch}
-        if rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            with open(os.path.join(d, "state.pt"), "wb") as f:
-                f.write(save_state(tr.state_dict()))
-            with open(os.path.join(d, "meta.json"), "w") as f:
-                json.dump(
-                    {
-                        "metrics": metrics,
-                        "lineage": config["lineage"],
-                        "log_lines": len(log.lines),
-                        "classes": config["classes"],
-                        "dims": config["dims"],
-                    },
-                    f,
-                )
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-    every = cfg.checkpoint_every_steps
-    fmt = "numpy" if cfg.preset else "pyarrow"  # presets carry pixel tensors
-    while tr.progress.epoch < cfg.epochs and not tr.progress.done:
-        batches = train_shard.iter_batches(
-            batch_size=cfg.batch_size,
-            batch_format=fmt,
-            drop_last=True,
-            local_shuffle_buffer_size=cfg.batch_size * 8,
-            local_shuffle_seed=cfg.seed * 100003 + tr.progress.epoch,
-        )
-        t0 = time.perf_counter()
-        tr.train_epoch(
-            batches,
-            on_step=log.step,
-            should_checkpoint=lambda: bool(every) and tr.progress.step % every == 0,  # type: ignore[operator]
-            checkpoint=lambda: report({"kind": "step"}),
-        )
-        tot = tr.evaluate(val_shard.iter_batches(batch_size=cfg.batch_size, batch_format=fmt))
-        if world > 1:
-            t = torch.tensor(
-                [tot["loss"], tot["rows"], tot["correct"], tot["labelled"]], device=device
-            )
-            torch.distributed.all_reduce(t)
-            tot = dict(zip(("loss", "rows", "correct", "labelled"), t.tolist()))
-        val = val_metrics(tot)
-        stop = tr.end_epoch(val) or tr.reached_max_steps()
-        metrics = {
-            "kind": "epoch",
-            **val,
-            "epoch_seconds": time.perf_counter() - t0,
-            "best_epoch": tr.progress.best_epoch,
-            **({"stopped": tr.progress.stopped} if stop else {}),
-        }
-        log.epoch({**metrics, "epoch": tr.progress.epoch, "step": tr.progress.step})
-        report(metrics)
-        if stop:
-            break
-
-
 def train_in_process(cfg: TrainConfig) -> str:
     """Train a features model in this process, without Ray, and write the run's model files.
 
@@ -197,11 +99,19 @@ def val_words(m: dict[str, Any]) -> str:
     return f"val_loss {loss:.4f}" + (f", val_acc {acc:.4f}" if acc is not None else "")
 
 
-def _has_checkpoints(run_path: str) -> bool:
-    return exists(run_path) and any("checkpoint_" in f for f in list_files(run_path))
+def _checkpoints(run_path: str) -> int:
+    """Checkpoints an unfinished run left (Ray Train's ``checkpoint_*`` folders)."""
+    if not exists(run_path):
+        return 0
+    return len({f.split("/")[0] for f in list_files(run_path) if f.startswith("checkpoint_")})
 
 
-def without_absent_labels(cfg: TrainConfig, classes: list[str], quiet: bool) -> TrainConfig:
+def without_absent_labels(
+    cfg: TrainConfig,
+    classes: list[str],
+    quiet: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> TrainConfig:
     """Captions with no labels train contrastive-only: the default label field, absent from
     every sample, turns the classifier off (eval then scores retrieval by Recall@K). A label
     field the user named and no sample has is a mistake, and stops the run.
@@ -217,12 +127,14 @@ def without_absent_labels(cfg: TrainConfig, classes: list[str], quiet: bool) -> 
             f"train config: label_field {cfg.label_field!r} is in no sample's metadata; "
             "set label_field: null to train without a classifier"
         )
-    if not quiet:
-        print(
-            f"train: no sample's metadata has a {default!r}; training contrastive-only "
-            "(eval scores retrieval by Recall@K)",
-            file=sys.stderr,
-        )
+    line = (
+        f"no sample's metadata has a {default!r}; training contrastive-only "
+        "(eval scores retrieval by Recall@K)"
+    )
+    if say is not None:
+        say(line)
+    elif not quiet:
+        print(f"train: {line}", file=sys.stderr)
     return cfg.model_copy(update={"label_field": None})
 
 
@@ -237,118 +149,131 @@ def run_train(
     """Train; write ``model.pt``, ``model.json``, ``metrics.jsonl`` and ``train.json`` (last)."""
 
     from pipeline.device import cluster_has_gpu
-    from pipeline.runner import object_store_stats, probe_address, ray_session
+    from pipeline.runner import object_store_stats, ray_session
 
     t0 = time.perf_counter()
-    check_output(cfg.output)
-    if address:
-        probe_address(address)  # seconds, where ray.init would retry for ever
     # Workers may run in another directory: local paths travel absolute.
     cfg = cfg.model_copy(update={"data": absolute(cfg.data), "output": absolute(cfg.output)})
-    if cfg.preset:
-        from pipeline.train.presets import e2e_split, open_shards
+    prepare(cfg.output, address)
+    with Progress("train", unit="steps", quiet=quiet) as progress:
+        progress.phase(f"reading {cfg.data}")
+        if cfg.preset:
+            from pipeline.train.presets import e2e_split, open_shards
 
-        fs_ = open_shards(cfg.data, cfg.label_field, cfg.image_size, cfg.max_text_tokens)
-    else:
-        fs_ = open_features(cfg.data, cfg.modalities, cfg.label_field)
-    cfg = without_absent_labels(cfg, fs_.classes, quiet)
-    out, fp = cfg.output, train_fingerprint(cfg, fs_)
-    report_url = join(out, "train.json")
-    if exists(report_url):
-        report = json.loads(read_bytes(report_url))
-        if report.get("fingerprint") == fp:
+            fs_ = open_shards(cfg.data, cfg.label_field, cfg.image_size, cfg.max_text_tokens)
+        else:
+            fs_ = open_features(cfg.data, cfg.modalities, cfg.label_field)
+        cfg = without_absent_labels(cfg, fs_.classes, quiet, progress.say)
+        out, fp = cfg.output, train_fingerprint(cfg, fs_)
+        output = Output(
+            "train",
+            out,
+            fp,
+            marker="train.json",
+            started="_started.json",
+            what="training run",
+            unit=("checkpoint", "checkpoints"),
+            overwritable=False,
+        )
+        report = output.finished()
+        if report is not None:
+            progress.quiet = True
             if not quiet:
                 print(f"train: already complete in {out}; nothing to do", file=sys.stderr)
-            return dict(report)
-        raise UserError(f"{out} holds a run of a different config or data; choose another --output")
-    storage = cfg.storage_path or (
-        join(out, "ray") if is_remote(out) else os.path.abspath(join(out, "ray"))
-    )
-    if _has_checkpoints(join(storage, RUN_NAME)) and not resume:
-        raise UserError(
-            f"{out} has checkpoints of an unfinished run; pass --resume to continue it, "
-            "or choose another --output"
+            return report
+        storage = cfg.storage_path or (
+            join(out, "ray") if is_remote(out) else os.path.abspath(join(out, "ray"))
         )
-    write_bytes_atomic(
-        join(out, "config.json"), json.dumps(redact_obj(cfg.model_dump()), indent=2).encode()
-    )
-    # Tests only: the last worker's process dies at that step, once (pipeline/faults.py).
-    fault = (
-        faults.spec("train_step", fail_at_step, join(out, ".fault_injected"))
-        if fail_at_step
-        else None
-    )
-    with ray_session(address):
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-
-        has_gpu = cluster_has_gpu()  # the cluster's GPUs, not the driver's
-        use_gpu = cfg.gpus == "on" or (cfg.gpus == "auto" and has_gpu)
-        if cfg.gpus == "on" and not has_gpu:
-            raise UserError(
-                "train config: gpus is 'on' but the Ray cluster has no GPU; use auto or off"
-            )
-        if cfg.preset:
-            train_ds, val_ds = e2e_split(fs_, "train", cfg), e2e_split(fs_, "val", cfg)
-        else:
-            train_ds = ray_split(fs_, "train", cfg.val_fraction, cfg.label_field)
-            val_ds = ray_split(fs_, "val", cfg.val_fraction, cfg.label_field)
-        if cfg.cache_data:
-            # Features are compact: keep both splits in the object store (it spills to disk
-            # when full) so that epochs re-read blocks instead of re-running the pipeline.
-            train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
-        train_rows = train_ds.count()  # the schedule needs the split's length
-        if train_rows < cfg.batch_size * cfg.workers:
-            raise UserError(
-                f"train: {train_rows} training rows are fewer than batch_size x workers "
-                f"({cfg.batch_size} x {cfg.workers}); lower batch_size"
-            )
-        stats = None
-        if cfg.standardize and not cfg.preset:
-            from pipeline.train.standardize import ray_stats
-
-            stats = ray_stats(train_ds, fs_.dims)  # O(dims) on the driver, streamed
-        config = {
-            "cfg": cfg.model_dump(),
-            "dims": fs_.dims,
-            "classes": fs_.classes,
-            "run_dir": out,
-            "train_rows": train_rows,
-            "stats": stats,
-            "lineage": dataclasses.asdict(lineage(cfg, fs_)),
-            "fault": fault,
-        }
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config=config,
-            scaling_config=ScalingConfig(
-                num_workers=cfg.workers,
-                use_gpu=use_gpu,
-                resources_per_worker={"CPU": cfg.cpus_per_worker},
-            ),
-            run_config=RunConfig(
-                name=RUN_NAME,
-                storage_path=storage,
-                failure_config=FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            ),
-            datasets={"train": train_ds, "val": val_ds},
+        output.claim(
+            redact_obj(cfg.model_dump()),
+            work_done=lambda: _checkpoints(join(storage, RUN_NAME)),
+            resume=resume,
+            say=progress.say,
         )
-        per_epoch = max(1, train_rows // (cfg.batch_size * cfg.workers) // cfg.grad_accum)
-        total = cfg.max_steps or cfg.epochs * per_epoch
-        with TrainProgressLine(out, total, quiet):
-            result = trainer.fit()
-        store = object_store_stats()  # the splits live in the object store: did they spill?
-        if result.error is not None:
-            raise result.error
-        assert result.checkpoint is not None, "training reported no checkpoint"
-        with result.checkpoint.as_directory() as d:
-            from pipeline.train.loop import final_weights, load_state
+        write_bytes_atomic(
+            join(out, "config.json"), json.dumps(redact_obj(cfg.model_dump()), indent=2).encode()
+        )
+        # Tests only: the last worker's process dies at that step, once (pipeline/faults.py).
+        fault = (
+            faults.spec("train_step", fail_at_step, join(out, ".fault_injected"))
+            if fail_at_step
+            else None
+        )
+        progress.phase("starting Ray")
+        with ray_session(address, job="train"):
+            from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+            from ray.train.torch import TorchTrainer
 
-            with open(os.path.join(d, "state.pt"), "rb") as f:
-                state = load_state(f.read())
-            with open(os.path.join(d, "meta.json")) as f:
-                meta = json.load(f)
+            has_gpu = cluster_has_gpu()  # the cluster's GPUs, not the driver's
+            use_gpu = cfg.gpus == "on" or (cfg.gpus == "auto" and has_gpu)
+            if cfg.gpus == "on" and not has_gpu:
+                raise UserError(
+                    "train config: gpus is 'on' but the Ray cluster has no GPU; use auto or off"
+                )
+            if cfg.preset:
+                train_ds, val_ds = e2e_split(fs_, "train", cfg), e2e_split(fs_, "val", cfg)
+            else:
+                train_ds = ray_split(fs_, "train", cfg.val_fraction, cfg.label_field)
+                val_ds = ray_split(fs_, "val", cfg.val_fraction, cfg.label_field)
+            progress.phase("reading the training and validation splits")
+            if cfg.cache_data:
+                # Features are compact: keep both splits in the object store (it spills to disk
+                # when full) so that epochs re-read blocks instead of re-running the pipeline.
+                train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
+            train_rows = train_ds.count()  # the schedule needs the split's length
+            if train_rows < cfg.batch_size * cfg.workers:
+                raise UserError(
+                    f"train: {train_rows} training rows are fewer than batch_size x workers "
+                    f"({cfg.batch_size} x {cfg.workers}); lower batch_size"
+                )
+            stats = None
+            if cfg.standardize and not cfg.preset:
+                from pipeline.train.standardize import ray_stats
+
+                stats = ray_stats(train_ds, fs_.dims)  # O(dims) on the driver, streamed
+            config = {
+                "cfg": cfg.model_dump(),
+                "dims": fs_.dims,
+                "classes": fs_.classes,
+                "run_dir": out,
+                "train_rows": train_rows,
+                "stats": stats,
+                "lineage": dataclasses.asdict(lineage(cfg, fs_)),
+                "fault": fault,
+            }
+            trainer = TorchTrainer(
+                train_worker,
+                train_loop_config=config,
+                scaling_config=ScalingConfig(
+                    num_workers=cfg.workers,
+                    use_gpu=use_gpu,
+                    resources_per_worker={"CPU": cfg.cpus_per_worker},
+                ),
+                run_config=RunConfig(
+                    name=RUN_NAME,
+                    storage_path=storage,
+                    failure_config=FailureConfig(max_failures=cfg.max_failures),
+                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                ),
+                datasets={"train": train_ds, "val": val_ds},
+            )
+            per_epoch = max(1, train_rows // (cfg.batch_size * cfg.workers) // cfg.grad_accum)
+            total = cfg.max_steps or cfg.epochs * per_epoch
+            progress.phase("starting the training workers")
+            with TrainProgressLine(out, total, progress):
+                result = trainer.fit()
+            progress.finish()
+            store = object_store_stats()  # the splits live in the object store: did they spill?
+            if result.error is not None:
+                raise result.error
+            assert result.checkpoint is not None, "training reported no checkpoint"
+            with result.checkpoint.as_directory() as d:
+                from pipeline.train.loop import final_weights, load_state
+
+                with open(os.path.join(d, "state.pt"), "rb") as f:
+                    state = load_state(f.read())
+                with open(os.path.join(d, "meta.json")) as f:
+                    meta = json.load(f)
     save_run(out, model_info(cfg, fs_), final_weights(state))
     pr = state["progress"]
     report = {
@@ -368,9 +293,7 @@ def run_train(
         "gpu": use_gpu,
         "object_store": store,
     }
-    write_bytes_atomic(
-        report_url, json.dumps(report, indent=2, default=str).encode()
-    )  # commit, last
+    output.commit(report, json.dumps(report, indent=2, default=str))  # the marker, last
     if not quiet:
         print(
             f"train: {cfg.fusion} fusion, {pr['step']} steps, {stop_words(cfg, pr)}; "

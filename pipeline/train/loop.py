@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.artifact import build_model
 from pipeline.device import amp_dtype
+from pipeline.fusion.artifact import build_model
+from pipeline.fusion.model import fusion_loss
 from pipeline.models.weights import load_tensors
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import to_tensors
-from pipeline.train.model import fusion_loss
 
 
 @dataclass

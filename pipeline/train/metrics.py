@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from pipeline.faults import maybe_fail
 from pipeline.io.fs import exists, is_remote, join, read_bytes, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from pipeline.progress import Progress
 
 PROGRESS_FILE = "progress.json"  # the latest step, for the driver's progress line
 PROGRESS_EVERY_S = 2.0
@@ -71,24 +73,17 @@ class MetricsLog:
 
 
 class TrainProgressLine:
-    """Polls the run's ``progress.json`` while ``fit`` runs: step of total, loss, steps/s and
-    an ETA, every few seconds (a live line on a TTY), so long training is never silent."""
+    """Polls the run's ``progress.json`` while ``fit`` runs and hands step of total, epoch,
+    loss and val_loss to the job's reporter, which adds the rate and ETA."""
 
-    def __init__(
-        self, run_dir: str, total_steps: int, quiet: bool, stream: TextIO | None = None
-    ) -> None:
-        self.url, self.total, self.quiet = join(run_dir, PROGRESS_FILE), total_steps, quiet
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.every_s = 1.0 if self.tty else 10.0
-        self.t0 = time.monotonic()
-        self.first: int | None = None  # the step at the first reading: a resumed run's start
+    def __init__(self, run_dir: str, total_steps: int, progress: Progress) -> None:
+        self.url, self.total, self.progress = join(run_dir, PROGRESS_FILE), total_steps, progress
         self.shown = -1
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
 
     def __enter__(self) -> TrainProgressLine:
-        if not self.quiet:
+        if not self.progress.quiet:
             self._thread.start()
         return self
 
@@ -96,29 +91,22 @@ class TrainProgressLine:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-            if self.tty and self.shown >= 0:
-                self.stream.write("\n")
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
+        while not self._stop.wait(1.0):
             try:
                 doc = json.loads(read_bytes(self.url)) if exists(self.url) else None
             except (OSError, ValueError):  # mid-rename or the store blinked: next time
                 doc = None
             if doc and doc.get("step", -1) != self.shown:
-                self.stream.write(self.line(doc) + ("\r" if self.tty else "\n"))
-                self.stream.flush()
+                self.show(doc)
 
-    def line(self, doc: dict[str, Any]) -> str:
-        step, now = int(doc["step"]), time.monotonic()
-        if self.first is None:
-            self.first, self.t_first = step, now
-        self.shown = step
-        rate = (step - self.first) / max(now - self.t_first, 1e-9) if step > self.first else 0.0
-        eta = f" | ETA {max(self.total - step, 0) / rate:.0f}s" if rate else ""
-        loss = f" | loss {doc['loss']:.4f}" if isinstance(doc.get("loss"), float) else ""
-        val = f" | val_loss {doc['val_loss']:.4f}" if isinstance(doc.get("val_loss"), float) else ""
-        return (
-            f"[train] epoch {doc.get('epoch', 0)} | step {step}/{self.total}{loss}{val} | "
-            f"{rate:.1f} steps/s{eta} | {now - self.t0:.0f}s"
-        )
+    def show(self, doc: dict[str, Any]) -> None:
+        self.shown = int(doc["step"])
+        if self.progress.what != "training":
+            self.progress.phase("training")
+        fields = {"epoch": doc.get("epoch", 0)}
+        for k in ("loss", "val_loss"):
+            if isinstance(doc.get(k), float):
+                fields[k] = f"{doc[k]:.4f}"
+        self.progress.update(self.shown, total=self.total, **fields)

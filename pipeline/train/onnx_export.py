@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.artifact import RunArtifact
 from pipeline.errors import UserError
+from pipeline.fusion.artifact import RunArtifact
 
 OPSET = 18  # the dynamo exporter's floor; onnxruntime 1.18+ runs it on every provider
 # Max abs difference allowed between onnxruntime (CPU, fp32) and the eager model, per output.

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any, ClassVar
 
-from pipeline.errors import Reason, SampleError
+from pipeline.errors import Reason, SampleError, rejecting
 from pipeline.stage import Batch, Stage
 from pipeline.validate.audio import AudioOptions, validate_audio
 from pipeline.validate.deadline import deadline
@@ -73,12 +73,13 @@ class ValidateStage(Stage):
         return batch
 
     def _row(self, parts: list[dict[str, Any]], err: str | None, msg: str | None) -> dict[str, Any]:
-        if err:
-            return {"reason": err, "modality": "row", "message": msg or err}
         try:
+            if err:
+                raise SampleError(Reason(err), msg or err, "row")
             with deadline(self.timeout):
                 return self._validate(parts)
         except SampleError as e:
+            rejecting(e)
             return {"reason": e.reason.value, "modality": e.modality, "message": e.message}
 
     def _validate(self, parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -50,11 +50,11 @@ class ModelSpec:
 def build_model(spec: ModelSpec, *, dropout: float = 0.0, freeze_fraction: float = 1.0) -> Any:
     """The one place that maps a spec to a module: training, eval, export and embed all use it."""
     if spec.fusion_type == "zero_shot":  # mmpipe zero-shot: a paired model's own space
-        from pipeline.zeroshot import zero_shot_module
+        from pipeline.fusion.zeroshot import zero_shot_module
 
         return zero_shot_module(spec.dims)
     if spec.preset == "finetune":
-        from pipeline.train.presets import FinetuneFusion
+        from pipeline.fusion.presets import FinetuneFusion
 
         return FinetuneFusion(
             spec.fusion_type,
@@ -65,12 +65,12 @@ def build_model(spec: ModelSpec, *, dropout: float = 0.0, freeze_fraction: float
             freeze_fraction=freeze_fraction,
         )
     if spec.preset:
-        from pipeline.train.presets import ClassicFusion
+        from pipeline.fusion.presets import ClassicFusion
 
         return ClassicFusion(
             spec.preset, spec.n_classes, d=spec.d_model, embed_dim=spec.embed_dim, dropout=dropout
         )
-    from pipeline.train.model import FusionModel
+    from pipeline.fusion.model import FusionModel
 
     return FusionModel(
         spec.dims,

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.errors import SampleError
+from pipeline.errors import SampleError, rejecting
 from pipeline.preprocess.audio import decode_clips
 from pipeline.preprocess.image import decode_pil
 from pipeline.stage import Batch, Stage
@@ -81,7 +81,7 @@ class ModelImagePreprocess(Stage):
             try:
                 images[i] = decode_pil(bytes(data), self.side)
             except SampleError as e:  # this sample's reject
-                errors[i] = e.message
+                errors[i] = rejecting(e).message
         out = self._transform(images, errors)
         pixels = np.zeros((n, *self.shape), dtype=np.float32)
         for i, x in out.items():
