@@ -240,7 +240,7 @@ print(json.dumps({{"wall": time.time() - t0}}))
 
 def bare_in_subprocess(manifest: Path, limit: int, allocator: bool) -> float:
     """The bare loop in a fresh process: glibc reads the allocator settings only at start."""
-    from pipeline.runner import ALLOCATOR_ENV
+    from pipeline.session import ALLOCATOR_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
     if allocator:

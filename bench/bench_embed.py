@@ -294,7 +294,7 @@ def main() -> None:
     from pipeline.embed.config import load_embed_config
     from pipeline.embed.job import run_embed
     from pipeline.io.shards import resolve_shards
-    from pipeline.runner import ray_session
+    from pipeline.session import ray_session
 
     n_cores = cores()
     root = prepare(args.n)

@@ -250,7 +250,7 @@ def main() -> None:
     urls = sorted(str(p) for p in (Path(args.shards) / "shards").glob("*.tar"))
     if not urls:
         raise SystemExit(f"no shards under {args.shards}; run bench/bench_build.py first")
-    from pipeline.runner import ray_session
+    from pipeline.session import ray_session
 
     results: dict = {"cores": n_cores}
     # One logical CPU more than cores: the encoder actor holds all cores (its threads), and

@@ -126,7 +126,7 @@ def embed_both(n: int) -> dict:
     from bench.bench_embed import prepare
     from pipeline.embed.config import load_embed_config
     from pipeline.embed.job import run_embed
-    from pipeline.runner import ray_session
+    from pipeline.session import ray_session
     from pipeline.train.export import export_run
 
     root = prepare(n)

@@ -86,7 +86,9 @@ def _add_build(sub: Any) -> None:
         help="plan, validate a few hundred sampled rows here and print what would happen; "
         "write nothing",
     )
-    p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress: the summary and errors only"
+    )
     p.set_defaults(func=_cmd_build)
 
 
@@ -149,7 +151,9 @@ def _add_features(sub: Any) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace features of another config in --output"
     )
-    p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress: the summary and errors only"
+    )
     p.set_defaults(func=_cmd_features)
 
 

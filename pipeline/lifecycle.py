@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.io.fs import check_output, exists, join, read_bytes, remove_tree, write_bytes_atomic
-from pipeline.runner import probe_address
+from pipeline.session import probe_address
 
 
 def prepare(output: str, address: str | None = None) -> None:
@@ -108,10 +108,10 @@ class Output:
         """
         try:
             started = None if overwrite else self._read(self.started)
-            # Work with no claim beside it is of an unknown config: never resumed.
+            # Work with no claim beside it is of an unknown config: resumed only when asked.
             kept = 0 if overwrite else work_done()
             same = started is not None and started.get("fingerprint") == self.fingerprint
-            if kept and not same:
+            if kept and started is not None and not same:
                 raise UserError(
                     f"{self.url} holds an unfinished {self.what} of a different config "
                     f"({kept} {self.unit[1]} done); rerun with the same options to resume, or "
@@ -121,6 +121,11 @@ class Output:
                 raise UserError(
                     f"{self.url} holds an unfinished {self.what} ({kept} {self.unit[1]} done); "
                     "pass --resume to continue it, or " + self._fix("discard it")
+                )
+            if kept and started is None and resume is None:
+                raise UserError(
+                    f"{self.url} holds {kept} {self.unit[1]} of an unfinished {self.what} "
+                    "whose config is not recorded; " + self._fix("discard them")
                 )
             if overwrite or not kept:
                 for name in (*self.owned, self.marker, self.started, self.success or ""):

@@ -105,7 +105,7 @@ def ray_local(s3_endpoint):
     """One local Ray for every test that needs it (starting Ray costs seconds on 2 cores)."""
     import ray
 
-    from pipeline.runner import worker_env
+    from pipeline.session import worker_env
 
     # More logical than physical CPUs, so read tasks and chunk tasks never starve each other.
     ray.init(

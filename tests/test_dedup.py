@@ -146,7 +146,7 @@ def test_the_shuffle_map_input_is_capped_for_every_job():
     the build up to ~10M rows (docs/benchmarks.md); every job's data context caps it."""
     from ray.data import DataContext
 
-    from pipeline.runner import SHUFFLE_INPUT_BYTES, configure_data_context
+    from pipeline.session import SHUFFLE_INPUT_BYTES, configure_data_context
 
     ctx = DataContext.get_current()
     saved = ctx.shuffle_input_batch_bytes
@@ -168,7 +168,8 @@ def test_task_stages_are_capped_and_fuse_with_a_read_that_carries_the_cap(tmp_pa
     import pyarrow.parquet as pq
     import ray.data
 
-    from pipeline.runner import configure_data_context, map_stages, task_concurrency
+    from pipeline.runner import map_stages, task_concurrency
+    from pipeline.session import configure_data_context
     from pipeline.train.standardize import FeatureMoments
 
     configure_data_context(quiet=True, small=True)

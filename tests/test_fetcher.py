@@ -79,12 +79,12 @@ def test_rows_come_back_as_they_land_and_in_bounds(host, tmp_path):
     for i in range(300):
         (root / f"{i}.bin").write_bytes(b"x" * 10_000)
     refs = [[{"ref": f"{base}/{i}.bin", "data": None}] for i in range(300)]
-    table = pa.table({"parts": refs, "source_row": list(range(300))})
+    table = pa.table({"members": refs, "source_row": list(range(300))})
     stage = FetchStage(max_file_bytes=1 << 20, allow_hosts=LOOPBACK)
     seen, held = [], []
     with FetchedRows(stage, table, max_bytes=200_000) as rows:
         for got, batch in rows:
-            assert all(p[0]["data"] == b"x" * 10_000 for p in batch["parts"])
+            assert all(p[0]["data"] == b"x" * 10_000 for p in batch["members"])
             seen.extend(got)
             held.append(rows._held)
             for i in got:  # release at once: the caller writes as rows arrive
@@ -151,14 +151,14 @@ def test_an_unexpected_error_in_the_client_reaches_the_row(monkeypatch):
     stage = FetchStage(max_file_bytes=100, allow_hosts=LOOPBACK)
     stage.fetcher = Fetcher(FetchPolicy(max_bytes=100, allow_hosts=LOOPBACK))
     stage._ready = True
-    batch = {"parts": [[{"ref": "http://127.0.0.1:1/x.jpg", "data": None}]]}
+    batch = {"members": [[{"ref": "http://127.0.0.1:1/x.jpg", "data": None}]]}
     landed = threading.Event()
     try:
         stage.submit(batch, lambda _row: landed.set())
         assert landed.wait(30), "the row never landed"
     finally:
         stage.fetcher.close()
-    (part,) = batch["parts"][0]
+    (part,) = batch["members"][0]
     assert part["error"] == "fetch_error" and "a bug in the client" in part["message"]
 
 

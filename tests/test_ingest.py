@@ -31,9 +31,9 @@ def test_jsonl_bad_lines_are_rows_with_reasons(tmp_path):
         None,
     ]
     assert "int" in rows[3].error_message  # a number where a path belongs
-    assert rows[4].parts[0]["ref"].endswith("a.txt")  # single token ending .txt: a path
-    assert rows[5].parts[0]["data"] == b"two words.txt"  # a caption, kept inline
-    assert rows[0].parts[0]["data"] == b"ok"
+    assert rows[4].members[0]["ref"].endswith("a.txt")  # single token ending .txt: a path
+    assert rows[5].members[0]["data"] == b"two words.txt"  # a caption, kept inline
+    assert rows[0].members[0]["data"] == b"ok"
 
 
 def test_wrong_type_cell_is_malformed(tmp_path):

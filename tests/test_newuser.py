@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import UserError, storage_line
-from pipeline.runner import probe_address
+from pipeline.session import probe_address
 
 
 def run(capsys, *argv):

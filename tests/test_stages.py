@@ -218,7 +218,7 @@ def test_content_hash_covers_payloads_not_metadata():
 
 
 def _row(*parts, err=None):
-    return {"parts": [list(parts)], "error_reason": [err], "error_message": [err]}
+    return {"members": [list(parts)], "error_reason": [err], "error_message": [err]}
 
 
 def test_validate_stage_reject_or_drop_failing_modality():

@@ -174,7 +174,7 @@ class BuildChunkStage(Stage):
         "chunk_rows",
         "source_file",
         "source_row",
-        "parts",
+        "members",
     )
     adds: ClassVar[tuple[str, ...]] = tuple(SUMMARY_SCHEMA.names)
     passthrough: ClassVar[bool] = False

@@ -169,8 +169,8 @@ def sequential(table: pa.Table) -> pa.Table:
     return t
 
 
-def partition(table: pa.Table, side: Side, parts: int) -> pa.Array:
-    """Which of ``parts`` partitions each row's group goes to. Any hash that every task
+def partition(table: pa.Table, side: Side, partitions: int) -> pa.Array:
+    """Which of ``partitions`` partitions each row's group goes to. Any hash that every task
     computes alike will do: the decisions do not depend on it, only the split of work."""
     # pandas comes with Ray Data; its hash_array is vectorised and has a fixed key, so every
     # worker agrees on it.
@@ -178,4 +178,4 @@ def partition(table: pa.Table, side: Side, parts: int) -> pa.Array:
 
     values = table.column(COLUMN[side]).to_numpy(zero_copy_only=False)
     hashed = pd.util.hash_array(values.astype(object), categorize=False)
-    return pa.array((hashed % np.uint64(parts)).astype(np.int64))
+    return pa.array((hashed % np.uint64(partitions)).astype(np.int64))

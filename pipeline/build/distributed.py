@@ -2,7 +2,7 @@
 
 No task and not the driver holds per-sample state for the whole build: a dedup pass holds
 one partition (at most ``dedup_partition_rows`` rows, by configuration), a placement task
-one chunk, the merge one chunk's parts; the driver holds one small record per chunk.
+one chunk, the merge one chunk's tables; the driver holds one small record per chunk.
 """
 
 from __future__ import annotations
@@ -63,11 +63,11 @@ class ReadClaims(Stage):
 
     def __call__(self, batch: Batch) -> Batch:
         t = _table(batch)
-        parts = [
+        tables = [
             read_claims(self.work_dir, cid, rank)
             for cid, rank in zip(t.column("chunk_id").to_pylist(), t.column("rank").to_pylist())
         ]
-        return pa.concat_tables(parts) if parts else dedup.CLAIMS_SCHEMA.empty_table()
+        return pa.concat_tables(tables) if tables else dedup.CLAIMS_SCHEMA.empty_table()
 
 
 class Partition(Stage):
@@ -75,11 +75,11 @@ class Partition(Stage):
 
     name = "dedup_partition"
     reads = CLAIMS
-    adds: ClassVar[tuple[str, ...]] = ("part",)
+    adds: ClassVar[tuple[str, ...]] = ("partition",)
 
-    def __init__(self, side: dedup.Side, parts: int) -> None:
+    def __init__(self, side: dedup.Side, partitions: int) -> None:
         super().__init__()
-        self.side, self.parts = side, parts
+        self.side, self.partitions = side, partitions
 
     @property
     def resources(self) -> Resources:
@@ -87,7 +87,7 @@ class Partition(Stage):
 
     def __call__(self, batch: Batch) -> Batch:
         t = _table(batch).select(list(CLAIMS))
-        return t.append_column("part", dedup.partition(t, self.side, self.parts))
+        return t.append_column("partition", dedup.partition(t, self.side, self.partitions))
 
 
 class Resolve(Stage):
@@ -95,7 +95,7 @@ class Resolve(Stage):
     written to their chunks' dedup folders; out: the rows a later pass still needs."""
 
     name = "dedup_resolve"
-    reads: ClassVar[tuple[str, ...]] = (*CLAIMS, "part")
+    reads: ClassVar[tuple[str, ...]] = (*CLAIMS, "partition")
     adds = CLAIMS
     passthrough: ClassVar[bool] = False
 
@@ -177,11 +177,11 @@ def decide(work_dir: str, ids: list[str], claims: Any, n: int, partition_rows: i
     passes = 0
     while n > partition_rows:
         side: dedup.Side = ("key", "hash")[passes % 2]
-        parts = max(math.ceil(n / partition_rows), cpus)
-        ds = map_stages(claims, [Partition(side, parts)], columns=list(CLAIMS))
+        n_partitions = max(math.ceil(n / partition_rows), cpus)
+        ds = map_stages(claims, [Partition(side, n_partitions)], columns=list(CLAIMS))
         resolve = Resolve(side, work_dir, ids)
         claims = map_groups(
-            ds, "part", resolve, columns=[*CLAIMS, "part"], partitions=parts
+            ds, "partition", resolve, columns=[*CLAIMS, "partition"], partitions=n_partitions
         ).materialize()
         n, passes = claims.count(), passes + 1
     if n:

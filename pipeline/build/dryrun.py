@@ -20,7 +20,7 @@ DRY_RUN_ROWS = 300
 
 
 def _form(part: dict[str, Any]) -> str:
-    """How a row names one of its parts: inline bytes or text, a local path, or a URL."""
+    """How a row names one of its members: inline bytes or text, a local path, or a URL."""
     if part.get("data") is not None:
         return "inline"
     scheme = scheme_of(str(part.get("ref") or ""))
@@ -31,7 +31,7 @@ def _estimate_rows(plan: Any) -> tuple[int, bool]:
     """Rows in the input as the plan knows them; False when some spans' lengths are unknown."""
     total, exact = 0, True
     for unit in plan.units:
-        for u in unit.parts or [unit]:
+        for u in unit.packed or [unit]:
             n = u.span.samples if u.span.samples is not None else u.span.count
             if u.kind == "sidecar":
                 n = len(u.groups)
@@ -60,7 +60,7 @@ def dry_run(cfg: BuildConfig, rows: int = DRY_RUN_ROWS, quiet: bool = False) -> 
     )
     per_unit = max(1, rows // len(picks))
     sample = [r for i in picks for r in islice(iter_unit_rows(plan.units[i], cfg), per_unit)]
-    forms: Counter[str] = Counter(f"{p['name']}:{_form(p)}" for r in sample for p in r.parts)
+    forms: Counter[str] = Counter(f"{p['name']}:{_form(p)}" for r in sample for p in r.members)
     with tempfile.TemporaryDirectory(prefix="mmpipe-dry-run-") as tmp:
         stage = BuildChunkStage(cfg, tmp)
         stage.setup()
@@ -107,7 +107,7 @@ def dry_run_lines(r: dict[str, Any]) -> list[str]:
     approx = "" if r["input_rows_exact"] else "at least "
     lines = [
         f"dry run: {r['input_kind']} input, {r['chunks']} chunks, {approx}{r['input_rows']} rows",
-        "  parts by form: " + (", ".join(f"{k} {v}" for k, v in r["forms"].items()) or "none"),
+        "  members by form: " + (", ".join(f"{k} {v}" for k, v in r["forms"].items()) or "none"),
         f"  sampled {r['sampled_rows']} rows: {r['would_write']} would be written, "
         f"{r['would_reject']} rejected",
     ]

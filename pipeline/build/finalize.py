@@ -49,8 +49,9 @@ def dedup_dir(work_dir: str, chunk_id: str) -> str:
     return join(work_dir, "dedup", chunk_id)
 
 
-def part_url(work_dir: str, chunk_id: str, table: str) -> str:
-    return join(work_dir, "parts", f"{chunk_id}.{table}.parquet")
+def placed_url(work_dir: str, chunk_id: str, table: str) -> str:
+    """A placed chunk's index or rejects rows, merged into the build's tables last."""
+    return join(work_dir, "placed", f"{chunk_id}.{table}.parquet")
 
 
 def read_claims(work_dir: str, chunk_id: str, rank: int) -> pa.Table:
@@ -170,9 +171,9 @@ def place_chunk(work_dir: str, out_dir: str, chunk_id: str, base: int) -> dict[s
     index = to_table(
         [{f.name: r.get(f.name) for f in INDEX_SCHEMA} for r in index_rows], INDEX_SCHEMA
     )
-    write_table(part_url(work_dir, chunk_id, "index"), index, INDEX_SCHEMA, "index")
+    write_table(placed_url(work_dir, chunk_id, "index"), index, INDEX_SCHEMA, "index")
     write_table(
-        part_url(work_dir, chunk_id, "rejects"),
+        placed_url(work_dir, chunk_id, "rejects"),
         to_table(bad, REJECTS_SCHEMA),
         REJECTS_SCHEMA,
         "rejects",
@@ -222,13 +223,13 @@ def merge(work_dir: str, placed: list[dict[str, Any]]) -> dict[str, Any]:
         parquet_sink(join(work_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects") as rejects,
     ):
         for p in sorted(placed, key=lambda p: p["chunk_id"]):
-            part = read_table(part_url(work_dir, p["chunk_id"], "index"))
-            shard_col = part.column("shard")
+            chunk_index = read_table(placed_url(work_dir, p["chunk_id"], "index"))
+            shard_col = chunk_index.column("shard")
             for s in json.loads(p["shards"]):
-                rows = part.filter(pc.equal(shard_col, s["shard"]))
+                rows = chunk_index.filter(pc.equal(shard_col, s["shard"]))
                 digests.append({**s, "index_row_groups": index.write(rows)})
                 sizes[s["shard"].rsplit("/", 1)[-1]] = s["samples"]
-            rejects.write(read_table(part_url(work_dir, p["chunk_id"], "rejects")))
+            rejects.write(read_table(placed_url(work_dir, p["chunk_id"], "rejects")))
             reasons.update(json.loads(p["reasons"]))
     write_loader_files(work_dir, sizes)
     write_table(
@@ -246,7 +247,7 @@ def merge(work_dir: str, placed: list[dict[str, Any]]) -> dict[str, Any]:
 
 def reset(work_dir: str) -> None:
     """Drop what an interrupted finalize left: it is all derived again, identically."""
-    for name in ("dedup", "parts"):
+    for name in ("dedup", "placed"):
         remove_tree(join(work_dir, name))
 
 

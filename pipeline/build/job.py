@@ -27,7 +27,8 @@ from pipeline.io.shards import empty_build_line
 from pipeline.lifecycle import Output, prepare
 from pipeline.progress import Progress
 from pipeline.redact import redact
-from pipeline.runner import map_stages, ray_session, stream, task_concurrency
+from pipeline.runner import map_stages, stream, task_concurrency
+from pipeline.session import ray_session
 
 OUTPUT_FILES = ("build.json", *TABLES, SHARD_DIR, CARD, "_work")
 
@@ -74,9 +75,9 @@ def run_build(
     output = build_output(cfg)
     done = output.finished(overwrite)
     if done is not None:
-        if not quiet:
-            print("\n".join(summary_lines(done, noop=True)), file=sys.stderr)
-        return _not_empty(done, cfg.output)
+        _not_empty(done, cfg.output)
+        print("\n".join(summary_lines(done, noop=True)), file=sys.stderr)
+        return done
     with Progress("build", quiet=quiet) as progress:
         progress.phase("planning the input")
         plan = plan_input(cfg)  # every input mistake is found before OUT is touched
@@ -110,9 +111,9 @@ def run_build(
             "delete it by hand",
             file=sys.stderr,
         )
-    if not quiet:
-        print("\n".join(summary_lines(report)), file=sys.stderr)
-    return _not_empty(report, cfg.output)
+    _not_empty(report, cfg.output)  # its error line is an empty build's summary
+    print("\n".join(summary_lines(report)), file=sys.stderr)  # --quiet too: the summary stays
+    return report
 
 
 def _process(

@@ -26,10 +26,10 @@ LIGHT = Resources(num_cpus=0.5)
 MAX_ROUNDS = 64  # each round doubles how far a link jumps: 2**64 covers any chain
 
 
-def part_of(values: Any, parts: int) -> pa.Array:
+def partition_of(values: Any, partitions: int) -> pa.Array:
     """A partition per int64 value: a multiplicative hash, so that nearby values spread."""
     v = np.asarray(values).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    return pa.array(((v >> np.uint64(32)) % np.uint64(parts)).astype(np.int64))
+    return pa.array(((v >> np.uint64(32)) % np.uint64(partitions)).astype(np.int64))
 
 
 def _table(batch: Batch) -> pa.Table:
@@ -44,11 +44,11 @@ class ReadBands(Stage):
 
     name = "near_read"
     reads: ClassVar[tuple[str, ...]] = ("chunk_id", "rank")
-    adds: ClassVar[tuple[str, ...]] = (*neardup.NEAR_SCHEMA.names, "bucket", "part")
+    adds: ClassVar[tuple[str, ...]] = (*neardup.NEAR_SCHEMA.names, "bucket", "partition")
 
-    def __init__(self, work_dir: str, distance: int, parts: int) -> None:
+    def __init__(self, work_dir: str, distance: int, partitions: int) -> None:
         super().__init__()
-        self.work_dir, self.distance, self.parts = work_dir, distance, parts
+        self.work_dir, self.distance, self.partitions = work_dir, distance, partitions
 
     def __call__(self, batch: Batch) -> Batch:
         t = _table(batch)
@@ -59,7 +59,9 @@ class ReadBands(Stage):
         rows = neardup.explode(
             pa.concat_tables(near) if near else neardup.NEAR_SCHEMA.empty_table(), self.distance
         )
-        return rows.append_column("part", part_of(rows.column("bucket").to_numpy(), self.parts))
+        return rows.append_column(
+            "partition", partition_of(rows.column("bucket").to_numpy(), self.partitions)
+        )
 
 
 class BucketLinks(Stage):
@@ -69,17 +71,19 @@ class BucketLinks(Stage):
     passthrough: ClassVar[bool] = False
 
     name = "near_buckets"
-    reads: ClassVar[tuple[str, ...]] = (*neardup.NEAR_SCHEMA.names, "bucket", "part")
-    adds: ClassVar[tuple[str, ...]] = (*LINKS, "part")
+    reads: ClassVar[tuple[str, ...]] = (*neardup.NEAR_SCHEMA.names, "bucket", "partition")
+    adds: ClassVar[tuple[str, ...]] = (*LINKS, "partition")
 
-    def __init__(self, distance: int, parts: int) -> None:
+    def __init__(self, distance: int, partitions: int) -> None:
         super().__init__()
-        self.distance, self.parts = distance, parts
+        self.distance, self.partitions = distance, partitions
 
     def __call__(self, batch: Batch) -> Batch:
         t = _table(batch).select(["pos", "key", "phash", "bucket"])
         found = neardup.links(t.cast(_BUCKET_SCHEMA), self.distance)
-        return found.append_column("part", part_of(found.column("pos").to_numpy(), self.parts))
+        return found.append_column(
+            "partition", partition_of(found.column("pos").to_numpy(), self.partitions)
+        )
 
 
 _BUCKET_SCHEMA = pa.schema([*neardup.NEAR_SCHEMA, pa.field("bucket", pa.int64())])
@@ -92,7 +96,7 @@ class Earliest(Stage):
     passthrough: ClassVar[bool] = False
 
     name = "near_earliest"
-    reads: ClassVar[tuple[str, ...]] = (*LINKS, "part")
+    reads: ClassVar[tuple[str, ...]] = (*LINKS, "partition")
     adds = LINKS
 
     def __call__(self, batch: Batch) -> Batch:
@@ -108,18 +112,22 @@ class Ask(Stage):
 
     name = "near_ask"
     reads = LINKS
-    adds: ClassVar[tuple[str, ...]] = (*LINKS, "kind", "part")
+    adds: ClassVar[tuple[str, ...]] = (*LINKS, "kind", "partition")
 
-    def __init__(self, parts: int) -> None:
+    def __init__(self, partitions: int) -> None:
         super().__init__()
-        self.parts = parts
+        self.partitions = partitions
 
     def __call__(self, batch: Batch) -> Batch:
         t = _table(batch).select(list(LINKS))
         asks = []
         for kind, by in ((0, "to_pos"), (1, "pos")):
             tagged = t.append_column("kind", pa.array(np.full(t.num_rows, kind, np.int8)))
-            asks.append(tagged.append_column("part", part_of(t.column(by).to_numpy(), self.parts)))
+            asks.append(
+                tagged.append_column(
+                    "partition", partition_of(t.column(by).to_numpy(), self.partitions)
+                )
+            )
         return pa.concat_tables(asks)
 
 
@@ -130,7 +138,7 @@ class Jump(Stage):
     passthrough: ClassVar[bool] = False
 
     name = "near_jump"
-    reads: ClassVar[tuple[str, ...]] = (*LINKS, "kind", "part")
+    reads: ClassVar[tuple[str, ...]] = (*LINKS, "kind", "partition")
     adds: ClassVar[tuple[str, ...]] = (*LINKS, "moved")
 
     def __call__(self, batch: Batch) -> Batch:
@@ -178,18 +186,28 @@ def near_distributed(
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    parts = max(math.ceil(rows * (distance + 1) / partition_rows), cpus)
-    ds = map_stages(jobs, [ReadBands(work_dir, distance, parts)], columns=["chunk_id", "rank"])
-    cols = [*neardup.NEAR_SCHEMA.names, "bucket", "part"]
-    ds = map_groups(ds, "part", BucketLinks(distance, parts), columns=cols, partitions=parts)
-    links = map_groups(ds, "part", Earliest(), columns=[*LINKS, "part"], partitions=parts)
+    n_partitions = max(math.ceil(rows * (distance + 1) / partition_rows), cpus)
+    ds = map_stages(
+        jobs, [ReadBands(work_dir, distance, n_partitions)], columns=["chunk_id", "rank"]
+    )
+    cols = [*neardup.NEAR_SCHEMA.names, "bucket", "partition"]
+    ds = map_groups(
+        ds, "partition", BucketLinks(distance, n_partitions), columns=cols, partitions=n_partitions
+    )
+    links = map_groups(
+        ds, "partition", Earliest(), columns=[*LINKS, "partition"], partitions=n_partitions
+    )
     links = links.materialize()
     if not links.count():
         return 0
     for _ in range(MAX_ROUNDS):
-        asks = map_stages(links, [Ask(parts)], columns=list(LINKS))
+        asks = map_stages(links, [Ask(n_partitions)], columns=list(LINKS))
         links = map_groups(
-            asks, "part", Jump(), columns=[*LINKS, "kind", "part"], partitions=parts
+            asks,
+            "partition",
+            Jump(),
+            columns=[*LINKS, "kind", "partition"],
+            partitions=n_partitions,
         ).materialize()
         if not links.sum("moved"):
             break

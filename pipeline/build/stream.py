@@ -21,12 +21,12 @@ BATCH_ROWS = 32
 MAX_HELD_BYTES = 256 << 20
 
 
-def _nbytes(parts: list[dict[str, Any]] | None) -> int:
-    return sum(len(p["data"]) for p in parts or () if p.get("data") is not None)
+def _nbytes(members: list[dict[str, Any]] | None) -> int:
+    return sum(len(p["data"]) for p in members or () if p.get("data") is not None)
 
 
 class FetchedRows:
-    """Iterate ``(row numbers, batch)`` of rows whose parts are all fetched, as they land.
+    """Iterate ``(row numbers, batch)`` of rows whose members are all fetched, as they land.
 
     A producer thread submits rows in input order; HTTP fetches finish in any order, so
     no batch waits on its slowest URL. The caller writes rows back in input order and
@@ -86,7 +86,7 @@ class FetchedRows:
     def _landed(self, off: int, j: int) -> None:
         i = off + j
         batch, _ = self._where[i]
-        size = _nbytes(batch["parts"][j])
+        size = _nbytes(batch["members"][j])
         with self._cond:
             self._sizes[i] = size
             self._held += size

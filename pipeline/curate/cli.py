@@ -25,7 +25,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--predicate", help="module:function that returns (keep, reasons) per batch")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
     p.add_argument("--overwrite", action="store_true", help="replace what is in --output")
-    p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress: the summary and errors only"
+    )
     p.set_defaults(func=_cmd_curate)
 
 

@@ -180,7 +180,8 @@ def run_curate(
     """Curate ``cfg.build`` into ``cfg.output``; returns curate.json's content."""
     from pipeline import __version__
     from pipeline.curate.report import write_report
-    from pipeline.runner import ray_session, run_remote
+    from pipeline.runner import run_remote
+    from pipeline.session import ray_session
 
     cfg = cfg.model_copy(update={"build": absolute(cfg.build), "output": absolute(cfg.output)})
     shards = input_shards(cfg.build)
@@ -198,11 +199,10 @@ def run_curate(
     check_output(cfg.output)
     reused = output.finished(overwrite)
     if reused is not None:
-        if not quiet:
-            print(
-                f"curate: {cfg.output} is up to date ({reused['counts']['written']} kept)",
-                file=sys.stderr,
-            )
+        print(
+            f"curate: {cfg.output} is up to date ({reused['counts']['written']} kept)",
+            file=sys.stderr,
+        )
         return reused
     if (
         not overwrite
@@ -306,13 +306,12 @@ def run_curate(
     write_card(cfg.output, report, title=f"mmpipe curated build of {cfg.build}", job="curate")
     output.commit(report, json.dumps(report, indent=1))
     remove_tree(work)
-    if not quiet:
-        print(
-            f"curate: {input_rows} rows -> {counts['written']} kept, {counts['rejected']} "
-            f"rejected {json.dumps(counts['rejects_by_reason'])} -> {cfg.output}",
-            file=sys.stderr,
-        )
     empty = empty_build_line(report, cfg.output)
     if empty:  # committed, so that its rejects can be read, but no success
         raise UserError(empty)
+    print(  # --quiet too: the summary stays
+        f"curate: {input_rows} rows -> {counts['written']} kept, {counts['rejected']} "
+        f"rejected {json.dumps(counts['rejects_by_reason'])} -> {cfg.output}",
+        file=sys.stderr,
+    )
     return report

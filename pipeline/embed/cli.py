@@ -43,7 +43,9 @@ def _common(p: Any) -> None:
     f("keep_versions", "complete versions kept")
     f("on_error", "what a sample's error does: its reject row, or raise to fail the run")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
-    p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress: the summary and errors only"
+    )
 
 
 def add_commands(sub: Any) -> None:

@@ -34,7 +34,8 @@ class Execution:
 def execute(run: Execution, address: str | None) -> tuple[list[dict[str, Any]], PartTotals, dict]:
     """Embed, then merge; returns (manifest entries, embed totals, timings)."""
     from pipeline.embed.merge import MergeShard
-    from pipeline.runner import map_stages, ray_session, stream
+    from pipeline.runner import map_stages, stream
+    from pipeline.session import ray_session
 
     plan, cfg = run.plan, run.cfg
     work = [p for p in plan.shards if p.action != "carry"]

@@ -137,11 +137,11 @@ def run_embed(
         if plan.noop:
             secs = round(time.perf_counter() - t0, 2)
             progress.close()
-            if not quiet:
-                print(
-                    f"{kind}: nothing new ({len(plan.shards)} shards match {base}); nothing written, {secs}s",
-                    file=sys.stderr,
-                )
+            print(
+                f"{kind}: nothing new ({len(plan.shards)} shards match {base}); "
+                f"nothing written, {secs}s",
+                file=sys.stderr,
+            )
             return {"version": base, "noop": True, "seconds": secs, "reason": plan.reason}
         staging = join(out, "_staging", plan.target)
         _clear_other_staging(out, plan.target)
@@ -189,12 +189,11 @@ def run_embed(
     append_ledger(out, record.to_json())
     pruned = prune(out, cfg.keep_versions)
     remove_tree(staging)
-    if not quiet:
-        r = record
-        print(
-            f"{kind}: {version} ({plan.reason}): {r.rows} rows, +{r.added} ~{r.changed} "
-            f"-{r.removed}, {r.embedded} embedded, {r.shards_carried} shards carried, "
-            f"{r.rejected} rejected, {secs}s" + (f"; pruned {', '.join(pruned)}" if pruned else ""),
-            file=sys.stderr,
-        )
+    r = record
+    print(  # --quiet too: the summary stays
+        f"{kind}: {version} ({plan.reason}): {r.rows} rows, +{r.added} ~{r.changed} "
+        f"-{r.removed}, {r.embedded} embedded, {r.shards_carried} shards carried, "
+        f"{r.rejected} rejected, {secs}s" + (f"; pruned {', '.join(pruned)}" if pruned else ""),
+        file=sys.stderr,
+    )
     return {**record.to_json(), "noop": False, "manifest": manifest.to_json(), "timings": timings}

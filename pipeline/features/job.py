@@ -22,7 +22,8 @@ from pipeline.io.shards import SAMPLE_SCHEMA, make_shard_datasource, resolve_sha
 from pipeline.lifecycle import Output, prepare
 from pipeline.progress import Progress
 from pipeline.redact import redact_obj
-from pipeline.runner import map_stages, ray_session, stream
+from pipeline.runner import map_stages, stream
+from pipeline.session import ray_session
 from schemas import FEATURES_SCHEMA_VERSION
 
 STARTED = "_started.json"  # the claim: the fingerprint of a run in progress
@@ -66,12 +67,12 @@ def run_features(
         report = output.finished(overwrite)
         if report is not None:
             progress.quiet = True
-            if not quiet:
-                print(
-                    f"features: already complete ({report['counts']['rows']} rows); nothing to do",
-                    file=sys.stderr,
-                )
-            return _not_empty(dict(report), out)
+            _not_empty(report, out)
+            print(
+                f"features: already complete ({report['counts']['rows']} rows); nothing to do",
+                file=sys.stderr,
+            )
+            return report
         stems = {shard_stem(u) for u in urls}
 
         def committed() -> dict[str, frozenset[str]]:
@@ -134,13 +135,13 @@ def run_features(
         "seconds": round(time.perf_counter() - t0, 2),
     }
     output.commit(report, json.dumps(report, indent=2, sort_keys=True) + "\n")
-    if not quiet:
-        print(
-            f"features: {counts['rows']} rows written, {counts['rejected']} rejected, "
-            f"{counts['resumed']} already done, in {report['seconds']}s -> {out}",
-            file=sys.stderr,
-        )
-    return _not_empty(report, out)
+    _not_empty(report, out)  # its error line is an empty run's summary
+    print(  # --quiet too: the summary stays
+        f"features: {counts['rows']} rows written, {counts['rejected']} rejected, "
+        f"{counts['resumed']} already done, in {report['seconds']}s -> {out}",
+        file=sys.stderr,
+    )
+    return report
 
 
 def _encoders_words(cfg: FeaturesConfig) -> str:

@@ -57,27 +57,27 @@ class FeaturePreprocess(Stage):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.parts: list[Stage] = []
+        self.steps: list[Stage] = []
         # decode_images=False leaves the JPEG bytes for the encoder actor to decode on its GPU.
         self.keep = () if decode_images or cfg.image is None else ("image",)
         # A user's own model preprocesses as its library does (resize, tokenizer, extractor).
         image, text, audio = cfg.image, cfg.text, cfg.audio
         if image is not None and is_foreign(image.name):
-            self.parts.append(ModelImagePreprocess(image.name, str(image.weights)))
+            self.steps.append(ModelImagePreprocess(image.name, str(image.weights)))
         elif image is not None and decode_images:
             # uint8 out: the encoder actor normalises (on its GPU when it has one).
-            self.parts.append(ImagePreprocess(image_preset, dtype="uint8"))
+            self.steps.append(ImagePreprocess(image_preset, dtype="uint8"))
         if text is not None and is_foreign(text.name):
-            self.parts.append(ModelTokenize(text.name, str(text.weights), cfg.max_text_tokens))
+            self.steps.append(ModelTokenize(text.name, str(text.weights), cfg.max_text_tokens))
         elif text is not None:
             bow = BOW_DIM if text.name.endswith("_bow") else 0
-            self.parts.append(
+            self.steps.append(
                 TextTokenize(cfg.tokenizer, max_length=cfg.max_text_tokens, bow_dim=bow)
             )
         if audio is not None and is_foreign(audio.name):
-            self.parts.append(ModelAudioPreprocess(str(audio.weights), cfg.audio_seconds()))
+            self.steps.append(ModelAudioPreprocess(str(audio.weights), cfg.audio_seconds()))
         elif audio is not None:
-            self.parts.append(AudioLogMel(cfg.log_mel()))
+            self.steps.append(AudioLogMel(cfg.log_mel()))
 
     @property
     def resources(self) -> Resources:
@@ -90,11 +90,11 @@ class FeaturePreprocess(Stage):
         )
 
     def inputs(self) -> tuple[str, ...]:
-        parts = (c for part in self.parts for c in part.inputs())
-        return tuple(dict.fromkeys((*self.reads, *parts, *self._unencoded())))
+        needs = (c for step in self.steps for c in step.inputs())
+        return tuple(dict.fromkeys((*self.reads, *needs, *self._unencoded())))
 
     def outputs(self) -> tuple[str, ...]:
-        made = [c for part in self.parts for c in part.outputs() if not c.endswith("_error")]
+        made = [c for step in self.steps for c in step.outputs() if not c.endswith("_error")]
         return (*made, "error")
 
     def drops(self) -> tuple[str, ...]:
@@ -117,8 +117,8 @@ class FeaturePreprocess(Stage):
     def __call__(self, batch: Batch) -> Batch:
         maybe_fail("preprocess")  # reliability tests: this worker dies mid-batch
         self._check_present(batch)
-        for part in self.parts:
-            batch = part.run(batch)
+        for step in self.steps:
+            batch = step.run(batch)
         for raw in ("image", "audio", "text"):
             if raw not in self.keep:
                 batch.pop(raw, None)

@@ -174,7 +174,7 @@ def read_tar(
             for m in sample.members:
                 name = _role(m.ext, seen)
                 if m.error:
-                    row.parts.append(
+                    row.members.append(
                         {
                             "name": name,
                             "ref": None,

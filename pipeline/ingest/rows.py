@@ -18,17 +18,17 @@ _TEXT_PATH_RE = re.compile(r"^\S+\.txt$", re.IGNORECASE)
 
 @dataclass
 class InputRow:
-    """One input row: where it came from, and its parts (each inline bytes or a reference)."""
+    """One input row: where it came from, and its members (each inline bytes or a reference)."""
 
     source_file: str
     source_row: int
     source_key: str | None = None
-    parts: list[dict[str, Any]] = field(default_factory=list)
+    members: list[dict[str, Any]] = field(default_factory=list)
     error_reason: str | None = None
     error_message: str | None = None
 
     def add(self, name: str, *, ref: str | None = None, data: bytes | None = None) -> None:
-        self.parts.append({"name": name, "ref": ref, "data": data})
+        self.members.append({"name": name, "ref": ref, "data": data})
 
     def fail(self, err: SampleError) -> None:
         self.error_reason = err.reason.value
@@ -123,7 +123,7 @@ def row_from_record(
         for name, col in (("image", layout.image), ("audio", layout.audio), ("text", layout.text)):
             _add_cell(row, name, col, record.get(col), layout)
     except SampleError as e:
-        row.parts.clear()
+        row.members.clear()
         row.fail(e)
         return row
     skip = {layout.key, layout.image, layout.audio, layout.text}

@@ -18,7 +18,7 @@ from pipeline.ingest.scan import WHOLE_FILE, Span, scan_csv, scan_jsonl, scan_pa
 from pipeline.io.fs import expand_inputs, get_fs, list_files
 from pipeline.io.tar import split_member_name
 
-PART_TYPE = pa.struct(
+MEMBER_TYPE = pa.struct(
     [
         pa.field("name", pa.string()),
         pa.field("ref", pa.string()),
@@ -35,7 +35,7 @@ CHUNK_SCHEMA = pa.schema(
         pa.field("source_file", pa.string()),
         pa.field("source_row", pa.int64()),
         pa.field("source_key", pa.string()),
-        pa.field("parts", pa.list_(PART_TYPE)),
+        pa.field("members", pa.list_(MEMBER_TYPE)),
         pa.field("error_reason", pa.string()),
         pa.field("error_message", pa.string()),
     ]
@@ -70,7 +70,7 @@ class ReadUnit:
     span: Span = WHOLE_FILE
     groups: list[tuple[int, str, list[str]]] = field(default_factory=list)
     # Small tars (and tars' tails) packed into this one chunk, in input order.
-    parts: list[ReadUnit] = field(default_factory=list)
+    packed: list[ReadUnit] = field(default_factory=list)
 
     @property
     def chunk_id(self) -> str:
@@ -171,7 +171,7 @@ def _pack(units: list[ReadUnit], samples: int, max_bytes: int) -> list[ReadUnit]
     for u in [*units, ReadUnit("end", "", -1)]:
         size = u.span.samples
         if group and (size is None or n + size > samples or nbytes + u.span.nbytes > max_bytes):
-            out.append(group[0] if len(group) == 1 else replace(group[0], parts=group))
+            out.append(group[0] if len(group) == 1 else replace(group[0], packed=group))
             group, n, nbytes = [], 0, 0
         if u.kind == "end":
             break
@@ -259,9 +259,9 @@ def _plan_sidecar(root: str, cfg: BuildConfig) -> InputPlan:
 
 
 def iter_unit_rows(unit: ReadUnit, cfg: BuildConfig) -> Iterator[InputRow]:
-    if unit.parts:
+    if unit.packed:
         return itertools.chain.from_iterable(
-            iter_unit_rows(replace(p, parts=[]), cfg) for p in unit.parts
+            iter_unit_rows(replace(p, packed=[]), cfg) for p in unit.packed
         )
     if unit.kind == "sidecar":
         return readers.sidecar_rows(unit.url, unit.groups)
@@ -302,7 +302,7 @@ def _safe(row: InputRow) -> InputRow:
     (found by tests/test_fuzz.py)."""
     texts = [row.source_key, row.error_message] + [
         v
-        for p in row.parts
+        for p in row.members
         for v in (p.get("name"), p.get("ref"))
         if isinstance(v, str) or v is None
     ]
@@ -326,7 +326,7 @@ def chunk_table(rows: list[InputRow], chunk_id: str) -> pa.Table:
         "source_file": [r.source_file for r in rows],
         "source_row": [r.source_row for r in rows],
         "source_key": [r.source_key for r in rows],
-        "parts": [r.parts for r in rows],
+        "members": [r.members for r in rows],
         "error_reason": [r.error_reason for r in rows],
         "error_message": [r.error_message for r in rows],
     }
@@ -364,7 +364,7 @@ def make_datasource(plan: InputPlan, cfg: BuildConfig) -> Any:
                         num_rows=None,
                         size_bytes=None,
                         exec_stats=None,
-                        input_files=tuple(dict.fromkeys(p.url for p in unit.parts or [unit])),
+                        input_files=tuple(dict.fromkeys(p.url for p in unit.packed or [unit])),
                     ),
                     schema=CHUNK_SCHEMA,
                 )

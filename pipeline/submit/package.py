@@ -94,7 +94,7 @@ def runtime_env(
     """``deps``: ``lock`` installs the pins of requirements.lock in a job virtualenv; ``image``
     runs the job in a prebuilt container; ``none`` uses the cluster's own environment (an image
     built from the lock, as cluster.yaml and k8s/ do)."""
-    from pipeline.runner import ALLOCATOR_ENV
+    from pipeline.session import ALLOCATOR_ENV
 
     out: dict[str, Any] = {
         "working_dir": working_dir,

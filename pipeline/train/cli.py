@@ -27,7 +27,9 @@ def add_commands(sub: Any) -> None:
     f("max_steps", "stop after this many steps")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--address", help="Ray address (default: start a local Ray for this job)")
-    p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress: the summary and errors only"
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="Recall@K and accuracy of a trained run on a features folder")

@@ -149,7 +149,7 @@ def run_train(
     """Train; write ``model.pt``, ``model.json``, ``metrics.jsonl`` and ``train.json`` (last)."""
 
     from pipeline.device import cluster_has_gpu
-    from pipeline.runner import object_store_stats, ray_session
+    from pipeline.session import object_store_stats, ray_session
 
     t0 = time.perf_counter()
     # Workers may run in another directory: local paths travel absolute.
@@ -178,8 +178,7 @@ def run_train(
         report = output.finished()
         if report is not None:
             progress.quiet = True
-            if not quiet:
-                print(f"train: already complete in {out}; nothing to do", file=sys.stderr)
+            print(f"train: already complete in {out}; nothing to do", file=sys.stderr)
             return report
         storage = cfg.storage_path or (
             join(out, "ray") if is_remote(out) else os.path.abspath(join(out, "ray"))
@@ -294,16 +293,15 @@ def run_train(
         "object_store": store,
     }
     output.commit(report, json.dumps(report, indent=2, default=str))  # the marker, last
-    if not quiet:
-        print(
-            f"train: {cfg.fusion} fusion, {pr['step']} steps, {stop_words(cfg, pr)}; "
-            f"saved epoch {pr.get('best_epoch')}: {val_words(report['metrics'])}, "
-            f"in {report['seconds']}s -> {out}"
-            + (
-                f"; object store spilled {store['spilled_mib']:.0f} MiB"
-                if store.get("spilled_mib")
-                else ""
-            ),
-            file=sys.stderr,
-        )
+    print(  # --quiet too: the summary stays
+        f"train: {cfg.fusion} fusion, {pr['step']} steps, {stop_words(cfg, pr)}; "
+        f"saved epoch {pr.get('best_epoch')}: {val_words(report['metrics'])}, "
+        f"in {report['seconds']}s -> {out}"
+        + (
+            f"; object store spilled {store['spilled_mib']:.0f} MiB"
+            if store.get("spilled_mib")
+            else ""
+        ),
+        file=sys.stderr,
+    )
     return report

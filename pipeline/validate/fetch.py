@@ -32,7 +32,7 @@ class FetchStage(Stage):
     """
 
     name = "fetch"
-    reads: ClassVar[tuple[str, ...]] = ("parts",)
+    reads: ClassVar[tuple[str, ...]] = ("members",)
 
     def __init__(
         self, *, max_file_bytes: int, concurrency: int = 128, allow_hosts: tuple[str, ...] = ()
@@ -58,16 +58,16 @@ class FetchStage(Stage):
         return batch
 
     def submit(self, batch: Batch, ready: Callable[[int], None]) -> int:
-        """Fetch every row's parts; ``ready(i)`` once row ``i``'s are all in. Returns the rows.
+        """Fetch every row's members; ``ready(i)`` once row ``i``'s are all in. Returns the rows.
 
-        Local and fsspec parts are read before this returns; HTTP parts finish later, on
+        Local and fsspec members are read before this returns; HTTP members finish later, on
         the fetcher's thread, in any order: callers that need input order restore it.
         """
         self.ensure_setup()
         assert self.fetcher is not None
         remote: dict[str, list[dict[str, Any]]] = defaultdict(list)
         http: list[tuple[int, dict[str, Any]]] = []
-        rows = batch["parts"]
+        rows = batch["members"]
         for i, parts in enumerate(rows):
             for part in parts or ():
                 ref = part.get("ref")
@@ -96,7 +96,7 @@ class FetchStage(Stage):
                 ready(i)
 
         for i, parts in enumerate(rows):
-            self._check_size(parts)  # fsspec reads; HTTP parts have no data yet
+            self._check_size(parts)  # fsspec reads; HTTP members have no data yet
             if not pending[i]:
                 ready(i)
         for i, part in http:

@@ -36,7 +36,7 @@ RESULT_COLUMNS = (
 
 
 class ValidateStage(Stage):
-    """Turn each row's fetched parts into validated, normalised modalities.
+    """Turn each row's fetched members into validated, normalised modalities.
 
     A row becomes a sample when at least one modality is valid. With
     ``on_modality_error='reject'`` (the default) any failing modality rejects the row with
@@ -45,7 +45,7 @@ class ValidateStage(Stage):
     """
 
     name = "validate"
-    reads: ClassVar[tuple[str, ...]] = ("parts", "error_reason", "error_message")
+    reads: ClassVar[tuple[str, ...]] = ("members", "error_reason", "error_message")
     adds: ClassVar[tuple[str, ...]] = RESULT_COLUMNS
 
     def __init__(self, cfg: Any) -> None:
@@ -65,28 +65,32 @@ class ValidateStage(Stage):
     def __call__(self, batch: Batch) -> Batch:
         self.ensure_setup()
         out: dict[str, list[Any]] = {c: [] for c in RESULT_COLUMNS}
-        for parts, err, msg in zip(batch["parts"], batch["error_reason"], batch["error_message"]):
-            res = self._row(parts or [], err, msg)
+        for members, err, msg in zip(
+            batch["members"], batch["error_reason"], batch["error_message"]
+        ):
+            res = self._row(members or [], err, msg)
             for c in RESULT_COLUMNS:
                 out[c].append(res.get(c))
         batch.update(out)
         return batch
 
-    def _row(self, parts: list[dict[str, Any]], err: str | None, msg: str | None) -> dict[str, Any]:
+    def _row(
+        self, members: list[dict[str, Any]], err: str | None, msg: str | None
+    ) -> dict[str, Any]:
         try:
             if err:
                 raise SampleError(Reason(err), msg or err, "row")
             with deadline(self.timeout):
-                return self._validate(parts)
+                return self._validate(members)
         except SampleError as e:
             rejecting(e)
             return {"reason": e.reason.value, "modality": e.modality, "message": e.message}
 
-    def _validate(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    def _validate(self, members: list[dict[str, Any]]) -> dict[str, Any]:
         res: dict[str, Any] = {"extras": []}
         dropped: dict[str, str] = {}
         meta: dict[str, Any] = {}
-        for part in parts:
+        for part in members:
             name = part["name"]
             try:
                 if part.get("error"):
