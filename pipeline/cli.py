@@ -181,13 +181,16 @@ def _add_sample_corpus(sub: Any) -> None:
 
 
 def _cmd_sample_corpus(args: argparse.Namespace) -> int:
+    from pipeline.progress import Progress
     from pipeline.sample_corpus import write_corpus
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
-    info = write_corpus(
-        args.output, n=args.n, hard=args.hard, seed=args.seed, broken=not args.no_broken
-    )
+    with Progress("sample-corpus") as progress:
+        progress.phase(f"drawing {args.n} samples (image, caption, audio)")
+        info = write_corpus(
+            args.output, n=args.n, hard=args.hard, seed=args.seed, broken=not args.no_broken
+        )
     print(
         f"sample corpus: {info['rows']} rows ({info['broken']} broken) -> {info['manifest']}",
         file=sys.stderr,

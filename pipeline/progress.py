@@ -172,7 +172,9 @@ class Progress:
     def _beat(self) -> None:
         while not self._stop.wait(0.25):
             now = time.monotonic()
-            due = self.first_s if not self._printed else self.gap_s
+            # A terminal's line is repainted in place each second (its clock moves); a log
+            # gets a new line only after a silence.
+            due = self.first_s if not self._printed else (1.0 if self._tty() else self.gap_s)
             if now - (self._printed or self.t0) >= due:
                 self._show(force=True)
 

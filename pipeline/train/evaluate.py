@@ -13,6 +13,7 @@ from pipeline.errors import UserError
 from pipeline.fusion.artifact import ModelInfo, RunArtifact
 from pipeline.io.fs import join, read_bytes, write_bytes_atomic
 from pipeline.io.parquet import iter_tables
+from pipeline.progress import Progress
 from pipeline.train.data import SplitLabel, open_features, to_tensors
 
 # Generating attributes that say what a sample shows; two captions with equal values describe
@@ -168,40 +169,46 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 
 def run_eval(run_dir: str, data: str, *, split: str = "val", quiet: bool = False) -> dict[str, Any]:
     """Write ``RUN_DIR/eval.json`` (and ``eval_points.json`` for the report's projection)."""
-    art = RunArtifact.open(run_dir)
-    model, info = art.load(), art.info
-    fraction = json.loads(read_bytes(join(run_dir, "config.json"))).get("val_fraction", 0.2)
-    rows = embed_rows(model, info, data, split, fraction)
-    result = {
-        "run": run_dir,
-        "data": data,
-        "split": split,
-        "fusion": info.fusion,
-        "classes": info.classes,
-        **score(rows, info),
-    }
-    if info.classes and not info.preset:  # probes read input features: a preset has none
-        from pipeline.train.baselines import probe_baselines
+    with Progress("eval", quiet=quiet) as progress:
+        art = RunArtifact.open(run_dir)
+        model, info = art.load(), art.info
+        fraction = json.loads(read_bytes(join(run_dir, "config.json"))).get("val_fraction", 0.2)
+        progress.phase(f"scoring the model on the {split} split")
+        rows = embed_rows(model, info, data, split, fraction)
+        result = {
+            "run": run_dir,
+            "data": data,
+            "split": split,
+            "fusion": info.fusion,
+            "classes": info.classes,
+            **score(rows, info),
+        }
+        if info.classes and not info.preset:  # probes read input features: a preset has none
+            from pipeline.train.baselines import probe_baselines
 
-        known = rows["labels"] >= 0
-        right = rows["logits"].argmax(1) == rows["labels"]  # a model with classes has logits
-        model_correct = dict(zip(np.asarray(rows["keys"])[known].tolist(), right[known].tolist()))
-        result["baselines"] = probe_baselines(
-            _batches(info, data, "train", fraction),
-            _batches(info, data, split, fraction),
-            len(info.classes),
-            model_correct,
-        )
-    if not info.preset:  # a shared-space baseline: what agreement between modalities tells
-        from pipeline.train.cca import cca_baseline
+            progress.phase("fitting the linear probes beside it")
+            known = rows["labels"] >= 0
+            right = rows["logits"].argmax(1) == rows["labels"]  # a model with classes has logits
+            model_correct = dict(
+                zip(np.asarray(rows["keys"])[known].tolist(), right[known].tolist())
+            )
+            result["baselines"] = probe_baselines(
+                _batches(info, data, "train", fraction),
+                _batches(info, data, split, fraction),
+                len(info.classes),
+                model_correct,
+            )
+        if not info.preset:  # a shared-space baseline: what agreement between modalities tells
+            from pipeline.train.cca import cca_baseline
 
-        cca = cca_baseline(
-            _batches(info, data, "train", fraction),
-            _batches(info, data, split, fraction),
-            len(info.classes or []),
-        )
-        if cca:
-            result.setdefault("baselines", {})["cca"] = cca
+            progress.phase("fitting CCA on each modality pair")
+            cca = cca_baseline(
+                _batches(info, data, "train", fraction),
+                _batches(info, data, split, fraction),
+                len(info.classes or []),
+            )
+            if cca:
+                result.setdefault("baselines", {})["cca"] = cca
     write_bytes_atomic(join(run_dir, "eval.json"), json.dumps(result, indent=2).encode())
     pts = pca_2d(rows["fused"][:3000])
     points = {"xy": pts.round(4).tolist(), "label": rows["labels"][:3000].tolist()}

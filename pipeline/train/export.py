@@ -20,6 +20,7 @@ from pipeline.fusion.artifact import (
 )
 from pipeline.io.fs import check_output, exists, join, write_bytes_atomic
 from pipeline.models.weights import torchscript_quietly
+from pipeline.progress import Progress
 
 FORMATS = ("both", "onnx", "torchscript")
 
@@ -110,6 +111,7 @@ def export_run(
     *,
     tolerance: float | None = None,
     encoders: bool = True,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Every graph of ``fmt`` into ``output`` (default ``RUN/export``), checked before any file
     is written; ``export.json`` (graphs, exporters, differences) is written last.
@@ -133,13 +135,16 @@ def export_run(
     tol = onnx_export.TOLERANCE if tolerance is None else tolerance
     files: dict[str, bytes] = {}
     graphs: dict[str, Any] = {}
-    if fmt in ("both", "torchscript"):
-        files[TORCHSCRIPT_FILE], diff = torchscript_bytes(art)
-        graphs[TORCHSCRIPT_FILE] = {"format": "torchscript", "max_abs_diff": {"all": diff}}
-    if fmt in ("both", "onnx"):
-        blobs, meta = onnx_export.export_graphs(art, encoders=encoders, tolerance=tol)
-        files.update(blobs)
-        graphs.update({k: {"format": "onnx", **v} for k, v in meta.items()})
+    with Progress("export", unit="graphs", quiet=quiet) as progress:
+        if fmt in ("both", "torchscript"):
+            progress.phase("tracing TorchScript and checking it against the eager model")
+            files[TORCHSCRIPT_FILE], diff = torchscript_bytes(art)
+            graphs[TORCHSCRIPT_FILE] = {"format": "torchscript", "max_abs_diff": {"all": diff}}
+        if fmt in ("both", "onnx"):
+            progress.phase("exporting ONNX graphs and checking each with onnxruntime")
+            blobs, meta = onnx_export.export_graphs(art, encoders=encoders, tolerance=tol)
+            files.update(blobs)
+            graphs.update({k: {"format": "onnx", **v} for k, v in meta.items()})
     for name, blob in files.items():
         write_bytes_atomic(join(out, name), blob)
         graphs[name]["sha256"] = hashlib.sha256(blob).hexdigest()
