@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import threading
 import time
@@ -15,6 +17,16 @@ LIVE_S = 0.5  # a TTY's line is rewritten in place at most this often
 # Nothing before this: a command that fails at once (a typo, a missing file) prints its one
 # error line alone.
 FIRST_S = 1.0
+
+
+def _terminal() -> TextIO | None:
+    """A stream on a duplicate of the descriptor behind ``sys.stderr`` (None when it has none)."""
+    try:
+        fd = sys.stderr.fileno()
+        enc = getattr(sys.stderr, "encoding", None) or "utf-8"
+        return open(os.dup(fd), "w", buffering=1, encoding=enc, errors="backslashreplace")
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return None
 
 
 class Progress:
@@ -39,6 +51,10 @@ class Progress:
     ) -> None:
         self.job, self.unit, self.total, self.quiet = job, unit, total, quiet
         self.stream = stream
+        # The terminal as it is now, held on a descriptor of our own: a Ray session (its
+        # lines go to a log) and exporters that silence descriptors 1 and 2 move those, and
+        # must not move the person's progress line with them.
+        self._own = None if stream is not None or quiet else _terminal()
         self.gap_s, self.first_s = gap_s, first_s
         self.t0 = self.started = time.monotonic()
         self.done = self.rejected = 0
@@ -54,8 +70,11 @@ class Progress:
 
     @property
     def out(self) -> TextIO:
-        # Looked up at each write: a Ray session sends its own lines elsewhere meanwhile.
-        return self.stream or sys.stderr
+        if self.stream is not None:
+            return self.stream
+        if self._own is not None and not self._own.closed:
+            return self._own
+        return sys.stderr  # captured (tests): looked up at each write
 
     def __enter__(self) -> Progress:
         if not self.quiet:
@@ -72,6 +91,8 @@ class Progress:
             self._thread.join(timeout=2)
         with self._lock:
             self._end_live()
+            if self._own is not None:
+                self._own.close()
 
     def phase(self, what: str) -> None:
         """A new phase of the job: shown at once ("starting Ray", "finalizing")."""
