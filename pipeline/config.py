@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -173,27 +173,6 @@ def load_config(
         return model(**data)
     except ValidationError as e:
         raise UserError(explain(e, model)) from None
-
-
-def choices(model: type[BaseModel], name: str) -> list[str]:
-    """The values a ``Literal`` field allows, so that a CLI flag offers exactly those."""
-    found: list[str] = []
-    stack = [model.model_fields[name].annotation]
-    while stack:
-        t = stack.pop()
-        if get_origin(t) is Literal:
-            found += [a for a in get_args(t) if isinstance(a, str)]
-        else:
-            stack += [a for a in get_args(t)]
-    return found
-
-
-def add_choice(parser: Any, flag: str, model: type[BaseModel], help: str) -> None:
-    """An option for a ``Literal`` config field: its choices and default come from the model."""
-    name = flag.lstrip("-").replace("-", "_")
-    default = model.model_fields[name].default
-    shown = f" (default {default})" if default is not None else ""
-    parser.add_argument(flag, choices=choices(model, name), help=f"{help}{shown}")
 
 
 def options(args: Any, names: tuple[str, ...]) -> dict[str, Any]:
