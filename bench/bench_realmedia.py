@@ -6,12 +6,16 @@ with its name spoken by espeak-ng under noise and a caption that gives only one 
 attributes. ``photos`` was added after every default was chosen, and ``textures`` after every
 default including ``w_single``: each in turn a corpus that nothing was tuned on.
 
+The association corpora of ``bench/association_corpora.py`` (``digits-speech``,
+``digits-caption``, ``photos-speech``) carry their label (``same`` / ``different``) only in
+whether two modalities agree; ``--snr-db`` does not apply to them.
+
 Then `mmpipe build`, `features`, `train` and `eval`, all with no flags, and the linear-probe
-baselines that eval computes on the same features and split.
+and CCA baselines that eval computes on the same features and split.
 
     apt-get install espeak-ng
-    .venv/bin/python bench/bench_realmedia.py [--corpus digits|photos|textures] [--out DIR]
-        [--snr-db LO HI]
+    .venv/bin/python bench/bench_realmedia.py [--corpus digits|photos|textures|digits-speech|
+        digits-caption|photos-speech] [--out DIR] [--snr-db LO HI]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.association_corpora import ASSOCIATION
 from bench.realmedia_corpora import CORPORA
 
 
@@ -38,7 +43,7 @@ def mmpipe(*args: str) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", choices=sorted(CORPORA), default="digits")
+    ap.add_argument("--corpus", choices=sorted({*CORPORA, *ASSOCIATION}), default="digits")
     ap.add_argument("--out", help="default: bench/_work/realmedia (digits), realmedia-CORPUS")
     ap.add_argument("--snr-db", type=float, nargs=2, help="speech; default: the corpus's own")
     ap.add_argument("--seed", type=int, default=0)
@@ -47,8 +52,11 @@ def main() -> int:
     out = Path(args.out or default)
     manifest = out / "corpus" / "manifest.jsonl"
     if not manifest.exists():
-        writer, snr = CORPORA[args.corpus]
-        writer(out / "corpus", tuple(args.snr_db or snr), args.seed)
+        if args.corpus in ASSOCIATION:
+            ASSOCIATION[args.corpus](out / "corpus", args.seed)
+        else:
+            writer, snr = CORPORA[args.corpus]
+            writer(out / "corpus", tuple(args.snr_db or snr), args.seed)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     for step in ("build", "features", "run"):  # each step timed from scratch; a run of an
         shutil.rmtree(out / step, ignore_errors=True)  # older config is refused, not reused
@@ -70,6 +78,8 @@ def main() -> int:
     for m, v in (base.get("probe") or {}).items():
         print(f"| linear probe, {m} | {v:.3f} |")
     print(f"| late fusion of the probes | {base.get('late_fusion', float('nan')):.3f} |")
+    cca = (base.get("cca") or {}).get("accuracy")
+    print(f"| CCA of each modality pair | {cca if cca is not None else float('nan'):.3f} |")
     return 0
 
 

@@ -29,6 +29,7 @@ def make_run(
     d_model: int = 32,
     embed_dim: int = 16,
     encoders: dict[str, Any] | None = None,
+    relations: tuple[str, ...] = (),
 ) -> Path:
     """A run directory whose model.json names the features config and, when given, the
     encoders its features came from (``features.stages.encoder_info``)."""
@@ -50,11 +51,26 @@ def make_run(
         classes=[f"c{i}" for i in range(classes)],
         label_field="label" if classes else None,
         dropout=0.0,
+        relations=relations,
         lineage=Lineage(
             "features", "fp", "", {"config": cfg.model_dump(), "encoders": encoders or {}}, {}
         ),
     )
     torch.manual_seed(0)
     model = build_model(info.spec)
+    if relations:  # canonical spaces as training would fit them: random, not zero
+        g = torch.Generator().manual_seed(1)
+        fits = {}
+        for p in relations:
+            a, b = p.split("~")
+            fits[p] = (
+                torch.randn(dims[a], generator=g),
+                torch.randn(dims[a], 8, generator=g),
+                torch.randn(dims[b], generator=g),
+                torch.randn(dims[b], 8, generator=g),
+                0.1,
+                2.0,
+            )
+        model.set_relations(fits)
     save_run(str(out), info, model.state_dict())
     return out

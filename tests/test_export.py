@@ -61,6 +61,20 @@ def test_every_fusion_type_exports_to_onnx_with_a_dynamic_batch(tmp_path, fusion
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named batch axis
 
 
+def test_a_model_that_relates_modalities_exports_both_formats(tmp_path):
+    # The agreement of each related pair (a fixed canonical space, the embeddings' product)
+    # is part of the graph: both formats must equal eager PyTorch on it.
+    run = make_run(tmp_path / "run", "late", relations=("image~audio",))
+    art = RunArtifact.open(str(run))
+    assert art.info.relations == ("image~audio",)
+    assert any("agreement" in k for k in art.load().state_dict())
+    done = export_run(str(run), "both", encoders=False)
+    out = run / "export"
+    assert max(done["graphs"]["model.onnx"]["max_abs_diff"].values()) <= onnx_export.TOLERANCE
+    for n in (1, 9):
+        assert _onnx_equals_eager(art, out / "model.onnx", n) < 1e-4
+
+
 @pytest.mark.parametrize("preset", ["cnn_lstm", "attn_conv"])
 def test_the_end_to_end_presets_export_both_formats(tmp_path, preset):
     run = make_run(tmp_path / "run", "mid", preset)

@@ -34,3 +34,21 @@ def test_captions_are_true_and_never_name_the_class(corpus: str) -> None:
                 assert (no if a in scene.attrs else yes) not in text.removeprefix(
                     "a photo that "
                 ).split(" and "), text
+
+
+def test_association_corpora_pair_the_same_thing_exactly_when_labelled_same(tmp_path) -> None:
+    import json
+
+    from sklearn.datasets import load_digits
+
+    from bench.association_corpora import write_digits_caption
+    from bench.bench_audio import WORDS
+
+    rows = [json.loads(x) for x in write_digits_caption(tmp_path, 0).read_text().splitlines()]
+    digits = load_digits().target
+    assert len(rows) == len(digits) and all((tmp_path / r["image"]).exists() for r in rows)
+    same = [r["label"] == "same" for r in rows]
+    assert 0.45 < np.mean(same) < 0.55  # neither label is a prior a model could lean on
+    for r, d, s in zip(rows, digits, same):
+        named = [i for i, w in enumerate(WORDS["en"]) if r["text"].endswith(" " + w)]
+        assert len(named) == 1 and (named[0] == d) == s, r

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.fusion.model import FUSIONS, FusionModel, fusion_loss, info_nce
+from pipeline.fusion.loss import fusion_loss, info_nce
+from pipeline.fusion.model import FUSIONS, FusionModel
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import fit_local, load_state, save_state
 

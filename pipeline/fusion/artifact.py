@@ -45,6 +45,8 @@ class ModelSpec:
     n_classes: int  # 0: no classifier head
     image_size: int = 64  # end-to-end presets: the square crop they see
     max_text_tokens: int = 32
+    # Modality pairs ("image~audio") whose agreement the classifier sees (FusionModel only).
+    relations: tuple[str, ...] = ()
 
 
 def build_model(spec: ModelSpec, *, dropout: float = 0.0, freeze_fraction: float = 1.0) -> Any:
@@ -79,6 +81,7 @@ def build_model(spec: ModelSpec, *, dropout: float = 0.0, freeze_fraction: float
         embed_dim=spec.embed_dim,
         n_classes=spec.n_classes,
         dropout=dropout,
+        relations=spec.relations,
     )
 
 
@@ -110,10 +113,22 @@ class ModelInfo:
     dropout: float
     lineage: Lineage
     model_sha256: str = ""  # of model.pt's bytes, recorded when it is saved
+    # The pairs whose agreement the classifier sees, and the classes found to mark matching
+    # pairs (pipeline/train/matching.py); empty: none were.
+    relations: tuple[str, ...] = ()
+    matching: tuple[str, ...] = ()
 
     @property
     def spec(self) -> ModelSpec:
-        same = ("fusion_type", "preset", "d_model", "embed_dim", "image_size", "max_text_tokens")
+        same = (
+            "fusion_type",
+            "preset",
+            "d_model",
+            "embed_dim",
+            "image_size",
+            "max_text_tokens",
+            "relations",
+        )
         return ModelSpec(
             dims=dict(self.dims),
             n_classes=len(self.classes) if self.label_field else 0,
@@ -140,6 +155,8 @@ class ModelInfo:
             train_config=dict(lineage.get("train_config") or {}),
         )
         fields.setdefault("fusion_type", data.get("fusion"))
+        for name in ("relations", "matching"):  # JSON lists; the dataclass is frozen
+            fields[name] = tuple(fields.get(name) or ())
         return cls(**fields)
 
 

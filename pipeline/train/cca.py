@@ -24,6 +24,13 @@ MIN_ROWS = 10  # rows a CCA needs (per class, per pair) to be fitted at all
 
 def fit_cca(x: np.ndarray, y: np.ndarray) -> Any:
     """Regularised CCA of ``x`` and ``y`` (rows paired); returns ``project(x, y) -> (u, v)``."""
+    mx, a, my, b = cca_arrays(x, y)
+    return lambda xs, ys: ((xs - mx) @ a, (ys - my) @ b)
+
+
+def cca_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The CCA of ``x`` and ``y`` as arrays ``(mean_x, a, mean_y, b)``: ``(x - mean_x) @ a``
+    and ``(y - mean_y) @ b`` are the canonical coordinates, at most COMPONENTS of them."""
     mx, my = x.mean(0), y.mean(0)
 
     def basis(z: np.ndarray) -> np.ndarray:  # principal directions, at most PCA_DIMS
@@ -47,8 +54,7 @@ def fit_cca(x: np.ndarray, y: np.ndarray) -> Any:
     wx, wy = inv_sqrt(xp.T @ xp / n), inv_sqrt(yp.T @ yp / n)
     u, _, vt = np.linalg.svd(wx @ (xp.T @ yp / n) @ wy)
     k = min(COMPONENTS, u.shape[1], vt.shape[0])
-    a, b = px @ wx @ u[:, :k], py @ wy @ vt.T[:, :k]
-    return lambda xs, ys: ((xs - mx) @ a, (ys - my) @ b)
+    return mx, px @ wx @ u[:, :k], my, py @ wy @ vt.T[:, :k]
 
 
 def cosine(u: np.ndarray, v: np.ndarray) -> np.ndarray:

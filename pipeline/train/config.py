@@ -22,6 +22,12 @@ class TrainConfig(BaseModel):
     # late (and dropout 0.3) beat mid and the linear-probe baselines on real media, and keep
     # the shapes corpus' quality bar (docs/benchmarks.md, "Choosing the training defaults").
     fusion: Literal["early", "mid", "late", "gated", "bilinear"] = "late"
+    # auto: when the labels mark whether a row's modalities match (same / different: found by
+    # a held-out CCA per class before training), the contrastive loss pulls together only the
+    # matching rows, and the classifier sees each pair's agreement; no other fusion of what
+    # each modality says alone can read such a label (docs/train.md). off: never. Fusion
+    # models on features only.
+    relations: Literal["auto", "off"] = "auto"
     # A classic image-text model trained end to end from the shards instead of a fusion model
     # on features: `data` is then a build output (or tar pattern).
     # "finetune": the features stage's pretrained image and text encoders under `fusion`,
@@ -81,7 +87,9 @@ class TrainConfig(BaseModel):
     # Where Ray Train persists checkpoints: local path or s3:// (default: OUTPUT/ray).
     storage_path: str | None = None
 
-    def model_spec(self, dims: dict[str, int], n_classes: int) -> ModelSpec:
+    def model_spec(
+        self, dims: dict[str, int], n_classes: int, relations: tuple[str, ...] = ()
+    ) -> ModelSpec:
         """The architecture this config trains on features of ``dims``."""
         from pipeline.fusion.artifact import ModelSpec
 
@@ -90,6 +98,7 @@ class TrainConfig(BaseModel):
             fusion_type=self.fusion,
             dims=dict(dims),
             n_classes=n_classes if self.label_field else 0,
+            relations=tuple(relations),
             **self.model_dump(include=same),
         )
 

@@ -154,6 +154,27 @@ def local_split(fs_: FeatureSet, split: str, fraction: float, label_field: str |
     return pa.concat_tables(parts) if parts else pa.table({})
 
 
+def split_batches(
+    fs_: FeatureSet,
+    split: str,
+    fraction: float,
+    label_field: str | None,
+    classes: list[str] | None = None,
+) -> Iterator[tuple[Any, ...]]:
+    """(keys, metas, features, masks, labels) of one split, streamed 1,024 rows at a time:
+    what the baselines and the search for matching classes read, with bounded memory."""
+    stage = SplitLabel(split, fraction, fs_.classes if classes is None else classes, label_field)
+    cols = ["key", "meta", *(f"{m}_emb" for m in fs_.dims), *(f"has_{m}" for m in fs_.dims)]
+    for table in iter_tables(fs_.files, cols, rows=1024):
+        t: Any = stage(table)
+        if t.num_rows:
+            yield (
+                t.column("key").to_pylist(),
+                t.column("meta").to_pylist(),
+                *to_tensors(t, fs_.dims, "cpu"),
+            )
+
+
 def ray_split(fs_: FeatureSet, split: str, fraction: float, label_field: str | None) -> Any:
     """One split as a Ray Dataset, for ``get_dataset_shard`` in the workers."""
     import ray.data

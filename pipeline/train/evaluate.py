@@ -12,9 +12,8 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.fusion.artifact import ModelInfo, RunArtifact
 from pipeline.io.fs import join, read_bytes, write_bytes_atomic
-from pipeline.io.parquet import iter_tables
 from pipeline.progress import Progress
-from pipeline.train.data import SplitLabel, open_features, to_tensors
+from pipeline.train.data import open_features, split_batches
 
 # Generating attributes that say what a sample shows; two captions with equal values describe
 # the same content (the same text, a paraphrase or a translation).
@@ -81,16 +80,7 @@ def _batches(info: ModelInfo, data: str, split: str, fraction: float) -> Iterato
             yield ([str(k) for k in b["key"]], list(b["meta"]), *e2e_tensors(b, dims, "cpu"))
         return
     fs_ = open_features(data, list(dims), None)
-    split_stage = SplitLabel(split, fraction, info.classes, label_field)
-    cols = ["key", "meta", *(f"{m}_emb" for m in dims), *(f"has_{m}" for m in dims)]
-    for table in iter_tables(fs_.files, cols, rows=1024):
-        t: Any = split_stage(table)
-        if t.num_rows:
-            yield (
-                t.column("key").to_pylist(),
-                t.column("meta").to_pylist(),
-                *to_tensors(t, dims, "cpu"),
-            )
+    yield from split_batches(fs_, split, fraction, label_field, info.classes)
 
 
 def _attrs(meta: str | None) -> tuple[Any, ...] | None:

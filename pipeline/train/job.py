@@ -27,6 +27,7 @@ from pipeline.progress import Progress
 from pipeline.redact import redact_obj
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import FeatureSet, open_features, ray_split
+from pipeline.train.matching import Relations
 from pipeline.train.metrics import TrainProgressLine
 from pipeline.train.worker import train_worker
 
@@ -52,7 +53,7 @@ def lineage(cfg: TrainConfig, fs_: FeatureSet) -> Lineage:
     )
 
 
-def model_info(cfg: TrainConfig, fs_: FeatureSet) -> ModelInfo:
+def model_info(cfg: TrainConfig, fs_: FeatureSet, relations: Relations | None = None) -> ModelInfo:
     """``model.json`` of a run of ``cfg`` on ``fs_`` (the weights' hash is added on save)."""
     same = {"preset", "image_size", "max_text_tokens", "d_model", "embed_dim", "label_field"}
     return ModelInfo(
@@ -62,8 +63,21 @@ def model_info(cfg: TrainConfig, fs_: FeatureSet) -> ModelInfo:
         classes=fs_.classes,
         dropout=cfg.dropout,
         lineage=lineage(cfg, fs_),
+        relations=relations.pairs if relations else (),
+        matching=tuple(relations.classes) if relations else (),
         **cfg.model_dump(include=same),
     )
+
+
+def relations_of(cfg: TrainConfig, fs_: FeatureSet) -> Relations | None:
+    """The relations the labels mark (pipeline/train/matching.py), when the config looks."""
+    if cfg.relations == "off" or cfg.preset or not cfg.label_field or len(fs_.classes) < 2:
+        return None
+    from pipeline.train.data import split_batches
+    from pipeline.train.matching import find_relations
+
+    train = split_batches(fs_, "train", cfg.val_fraction, cfg.label_field)
+    return find_relations(train, fs_.classes)
 
 
 def train_in_process(cfg: TrainConfig) -> str:
@@ -77,8 +91,9 @@ def train_in_process(cfg: TrainConfig) -> str:
     fs_ = open_features(cfg.data, cfg.modalities, cfg.label_field)
     train = local_split(fs_, "train", cfg.val_fraction, cfg.label_field)
     val = local_split(fs_, "val", cfg.val_fraction, cfg.label_field)
-    tr = fit_local(cfg, train, val, fs_.dims, len(fs_.classes))
-    return save_run(cfg.output, model_info(cfg, fs_), tr.final_weights()).model_sha256
+    relations = relations_of(cfg, fs_)
+    tr = fit_local(cfg, train, val, fs_.dims, len(fs_.classes), relations=relations)
+    return save_run(cfg.output, model_info(cfg, fs_, relations), tr.final_weights()).model_sha256
 
 
 def stop_words(cfg: TrainConfig, pr: dict[str, Any]) -> str:
@@ -230,6 +245,13 @@ def run_train(
                 from pipeline.train.standardize import ray_stats
 
                 stats = ray_stats(train_ds, fs_.dims)  # O(dims) on the driver, streamed
+            progress.phase("testing whether the labels mark matching pairs")
+            relations = relations_of(cfg, fs_)  # at most MAX_ROWS rows on the driver
+            if relations is not None:
+                progress.say(
+                    f"classes {relations.classes} mark matching pairs: the contrastive loss "
+                    f"uses only their rows; the classifier sees {list(relations.pairs)}"
+                )
             config = {
                 "cfg": cfg.model_dump(),
                 "dims": fs_.dims,
@@ -237,6 +259,7 @@ def run_train(
                 "run_dir": out,
                 "train_rows": train_rows,
                 "stats": stats,
+                "relations": relations,
                 "lineage": dataclasses.asdict(lineage(cfg, fs_)),
                 "fault": fault,
             }
@@ -273,7 +296,7 @@ def run_train(
                     state = load_state(f.read())
                 with open(os.path.join(d, "meta.json")) as f:
                     meta = json.load(f)
-    save_run(out, model_info(cfg, fs_), final_weights(state))
+    save_run(out, model_info(cfg, fs_, relations), final_weights(state))
     pr = state["progress"]
     report = {
         "fingerprint": fp,
@@ -291,6 +314,7 @@ def run_train(
         "workers": cfg.workers,
         "gpu": use_gpu,
         "object_store": store,
+        "relations": relations.summary() if relations else None,
     }
     output.commit(report, json.dumps(report, indent=2, default=str))  # the marker, last
     print(  # --quiet too: the summary stays

@@ -19,10 +19,11 @@ import torch
 
 from pipeline.device import amp_dtype
 from pipeline.fusion.artifact import build_model
-from pipeline.fusion.model import fusion_loss
+from pipeline.fusion.loss import fusion_loss
 from pipeline.models.weights import load_tensors
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import to_tensors
+from pipeline.train.matching import Relations
 
 
 @dataclass
@@ -82,12 +83,17 @@ class Trainer:
         steps_per_epoch: int,
         device: Any = "cpu",
         stats: dict[str, Any] | None = None,
+        relations: Relations | None = None,
     ) -> None:
         self.cfg, self.dims, self.device = cfg, dims, torch.device(device)
-        spec = cfg.model_spec(dims, n_classes)
+        spec = cfg.model_spec(dims, n_classes, relations.pairs if relations else ())
         model = build_model(spec, dropout=cfg.dropout, freeze_fraction=cfg.freeze_fraction)
         if stats and hasattr(model, "set_feature_stats"):  # before the average copies it
             model.set_feature_stats(stats)
+        if relations is not None:  # likewise fixed before training
+            model.set_relations(relations.fits)
+        # The classes whose rows are matching pairs: only they are pulled together.
+        self.matching = torch.tensor(relations.class_ids) if relations else None
         self.core = model.to(self.device)
         self.model: torch.nn.Module = self.core
         decay = [p for n, p in self.core.named_parameters() if p.ndim >= 2]
@@ -179,7 +185,14 @@ class Trainer:
             with self._autocast():
                 out = self.model(feats, masks, **self.single)
                 loss, parts = fusion_loss(
-                    self.core, out, masks, labels, c.w_contrastive, c.w_classify, c.w_single
+                    self.core,
+                    out,
+                    masks,
+                    labels,
+                    c.w_contrastive,
+                    c.w_classify,
+                    c.w_single,
+                    self._matching(labels),
                 )
             self.scaler.scale(loss / c.grad_accum).backward()
             pr.epoch_batches = i + 1
@@ -213,6 +226,11 @@ class Trainer:
         if pr.epoch >= c.epochs:
             pr.stopped = "epochs"
 
+    def _matching(self, labels: torch.Tensor) -> torch.Tensor | None:
+        if self.matching is None:
+            return None
+        return torch.isin(labels, self.matching.to(labels.device))
+
     def reached_max_steps(self) -> bool:
         """Whether ``max_steps`` ends the run (noted as why it stopped)."""
         if self.cfg.max_steps is not None and self.progress.step >= self.cfg.max_steps:
@@ -236,7 +254,15 @@ class Trainer:
             feats, masks, labels = self.convert(table, self.dims, self.device)
             with self._autocast():
                 out = model(feats, masks)
-                loss, _ = fusion_loss(model, out, masks, labels, c.w_contrastive, c.w_classify)
+                loss, _ = fusion_loss(
+                    model,
+                    out,
+                    masks,
+                    labels,
+                    c.w_contrastive,
+                    c.w_classify,
+                    matching=self._matching(labels),
+                )
             n = float(labels.shape[0])
             tot["loss"] += float(loss) * n
             tot["rows"] += n
@@ -416,6 +442,7 @@ def fit_local(
     state: dict[str, Any] | None = None,
     stop_after_steps: int | None = None,
     log: list[dict[str, Any]] | None = None,
+    relations: Relations | None = None,
 ) -> Trainer:
     """Train in this process (no Ray): tests, the bare-loop benchmark, debugging."""
     from pipeline.train.standardize import local_stats
@@ -423,7 +450,7 @@ def fit_local(
     seed_everything(cfg.seed)
     steps = train.num_rows // cfg.batch_size
     stats = local_stats(train, dims) if cfg.standardize and not cfg.preset else None
-    tr = Trainer(cfg, dims, n_classes, steps, stats=stats)
+    tr = Trainer(cfg, dims, n_classes, steps, stats=stats, relations=relations)
     if state is not None:
         tr.load_state_dict(state)
 

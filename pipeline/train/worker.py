@@ -26,7 +26,15 @@ def train_worker(config: dict[str, Any]) -> None:
     seed_everything(cfg.seed)  # the same initial weights on every rank
     device = rtt.get_device()
     steps = config["train_rows"] // (cfg.batch_size * world)
-    tr = Trainer(cfg, config["dims"], len(config["classes"]), steps, device, config["stats"])
+    tr = Trainer(
+        cfg,
+        config["dims"],
+        len(config["classes"]),
+        steps,
+        device,
+        config["stats"],
+        config.get("relations"),
+    )
     ckpt = ray.train.get_checkpoint()
     log_lines = 0
     if ckpt is not None:  # a restart after a failure, or --resume
