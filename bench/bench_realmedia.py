@@ -80,6 +80,8 @@ def main() -> int:
     print(f"| late fusion of the probes | {base.get('late_fusion', float('nan')):.3f} |")
     cca = (base.get("cca") or {}).get("accuracy")
     print(f"| CCA of each modality pair | {cca if cca is not None else float('nan'):.3f} |")
+    found = json.loads((out / "run" / "train.json").read_text()).get("relations")
+    print(f"relations found before training: {json.dumps(found)}")
     return 0
 
 
