@@ -43,6 +43,17 @@ def test_the_classes_that_mark_matching_pairs_are_found_and_no_others():
     assert find_relations(_batches(x, has, np.full_like(y, -1)), ["a", "b"]) is None
 
 
+def test_a_corpus_sorted_by_label_still_shows_every_class(monkeypatch):
+    import pipeline.train.matching as matching
+
+    x, has, y = _association(1500, 1)
+    order = np.argsort(y, kind="stable")  # every "different" row first
+    x, has, y = {m: v[order] for m, v in x.items()}, {m: v[order] for m, v in has.items()}, y[order]
+    monkeypatch.setattr(matching, "MAX_ROWS", 600)  # fewer rows kept than "different" has
+    found = matching.find_relations(_batches(x, has, y), ["different", "same"])
+    assert found is not None and found.classes == ["same"]
+
+
 def _table(x, has, y) -> pa.Table:
     n = len(y)
     cols: dict = {"key": [f"k{i}" for i in range(n)], "meta": [json.dumps({})] * n}
