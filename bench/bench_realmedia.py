@@ -76,7 +76,7 @@ def main() -> int:
     for m in ("image", "text", "audio"):
         print(f"| trained fusion, {m} only | {acc.get(f'{m}_only') or float('nan'):.3f} |")
     for m, v in (base.get("probe") or {}).items():
-        print(f"| linear probe, {m} | {v:.3f} |")
+        print(f"| linear probe, {m} | {v if v is not None else float('nan'):.3f} |")
     print(f"| late fusion of the probes | {base.get('late_fusion', float('nan')):.3f} |")
     cca = (base.get("cca") or {}).get("accuracy")
     print(f"| CCA of each modality pair | {cca if cca is not None else float('nan'):.3f} |")
