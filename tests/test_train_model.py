@@ -94,10 +94,24 @@ def test_single_modality_logits_are_what_eval_scores_and_train_each_path(fusion)
     assert "single_logits" not in model(feats, mask)  # export and eval trace the plain call
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_a_missing_modality_cannot_leak_into_the_output(fusion):
+@pytest.mark.parametrize(
+    ("fusion", "relations"),
+    [*((f, ()) for f in FUSIONS), ("late", ("image~text", "image~audio"))],
+)
+def test_a_missing_modality_cannot_leak_into_the_output(fusion, relations):
     torch.manual_seed(0)
-    model = FusionModel(DIMS, fusion, d=16, embed_dim=8, n_classes=3).eval()
+    model = FusionModel(DIMS, fusion, d=16, embed_dim=8, n_classes=3, relations=relations)
+    model.set_relations(
+        {
+            p: (
+                *(x for m in p.split("~") for x in (torch.randn(DIMS[m]), torch.randn(DIMS[m], 4))),
+                0.1,
+                2.0,
+            )
+            for p in relations
+        }
+    )
+    model = model.eval()
     feats, mask = batch()
     with torch.no_grad():
         a = model(feats, mask)

@@ -207,12 +207,14 @@ class Agreement(nn.Module):
             cos = F.cosine_similarity(u, v, dim=-1, eps=1e-8).unsqueeze(-1)
             stats = getattr(self, f"{a}_{b}_stats")
             shift, inv = stats[0], stats[1]  # indexed: iterating a tensor warns under tracing
-            both = (mask[a] & mask[b]).unsqueeze(-1).to(cos.dtype)
-            # A missing pair: no evidence either way. The gain lets a classifier whose weights
-            # start near 0 read the agreement from its first steps, before the fused features
-            # (chance for such a label) are memorised: 5 measured 0.809 / 0.809 on two seeds,
-            # 1 0.795 / 0.775, 20 0.798 / 0.831 (docs/benchmarks.md).
-            out.append((cos - shift) * inv * both * AGREEMENT_GAIN)
+            # A missing pair: no evidence either way (where, not a product: whatever a missing
+            # modality's features hold, even NaN, stays out). The gain lets a classifier whose
+            # weights start near 0 read the agreement from its first steps, before the fused
+            # features (chance for such a label) are memorised: 5 measured 0.809 / 0.809 on
+            # two seeds, 1 0.795 / 0.775, 20 0.798 / 0.831 (docs/benchmarks.md).
+            both = (mask[a] & mask[b]).unsqueeze(-1)
+            agree = (cos - shift) * inv * AGREEMENT_GAIN
+            out.append(torch.where(both, agree, torch.zeros_like(agree)))
         return out
 
 
@@ -295,10 +297,11 @@ class FusionModel(nn.Module):
             return self.classifier(fused)
         parts = [fused]
         for a, b in self.pairs:
-            both = (mask[a] & mask[b]).unsqueeze(-1).to(fused.dtype)
             # Scaled so that each product is of order 1 where the pair agrees, as the fused
             # features are: unscaled (~1/embed_dim each) the classifier ignored them.
-            parts.append(emb[a] * emb[b] * (both * emb[a].shape[-1]))
+            prod = emb[a] * emb[b] * emb[a].shape[-1]
+            both = (mask[a] & mask[b]).unsqueeze(-1)
+            parts.append(torch.where(both, prod, torch.zeros_like(prod)))
         parts.extend(self.agreement(feats, mask))
         return self.classifier(torch.cat(parts, dim=-1))
 
