@@ -136,8 +136,15 @@ class BuildConfig(BaseModel):
 Config = TypeVar("Config", bound=BaseModel)
 
 
-def explain(err: ValidationError, model: type[BaseModel]) -> str:
-    """Turn pydantic's report into one line that names the field, the value and the fix."""
+def explain(
+    err: ValidationError,
+    model: type[BaseModel],
+    cli: set[str] | None = None,
+    yaml_path: str | None = None,
+) -> str:
+    """Turn pydantic's report into one line that names the field, the value and the fix.
+    ``cli``: the fields the command line set (None: any may have been); a bad value from
+    the YAML file names the file, not a flag the command may not have."""
     label = getattr(model, "label", "config")
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"])
@@ -156,6 +163,8 @@ def explain(err: ValidationError, model: type[BaseModel]) -> str:
         return f"{label}: {field} is required; pass {flag} or set {field}: in the YAML file"
     if len(first["loc"]) > 1:  # inside a mapping or a list: only the YAML file can set it
         return f"{label}: {field} = {value!r} is invalid: {msg}"
+    if cli is not None and field not in cli and yaml_path:
+        return f"{label}: {field} = {value!r} in {yaml_path} is invalid: {msg}"
     return f"{label}: {field} ({flag}) = {value!r} is invalid: {msg}"
 
 
@@ -172,7 +181,8 @@ def load_config(
     try:
         return model(**data)
     except ValidationError as e:
-        raise UserError(explain(e, model)) from None
+        cli = {k for k, v in overrides.items() if v is not None}
+        raise UserError(explain(e, model, cli, yaml_path)) from None
 
 
 def options(args: Any, names: tuple[str, ...]) -> dict[str, Any]:

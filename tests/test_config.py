@@ -33,6 +33,21 @@ def test_a_bad_value_inside_a_list_names_no_flag_that_does_not_exist():
     assert "ignore.0 = 'video'" in msg and "'audio'" in msg and "--" not in msg
 
 
+def test_a_bad_value_from_the_yaml_file_names_the_file_not_a_flag(tmp_path):
+    from pipeline.train.config import load_train_config
+
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("train:\n  relations: maybe\n")  # a field the train command has no flag for
+    with pytest.raises(UserError) as e:
+        load_train_config({"data": "f", "output": "r"}, str(cfg))
+    msg = str(e.value)
+    assert f"relations = 'maybe' in {cfg} is invalid" in msg and "'off'" in msg
+    assert "--" not in msg
+    # The same value given on the command line names the flag.
+    with pytest.raises(UserError, match=r"fusion \(--fusion\) = 'fast'"):
+        load_train_config({"data": "f", "output": "r", "fusion": "fast"}, str(cfg))
+
+
 def test_unknown_yaml_field_is_refused(tmp_path):
     cfg = tmp_path / "b.yaml"
     cfg.write_text("build:\n  input: a.jsonl\n  output: out\n  shard_sampels: 10\n")
