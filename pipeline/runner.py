@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.session import small_cluster
+from pipeline.session import cluster_is_fixed, small_cluster
 from pipeline.stage import Batch, Stage, check_plan
 
 # Per-process cache so that a stage's setup() runs once per worker, not once per task.
 _READY: dict[str, Stage] = {}
+# What one of Ray Data's read tasks asks for (its default), which an actor pool must leave.
+READ_TASK_CPUS = 1.0
 
 
 def task_concurrency(num_cpus: float) -> int | None:
@@ -92,6 +94,7 @@ def map_stages(
     from ray.data import ActorPoolStrategy
 
     check_plan(stages, columns)
+    _check_pools_fit(stages)
     for i, stage in enumerate(stages):
         stage.on_error = on_error
         res = stage.resources
@@ -126,6 +129,38 @@ def map_stages(
                 **common,
             )
     return ds
+
+
+def _check_pools_fit(stages: list[Stage]) -> None:
+    """Refuse an actor pool that leaves its own read and write tasks no CPU on a cluster that
+    cannot grow: Ray Data starts every actor of the pool first, and the tasks that feed it
+    would then wait for ever (measured: ``--actors 2`` on 2 CPUs never left the first phase).
+
+    Raises:
+        UserError: naming the pool's settings and what fits.
+    """
+    import ray
+
+    pools = [s for s in stages if s.resources.actors]
+    if not pools or not cluster_is_fixed():
+        return
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    feed = max([READ_TASK_CPUS] + [s.resources.num_cpus for s in stages if not s.resources.actors])
+    held = sum(s.resources.actors * s.resources.num_cpus for s in pools)
+    if held + feed <= cpus + 1e-9:
+        return
+    pool = pools[0].resources
+    fit = int((cpus - feed) // pool.num_cpus) if cpus > feed else 0
+    share = (cpus - feed) / pool.actors if cpus > feed else 0.0
+    fixes = [f"actors: {fit}"] if fit >= 1 else []
+    if share >= 0.05:
+        fixes.append(f"actor_num_cpus: {int(share * 20) / 20:g}")
+    raise UserError(
+        f"{pool.actors} actors x actor_num_cpus {pool.num_cpus:g} hold {held:g} of the "
+        f"{cpus:g} CPUs Ray has here, leaving less than the {feed:g} its read and write "
+        "tasks need, so the run would wait for ever; "
+        + (f"set {' or '.join(fixes)}" if fixes else "run on a machine with more CPUs")
+    )
 
 
 def map_groups(

@@ -21,6 +21,9 @@ ALLOCATOR_ENV = {
     "PILLOW_BLOCKS_MAX": "32",
 }
 SHUFFLE_INPUT_BYTES = 128 * 1024 * 1024
+# Whether this process started the Ray it runs on: such a cluster never grows, so a request
+# it cannot hold waits for ever rather than for an autoscaler.
+_STARTED_HERE = [False]
 
 
 def worker_env() -> dict[str, str]:
@@ -130,12 +133,19 @@ def _ray_session(address: str | None, num_cpus: int | None, quiet: bool) -> Iter
                 if k not in saved:
                     os.environ.pop(k, None)
         started = True
+        _STARTED_HERE[0] = not address
     configure_data_context(quiet, small=small_cluster())
     try:
         yield
     finally:
         if started:
+            _STARTED_HERE[0] = False
             ray.shutdown()
+
+
+def cluster_is_fixed() -> bool:
+    """Whether the Ray we run on is the one this command started (no autoscaler adds nodes)."""
+    return _STARTED_HERE[0]
 
 
 def object_store_stats() -> dict[str, float]:

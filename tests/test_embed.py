@@ -447,3 +447,37 @@ def test_a_store_written_before_data_folders_refreshes_into_one(world, tmp_path)
     after = read_version(out)
     unchanged = [k != "s000002" for k in after["key"].to_pylist()]
     assert after.filter(unchanged).equals(before.filter(unchanged))
+
+
+def test_a_pool_that_leaves_its_reads_no_cpu_is_one_line_not_a_hang(world, tmp_path):
+    """More actors than this machine's CPUs can hold beside a read task: the local Ray the
+    command starts never grows, so the run says which settings fit instead of waiting."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(ROOT)
+    actors = (os.cpu_count() or 1) + 1  # on any machine: no room left for the read
+    t = time.monotonic()
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "embed",
+            str(world / "b1"),
+            "--model",
+            str(world / "run"),
+            "-o",
+            str(tmp_path / "emb"),
+            "--actors",
+            str(actors),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    ours = [x for x in res.stderr.splitlines() if x.startswith("mmpipe:")]
+    assert len(ours) == 1 and f"{actors} actors x actor_num_cpus 1" in ours[0], res.stderr
+    assert "set actors: " in ours[0] and "Traceback" not in res.stderr
+    assert time.monotonic() - t < 120
+    assert not (tmp_path / "emb" / "latest").exists()

@@ -315,6 +315,10 @@ def test_killing_the_worker_node_mid_embed_loses_nothing(cluster, tmp_path):
     # what this test is about), so that the cluster's time goes to the embed under test.
     run = make_run(tmp_path / "run", encoders=encoder_info(FeaturesConfig(**FEATURES)))
     emb = tmp_path / "emb"
+    # Half a CPU each, so that the node that survives holds both actors and their read and
+    # write tasks: Ray restarts a lost actor on it, and two whole-CPU actors would take both
+    # of its CPUs and starve the tasks that feed them for ever (docs/reliability.md).
+    cfg = _yaml(tmp_path / "embed.yaml", "embed", {"actor_num_cpus": 0.5})
     embed = mmpipe_in_background(
         "embed",
         out,
@@ -326,6 +330,8 @@ def test_killing_the_worker_node_mid_embed_loses_nothing(cluster, tmp_path):
         8,
         "--actors",
         2,
+        "--config",
+        cfg,
         "--address",
         cluster.gcs,
     )
