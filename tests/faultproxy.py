@@ -21,6 +21,7 @@ class FaultProxy:
         self.upstream = urlparse(upstream)
         self.mode, self.every = "ok", every
         self.seen = self.failed = 0
+        self.auth: list[str | None] = []  # each request's Proxy-Authorization
         self.lock = threading.Lock()
         proxy = self
 
@@ -34,6 +35,7 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy.lock:
                     proxy.seen += 1
+                    proxy.auth.append(self.headers.get("Proxy-Authorization"))
                     fail = proxy.mode == "down" or (
                         proxy.mode == "flaky" and proxy.seen % proxy.every == 0
                     )

@@ -176,6 +176,49 @@ def test_the_proxy_in_the_environment_is_used_and_no_proxy_bypasses_it(host, mon
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         assert f.fetch(f"{base}/a.bin") == b"a" * 5000
         assert proxy.seen == 1, "NO_PROXY names the host, yet the request went to the proxy"
+        # Credentials in the proxy's URL go to the proxy, as curl and requests send them.
+        monkeypatch.delenv("NO_PROXY")
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:pa%40ss@"))
+        assert f.fetch(f"{base}/a.bin") == b"a" * 5000
+        assert proxy.seen == 2 and proxy.auth == [None, "Basic dXNlcjpwYUBzcw=="]
     finally:
         f.close()
         proxy.close()
+
+
+def test_a_compressed_body_is_capped_on_what_it_inflates_to():
+    """Content-Length of a gzip body counts compressed bytes: 2 KB that inflate to 4 MB
+    must hit a 1 MB cap as the bytes arrive, never be read whole in one go."""
+    import gzip
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline.io.fetcher import TooLargeError
+
+    bodies = {"/bomb": bytes(4 << 20), "/small": b"caption " * 100}
+
+    class Gzipped(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            packed = gzip.compress(bodies[self.path])
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(packed)))
+            self.end_headers()
+            self.wfile.write(packed)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gzipped)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    f = Fetcher(FetchPolicy(max_bytes=1 << 20, allow_hosts=LOOPBACK))
+    try:
+        assert len(gzip.compress(bodies["/bomb"])) < 10_000
+        assert isinstance(f.fetch(f"{base}/bomb"), TooLargeError)
+        assert f.fetch(f"{base}/small") == bodies["/small"]
+    finally:
+        f.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
 from collections import deque
@@ -13,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.io.limits import ERROR, OK, SLOW_DOWN, AdaptiveLimit
-from pipeline.io.netguard import BlockedAddressError, NetGuard, guarded_resolver
+from pipeline.io.netguard import BlockedAddressError, NetGuard, env_proxy, guarded_resolver
 
 # Status codes worth a retry (with backoff); anything else is final at once.
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -129,9 +130,9 @@ class Fetcher:
                     total=None, sock_connect=p.connect_timeout, sock_read=p.read_timeout
                 ),
                 headers={"User-Agent": USER_AGENT},
-                # HTTP(S)_PROXY and NO_PROXY, as curl, requests and img2dataset honour them:
-                # clusters behind a proxy reach the web only through it
-                trust_env=True,
+                # The environment's proxies are applied per request (_proxy); aiohttp's own
+                # trust_env reads ~/.netrc and hops threads twice a request to do the same.
+                trust_env=False,
             )
         return self._session
 
@@ -177,7 +178,10 @@ class Fetcher:
                 blocked = await self.guard.check_url(target.raw_host)
                 if blocked is not None:
                     return blocked, OK, 0.0
-                async with session.get(target, allow_redirects=False) as r:
+                proxy, proxy_auth = _proxy(target.scheme, target.raw_host or "")
+                async with session.get(
+                    target, allow_redirects=False, proxy=proxy, proxy_auth=proxy_auth
+                ) as r:
                     location = r.headers.get("Location")
                     if r.status in REDIRECT_STATUS and location:
                         target = r.url.join(URL(location))
@@ -211,6 +215,13 @@ class Fetcher:
             return ConnectionError(f"HTTP {r.status}"), OK, 0.0
         if r.content_length is not None and r.content_length > cap:
             return TooLargeError(r.content_length), OK, 0.0
+        if r.content_length is not None and r.headers.get("Content-Encoding", "identity") in (
+            "identity",
+            "",
+        ):
+            # Its length is the body's (not a compressed one's, which may inflate past the
+            # cap), within the cap, and aiohttp fails a shorter body: one read.
+            return await r.read(), OK, 0.0
         body = bytearray()
         while len(body) <= cap:
             piece = await r.content.read(min(1 << 20, cap + 1 - len(body)))
@@ -221,6 +232,26 @@ class Fetcher:
 
 
 _CANCELLED = ConnectionError("cancelled")
+
+
+def _proxy(scheme: str, host: str) -> tuple[Any, Any]:
+    """HTTP(S)_PROXY and NO_PROXY, as curl, requests and img2dataset honour them (clusters
+    behind a proxy reach the web only through it): a request's proxy and its credentials."""
+    url = env_proxy(scheme, host)
+    return _parsed_proxy(url) if url else (None, None)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_proxy(url: str) -> tuple[Any, Any]:
+    """The proxy's URL without credentials, and those as aiohttp's ``proxy_auth`` (what its
+    own ``trust_env`` passes; deprecated for callers in aiohttp 3.14, warned only with them)."""
+    import aiohttp
+    from yarl import URL
+
+    proxy = URL(url)
+    if proxy.user is None:
+        return proxy, None
+    return proxy.with_user(None), aiohttp.BasicAuth(proxy.user, proxy.password or "")
 
 
 def _outcome(f: Future[Result]) -> Result:
