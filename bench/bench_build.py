@@ -1,12 +1,15 @@
 """Build throughput against a bare single-process loop (x cores) and against img2dataset.
 
-    python bench/bench_build.py [--n 10000] [--hosts loopback 80 200] [--skip-img2dataset]
+    python bench/bench_build.py --skip-local [--runs loopback:10000 loopback:30000 80:4000]
 
-mmpipe runs at its defaults (no fetch setting); img2dataset at the best of a thread sweep.
-Hosts: ``python -m http.server`` on 127.0.0.1, and ``tests/http_host.py`` answering each
-GET after a fixed latency (a far-away host).
-
-Prints ratios measured in this run; docs/benchmarks.md records them with this command.
+Each HTTP run serves the same JPEGs from a host whose CPU is measured and left out: nginx with
+one worker on 127.0.0.1 (``loopback``), or ``tests/http_host.py`` answering each GET after a
+fixed latency in ms (a far host). img2dataset (2 processes, the best of a thread sweep) and
+``mmpipe build`` (the CLI, with the task's resize and quality in a YAML file and no other
+setting) fetch the same URLs in turn. Printed per run: wall times and their ratio, each
+tool's own CPU per image (the machine's busy CPU during its run less the server's), mmpipe's
+first chunk, and the bare image work (decode, resize, encode, tar write) measured in the same
+run. docs/benchmarks.md records the figures with this command.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ WORK = Path(__file__).resolve().parent / "_work"
 SIZE, QUALITY = 256, 90
 
 
-def bare_loop(manifest: Path, limit: int) -> float:
-    """Images/s of one process doing the same decode, resize, encode and tar write."""
+def bare_loop(manifest: Path, limit: int) -> dict[str, float]:
+    """Images/s, and CPU ms per image, of one process doing the same decode, resize, encode
+    and tar write."""
     from PIL import Image
 
     from pipeline.validate.image import ImageOptions, resample_filter, target_size
@@ -42,7 +46,7 @@ def bare_loop(manifest: Path, limit: int) -> float:
     rows = [json.loads(line) for line in manifest.read_text().splitlines()[:limit]]
     opts = ImageOptions(resize=SIZE, resize_mode="keep_ratio", image_format="jpg", quality=QUALITY)
     out = io.BytesIO()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with tarfile.open(fileobj=out, mode="w") as tf:
         for r in rows:
             data = (manifest.parent / r["image"]).read_bytes()
@@ -60,7 +64,8 @@ def bare_loop(manifest: Path, limit: int) -> float:
                 info = tarfile.TarInfo(name)
                 info.size = len(payload)
                 tf.addfile(info, io.BytesIO(payload))
-    return len(rows) / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"ips": len(rows) / wall, "cpu_ms": 1000 * cpu / len(rows)}
 
 
 def private_mb(proc: object) -> float:
@@ -160,7 +165,6 @@ def run_mmpipe(
         resize_mode="keep_ratio",
         image_format="jpg",
         image_quality=QUALITY,
-        shard_samples=500,
         # The bench's hosts serve from 127.0.0.1, which data URLs may reach only when opened.
         allow_hosts=["127.0.0.1"],
         **({"fetch_concurrency": fetch_concurrency} if fetch_concurrency else {}),
@@ -217,7 +221,7 @@ from img2dataset import download
 t0 = time.time()
 download(url_list={str(url_parquet)!r}, input_format="parquet", url_col="url", caption_col="caption",
          output_folder={str(out)!r}, output_format="webdataset", processes_count={n_proc}, thread_count={threads},
-         image_size={SIZE}, resize_mode="keep_ratio", encode_quality={QUALITY}, number_sample_per_shard=500,
+         image_size={SIZE}, resize_mode="keep_ratio", encode_quality={QUALITY}, number_sample_per_shard=1000,
          distributor="multiprocessing", enable_wandb=False, timeout=10, retries=0)
 print(json.dumps({{"wall": time.time() - t0}}))
 """
@@ -238,7 +242,7 @@ print(json.dumps({{"wall": time.time() - t0}}))
     }
 
 
-def bare_in_subprocess(manifest: Path, limit: int, allocator: bool) -> float:
+def bare_in_subprocess(manifest: Path, limit: int, allocator: bool) -> dict[str, float]:
     """The bare loop in a fresh process: glibc reads the allocator settings only at start."""
     from pipeline.session import ALLOCATOR_ENV
 
@@ -252,12 +256,12 @@ def bare_in_subprocess(manifest: Path, limit: int, allocator: bool) -> float:
         text=True,
         check=True,
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def local_figures(manifest: Path, bare_n: int, n_cores: int) -> dict:
-    bare_plain = bare_in_subprocess(manifest, bare_n, allocator=False)
-    bare = bare_in_subprocess(manifest, bare_n, allocator=True)
+    bare_plain = bare_in_subprocess(manifest, bare_n, allocator=False)["ips"]
+    bare = bare_in_subprocess(manifest, bare_n, allocator=True)["ips"]
     print(
         f"bare loop: {bare_plain:.0f} img/s on 1 core (glibc defaults), {bare:.0f} img/s with ALLOCATOR_ENV"
     )
@@ -271,11 +275,43 @@ def local_figures(manifest: Path, bare_n: int, n_cores: int) -> dict:
     return {"bare_ips_1core": bare, "bare_ips_1core_glibc_default": bare_plain, "mmpipe_local": mm}
 
 
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  sendfile on;
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+
+
 @contextlib.contextmanager
 def serving(root: Path, host: str, port: int):
-    """``loopback``: python's http.server; a number: tests/http_host.py with that latency (ms)."""
+    """``loopback``: nginx with one worker (Debian's), whose CPU per request hardly counts; a
+    number: tests/http_host.py answering after that many ms (a far host). Yields the base URL
+    and the server's process, whose CPU (children included) is not the tools' own."""
+    import shutil
+    import tempfile
+
+    import psutil
+
+    tmp = tempfile.mkdtemp(prefix="bench-host-")
     if host == "loopback":
-        cmd = [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port), "-d", str(root)]
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(nginx).exists():
+            raise SystemExit("nginx is needed for the loopback host: apt-get install nginx-light")
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root))
+        cmd = [nginx, "-c", str(conf), "-e", f"{tmp}/error.log"]
     else:
         cmd = [sys.executable, "-m", "tests.http_host", "--root", str(root), "--port", str(port)]
         cmd += ["--latency-ms", host]
@@ -293,54 +329,143 @@ def serving(root: Path, host: str, port: int):
                 break
             except OSError:
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", psutil.Process(server.pid)
     finally:
-        server.terminate()
+        server.terminate()  # nginx: fast shutdown of the master and its worker
         server.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class CpuMeter:
+    """CPU seconds of the whole machine during a run (busy time: not idle, iowait or steal)
+    less the server's own (its process and children): what the tool under test spent."""
+
+    def __init__(self, server: object) -> None:
+        self.server = server
+
+    @staticmethod
+    def _machine() -> float:
+        import psutil
+
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + t.irq + t.softirq
+
+    def _server(self) -> float:
+        procs = [self.server, *self.server.children(recursive=True)]  # type: ignore[attr-defined]
+        return sum(sum(p.cpu_times()[:4]) for p in procs)
+
+    def __enter__(self) -> CpuMeter:
+        self.m0, self.s0 = self._machine(), self._server()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.machine = self._machine() - self.m0
+        self.server_s = self._server() - self.s0
+        self.own = self.machine - self.server_s
+
+
+def run_mmpipe_cli(manifest: Path, out: Path, server: object) -> dict:
+    """``mmpipe build`` as a user runs it, with the task's image settings in a YAML file and
+    nothing else: wall from the command's start, when each chunk landed, CPU per image."""
+    import yaml
+
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    cfg = out.parent / "bench-build.yaml"
+    task = {"resize": SIZE, "resize_mode": "keep_ratio", "image_format": "jpg"}
+    # allow_hosts: the bench's hosts serve from 127.0.0.1, which data URLs reach only if opened.
+    task.update(image_quality=QUALITY, allow_hosts=["127.0.0.1"])
+    cfg.write_text(yaml.safe_dump({"build": task}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [str(Path(sys.executable).parent / "mmpipe"), "build", str(manifest), "-o", str(out)]
+    landed: list[float] = []
+    with CpuMeter(server) as meter:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [*cmd, "--config", str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        seen: set[str] = set()
+        while proc.poll() is None:  # a chunk has landed when its metadata file is written
+            for p in (out / "_work" / "chunks").glob("*.parquet"):
+                if p.name not in seen:
+                    seen.add(p.name)
+                    landed.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(err[-2000:])
+    report = json.loads((out / "build.json").read_text())
+    rows = report["counts"]["input_rows"]
+    per = rows / max(1, len(landed))
+    steady = per * (len(landed) - 1) / (landed[-1] - landed[0]) if len(landed) > 1 else float("nan")
+    return {
+        "rows": rows,
+        "written": report["counts"]["written"],
+        "wall_s": wall,
+        "first_chunk_s": landed[0] if landed else float("nan"),
+        "startup_s": report["timings_s"]["startup"],
+        "steady_ips": steady,
+        "cpu_ms_per_image": 1000 * meter.own / rows,
+        "server_cpu_ms_per_image": 1000 * meter.server_s / rows,
+    }
 
 
 def peak_in_flight(base: str, host: str) -> int | None:
-    """Requests the host saw at once (tests/http_host.py counts them; http.server does not)."""
+    """Requests the host saw at once (tests/http_host.py counts them; nginx does not)."""
     if host == "loopback":
         return None
     with urllib.request.urlopen(f"{base}/_stats", timeout=10) as r:
         return int(json.loads(r.read())["peak_in_flight"])
 
 
-# img2dataset's thread sweep per host: its default is 256; a near server wants fewer.
-I2D_THREADS = {"loopback": [4, 16, 64], "80": [64, 256], "200": [128, 256]}
+# img2dataset's thread sweep per host (its default is 256); its best run is compared.
+I2D_THREADS = {"loopback": [4, 16], "80": [64, 256], "200": [128, 256]}
 
 
-def compare_http(corpus: Path, n: int, n_cores: int, hosts: list[str], args) -> dict:
-    """Per host: img2dataset at its best thread count, then mmpipe at its defaults."""
+def compare_http(corpus: Path, n_cores: int, runs: list[str], args) -> dict:
+    """Per ``host:n`` run: the bare image work, img2dataset at its best thread count, then
+    mmpipe at its defaults, each tool's own CPU per image measured the same way."""
     out: dict = {}
-    for k, host in enumerate(hosts):
+    bare = bare_in_subprocess(corpus / f"manifest-{args.n}.jsonl", args.bare_n, allocator=True)
+    print(f"bare image work (decode, resize, encode, tar): {bare['cpu_ms']:.2f} ms/image CPU")
+    out["bare_cpu_ms_per_image"] = bare["cpu_ms"]
+    for k, spec in enumerate(runs):
+        host, n = spec.split(":")
+        n_rows = int(n)
         row: dict = {}
         port = 8765 + k
-        with serving(corpus, host, port) as base:
-            pq_urls, js_urls = url_list(corpus, n, base)
-            if not args.skip_img2dataset:
-                runs = {}
-                for t in args.i2d_threads or I2D_THREADS.get(host, [64, 256]):
-                    runs[t] = run_img2dataset(pq_urls, WORK / "out-i2d", n_cores, t)
-                    print(f"[{host}] img2dataset threads={t}: {_fmt(runs[t])}", flush=True)
-                best = min(runs, key=lambda t: runs[t]["wall_s"])
-                row["img2dataset"] = {**runs[best], "thread_count": best, "sweep": runs}
-        for label, conc in [("defaults", None), *[(f"tuned {c}", c) for c in args.tuned]]:
-            with serving(corpus, host, port) as base:  # a fresh server: its peak is this run's
-                mm = run_mmpipe(js_urls, WORK / "out-mmpipe-http", n_cores, conc)
-                mm["host_peak_in_flight"] = peak_in_flight(base, host)
-            print(f"[{host}] mmpipe {label}: {_fmt(mm)}", flush=True)
-            row[f"mmpipe {label}"] = mm
+        if not args.skip_img2dataset:
+            sweep = {}
+            for t in args.i2d_threads or I2D_THREADS.get(host, [64, 256]):
+                with serving(corpus, host, port) as (base, server):
+                    pq_urls, _ = url_list(corpus, n_rows, base)
+                    with CpuMeter(server) as meter:
+                        sweep[t] = run_img2dataset(pq_urls, WORK / "out-i2d", n_cores, t)
+                sweep[t]["cpu_ms_per_image"] = 1000 * meter.own / n_rows
+                sweep[t]["server_cpu_ms_per_image"] = 1000 * meter.server_s / n_rows
+                print(f"[{spec}] img2dataset threads={t}: {_fmt(sweep[t])}", flush=True)
+            best = min(sweep, key=lambda t: sweep[t]["wall_s"])
+            row["img2dataset"] = {**sweep[best], "thread_count": best, "sweep": sweep}
+        with serving(corpus, host, port) as (base, server):  # a fresh server: its peak is ours
+            _, js_urls = url_list(corpus, n_rows, base)
+            mm = run_mmpipe_cli(js_urls, WORK / "out-mmpipe-http", server)
+            mm["host_peak_in_flight"] = peak_in_flight(base, host)
+        print(f"[{spec}] mmpipe defaults: {_fmt(mm)}", flush=True)
+        row["mmpipe defaults"] = mm
+        line = (
+            f"[{spec}] mmpipe {mm['wall_s']:.1f} s, first chunk at {mm['first_chunk_s']:.1f} s, "
+            f"own CPU {mm['cpu_ms_per_image']:.2f} ms/image = "
+            f"{mm['cpu_ms_per_image'] / bare['cpu_ms']:.2f}x the bare image work"
+        )
         if "img2dataset" in row:
-            i2d, mm = row["img2dataset"], row["mmpipe defaults"]
-            print(
-                f"[{host}] wall: mmpipe {mm['wall_s']:.1f}s vs img2dataset {i2d['wall_s']:.1f}s "
-                f"-> {i2d['wall_s'] / mm['wall_s']:.2f}x (goal >= 1.5); steady "
-                f"{mm['steady_ips'] / i2d['steady_ips']:.2f}x",
-                flush=True,
+            i2d = row["img2dataset"]
+            line += (
+                f"; img2dataset {i2d['wall_s']:.1f} s ({i2d['thread_count']} threads), "
+                f"own CPU {i2d['cpu_ms_per_image']:.2f} ms/image; wall ratio "
+                f"{i2d['wall_s'] / mm['wall_s']:.2f}x"
             )
-        out[host] = row
+        print(line, flush=True)
+        out[spec] = row
     return out
 
 
@@ -356,22 +481,29 @@ def main() -> None:
     ap.add_argument("--skip-img2dataset", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-local", action="store_true")
-    ap.add_argument("--hosts", nargs="*", default=["loopback", "80", "200"])
+    ap.add_argument(
+        "--runs",
+        nargs="*",
+        default=["loopback:10000", "loopback:30000", "80:4000"],
+        help="HOST:IMAGES per HTTP comparison; HOST is loopback (nginx) or a latency in ms",
+    )
     ap.add_argument("--i2d-threads", type=int, nargs="+", help="img2dataset's sweep, every host")
     ap.add_argument(
         "--tuned", type=int, nargs="*", default=[], help="also run these fetch ceilings"
     )
     args = ap.parse_args()
     if args.bare_only:
-        print(bare_loop(Path(args.bare_only), args.bare_n))
+        print(json.dumps(bare_loop(Path(args.bare_only), args.bare_n)))
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     n_cores = cores()
     corpus = WORK / "jpeg-corpus"
     t0 = time.perf_counter()
+    largest = max([args.n] + [int(r.split(":")[1]) for r in args.runs])
+    make_jpeg_corpus(corpus, largest)  # the images are cached; each size has its manifest
     manifest = make_jpeg_corpus(corpus, args.n)
     print(
-        f"corpus: {args.n} JPEGs 640x480 ready in {time.perf_counter() - t0:.0f}s; cores {n_cores}"
+        f"corpus: {largest} JPEGs 640x480 ready in {time.perf_counter() - t0:.0f}s; cores {n_cores}"
     )
 
     results: dict = {"cores": n_cores}
@@ -387,8 +519,8 @@ def main() -> None:
             print(
                 f"memory at {n} rows: driver {r['peak_driver_mb']:.0f} MB, largest worker {r['peak_worker_mb']:.0f} MB"
             )
-    if args.hosts:
-        results["http"] = compare_http(corpus, args.n, n_cores, args.hosts, args)
+    if args.runs:
+        results["http"] = compare_http(corpus, n_cores, args.runs, args)
     (WORK / "bench_build.json").write_text(json.dumps(results, indent=2))
 
 

@@ -173,6 +173,48 @@ def test_same_input_gives_byte_identical_shards_and_noop_rerun(built, corpus, tm
     assert before == {p.name: p.stat().st_mtime_ns for p in (again / "shards").iterdir()}
 
 
+def test_the_first_chunk_built_while_ray_starts_changes_no_byte(
+    built, corpus, tmp_path, monkeypatch
+):
+    """A local build builds its first chunk on the driver while its Ray starts: the same
+    shards, index and rejects, byte for byte, and it counts as built, not resumed."""
+    import pipeline.build.early as early
+    import pipeline.build.job as job
+
+    out, report, _ = built
+    root, _ = corpus
+    ran: list[str] = []
+
+    class Watched(early.EarlyChunk):
+        def _run(self) -> None:
+            ran.append(self.unit.url)
+            super()._run()
+
+    # The session's Ray is already up here: pretend this command starts its own.
+    monkeypatch.setattr(job, "starts_local_ray", lambda address: True)
+    monkeypatch.setattr(job, "EarlyChunk", Watched)
+    again = tmp_path / "early"
+    rep = build(root / "manifest.jsonl", again, **ARGS)
+    assert len(ran) == 1 and rep["chunks"] == {"total": report["chunks"]["total"], "resumed": 0}
+    assert rep["counts"] == report["counts"]
+    for name in ("shards.parquet", "rejects.parquet", "index.parquet"):
+        assert pq.read_table(Path(out) / name).equals(pq.read_table(again / name)), name
+    shards = sorted(p.name for p in (Path(out) / "shards").iterdir())
+    assert shards == sorted(p.name for p in (again / "shards").iterdir())
+    for name in shards:
+        assert (Path(out) / "shards" / name).read_bytes() == (again / "shards" / name).read_bytes()
+
+
+def test_a_command_starts_its_own_ray_only_without_an_address_or_a_joined_ray(monkeypatch):
+    from pipeline.build.early import starts_local_ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not starts_local_ray(None)  # this session's Ray is up (ray_local)
+    assert not starts_local_ray("127.0.0.1:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert not starts_local_ray(None)
+
+
 def test_sidecar_folder(tmp_path):
     from tests import media
 

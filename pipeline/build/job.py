@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import threading
 import time
 from typing import Any
+
+import pyarrow as pa
 
 from pipeline.build.card import CARD, write_card
 from pipeline.build.chunk import BuildChunkStage
 from pipeline.build.distributed import finalize_distributed
+from pipeline.build.early import EarlyChunk, starts_local_ray
 from pipeline.build.finalize import SHARD_DIR, TABLES, publish
 from pipeline.build.report import ProgressLine, make_report, summary_lines, write_build_json
 from pipeline.config import BuildConfig
@@ -128,6 +133,17 @@ def _process(
     """Chunks on Ray Data, then finalize: build.json's content, staged in ``work``."""
     timings: dict[str, float] = {}
     line = ProgressLine(progress, chunks=len(plan.units))
+    lock = threading.Lock()  # the first chunk's thread updates the line too
+
+    def landed(summary: pa.Table) -> None:
+        with lock:
+            line.update(summary)
+
+    # On a Ray this command starts, the first chunk is built here while Ray starts up.
+    early = None
+    if starts_local_ray(address):
+        early = EarlyChunk(plan.units[0], cfg, work, landed)
+        plan = dataclasses.replace(plan, units=plan.units[1:])
     progress.phase("starting Ray")
     with ray_session(address, num_cpus=ray_num_cpus, job="build"):
         import ray.data
@@ -135,23 +151,26 @@ def _process(
         t1 = time.perf_counter()
         timings["startup"] = t1 - t0
         progress.phase("building chunks")
-        # One read task per chunk, and one block per read task asked for explicitly:
-        # otherwise Ray re-splits read output to reach its default parallelism. Reads
-        # take the chunk stage's CPU share and its cap, so Ray fuses read and build into one
-        # task.
-        ds = ray.data.read_datasource(
-            make_datasource(plan, cfg),
-            num_cpus=cfg.num_cpus,
-            override_num_blocks=len(plan.units),
-            concurrency=task_concurrency(cfg.num_cpus),
-        )
-        ds = map_stages(
-            ds, [BuildChunkStage(cfg, work)], columns=CHUNK_SCHEMA.names, on_error=cfg.on_error
-        )
         chunk_ids: list[str] = []  # O(chunks) on the driver
-        for summary in stream(ds):
-            chunk_ids.extend(summary.column("chunk_id").to_pylist())
-            line.update(summary)
+        if plan.units:
+            # One read task per chunk, and one block per read task asked for explicitly:
+            # otherwise Ray re-splits read output to reach its default parallelism. Reads
+            # take the chunk stage's CPU share and its cap, so Ray fuses read and build into
+            # one task.
+            ds = ray.data.read_datasource(
+                make_datasource(plan, cfg),
+                num_cpus=cfg.num_cpus,
+                override_num_blocks=len(plan.units),
+                concurrency=task_concurrency(cfg.num_cpus),
+            )
+            ds = map_stages(
+                ds, [BuildChunkStage(cfg, work)], columns=CHUNK_SCHEMA.names, on_error=cfg.on_error
+            )
+            for summary in stream(ds):
+                chunk_ids.extend(summary.column("chunk_id").to_pylist())
+                landed(summary)
+        if early is not None:
+            chunk_ids.extend(early.result().column("chunk_id").to_pylist())
         progress.finish()
         t2 = time.perf_counter()
         timings["process"] = t2 - t1

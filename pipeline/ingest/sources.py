@@ -333,7 +333,8 @@ def chunk_table(rows: list[InputRow], chunk_id: str) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=CHUNK_SCHEMA)
 
 
-def _read_unit(unit: ReadUnit, cfg: BuildConfig) -> Iterator[pa.Table]:
+def read_unit(unit: ReadUnit, cfg: BuildConfig) -> Iterator[pa.Table]:
+    """A unit's rows as whole-chunk tables (what its read task yields)."""
     try:
         yield from iter_chunks(unit, cfg)
     except (OSError, ValueError, UnicodeError) as e:
@@ -359,7 +360,7 @@ def make_datasource(plan: InputPlan, cfg: BuildConfig) -> Any:
         ) -> list[ReadTask]:
             return [
                 ReadTask(
-                    functools.partial(_read_unit, unit, cfg),
+                    functools.partial(read_unit, unit, cfg),
                     BlockMetadata(
                         num_rows=None,
                         size_bytes=None,
