@@ -45,7 +45,11 @@ def root_cause(e: BaseException) -> BaseException:
 
 
 # "SomeError: message", the last line of a Python traceback, as Ray's task errors carry it.
-_RAISED = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit)): (?P<msg>.*)$")
+# SampleErrorRaised (on_error: raise) ends in none of the usual suffixes: named, or a sample's
+# error from a Ray task read as the wrapper's "UDF failed to process a data block".
+_RAISED = re.compile(
+    r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|SampleErrorRaised)): (?P<msg>.*)$"
+)
 _WRAPPERS = ("UserCodeException", "RayTaskError", "RayActorError")
 
 

@@ -143,6 +143,19 @@ def _ray_session(address: str | None, num_cpus: int | None, quiet: bool) -> Iter
             ray.shutdown()
 
 
+def starts_local_ray(address: str | None) -> bool:
+    """Whether ``ray_session(address)`` will start a Ray of its own (no address, none joined).
+
+    Decided without importing ray: a process that has not imported it cannot be connected.
+    """
+    import sys
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return False
+    ray = sys.modules.get("ray")
+    return ray is None or not ray.is_initialized()
+
+
 def cluster_is_fixed() -> bool:
     """Whether the Ray we run on is the one this command started (no autoscaler adds nodes)."""
     return _STARTED_HERE[0]

@@ -206,7 +206,7 @@ def test_the_first_chunk_built_while_ray_starts_changes_no_byte(
 
 
 def test_a_command_starts_its_own_ray_only_without_an_address_or_a_joined_ray(monkeypatch):
-    from pipeline.build.early import starts_local_ray
+    from pipeline.session import starts_local_ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert not starts_local_ray(None)  # this session's Ray is up (ray_local)

@@ -219,4 +219,18 @@ def test_on_error_raise_fails_at_a_samples_error_and_reject_keeps_its_row():
     with pytest.raises(SampleErrorRaised, match="decode_error") as got:
         pre.run(dict(batch))
     assert bug_line(got.value).startswith("the run stopped at a sample's error, as asked: ")
+    # From a Ray task it arrives as Ray Data's wrapper, the worker's traceback as text.
+    remote = "\n".join(
+        [
+            "ray.exceptions.RayTaskError(UserCodeException): ray::Read->MapBatches(_run_stage)()",
+            '  File "pipeline/errors.py", line 121, in rejecting',
+            f"pipeline.errors.SampleErrorRaised: {got.value}",
+        ]
+    )
+
+    class UserCodeException(Exception):
+        pass
+
+    line = bug_line(UserCodeException(f"UDF failed to process a data block.\n{remote}"))
+    assert line == f"the run stopped at a sample's error, as asked: {got.value}", line
     assert pre.run.__self__ is pre and FeaturePreprocess(_cfg()).run(dict(batch))  # no leak

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 
@@ -11,19 +10,6 @@ import pyarrow as pa
 from pipeline.build.chunk import BuildChunkStage
 from pipeline.config import BuildConfig
 from pipeline.ingest.sources import ReadUnit, read_unit
-
-
-def starts_local_ray(address: str | None) -> bool:
-    """Whether this command will start its own Ray (no address, no Ray joined already).
-
-    Decided without importing ray: a process that has not imported it cannot be connected.
-    """
-    import os
-
-    if address or os.environ.get("RAY_ADDRESS"):
-        return False
-    ray = sys.modules.get("ray")
-    return ray is None or not ray.is_initialized()
 
 
 class EarlyChunk:

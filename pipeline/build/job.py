@@ -13,7 +13,7 @@ import pyarrow as pa
 from pipeline.build.card import CARD, write_card
 from pipeline.build.chunk import BuildChunkStage
 from pipeline.build.distributed import finalize_distributed
-from pipeline.build.early import EarlyChunk, starts_local_ray
+from pipeline.build.early import EarlyChunk
 from pipeline.build.finalize import SHARD_DIR, TABLES, publish
 from pipeline.build.report import ProgressLine, make_report, summary_lines, write_build_json
 from pipeline.config import BuildConfig
@@ -33,7 +33,7 @@ from pipeline.lifecycle import Output, prepare
 from pipeline.progress import Progress
 from pipeline.redact import redact
 from pipeline.runner import map_stages, stream, task_concurrency
-from pipeline.session import ray_session
+from pipeline.session import ray_session, starts_local_ray
 
 OUTPUT_FILES = ("build.json", *TABLES, SHARD_DIR, CARD, "_work")
 
