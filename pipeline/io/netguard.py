@@ -130,11 +130,9 @@ class NetGuard:
 
 
 def _proxied(host: str) -> bool:
-    """Whether the environment sends requests for ``host`` through a proxy (as aiohttp does)."""
-    proxies = urllib.request.getproxies()
-    if not any(k in proxies for k in ("http", "https")):
-        return False
-    return not urllib.request.proxy_bypass(host)
+    """Whether the environment sends requests for ``host`` through a proxy (by either scheme):
+    asked for every request to a name, so it reads the cached decision of ``env_proxy``."""
+    return env_proxy("http", host) is not None or env_proxy("https", host) is not None
 
 
 def env_proxy(scheme: str, host: str) -> str | None:
