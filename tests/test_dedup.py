@@ -64,6 +64,28 @@ def test_passes_decide_what_the_sequential_rule_decides(rows, parts, partition_r
     assert (got if got is not None else want.slice(0, 0)).equals(want)
 
 
+@settings(max_examples=300, deadline=None)
+@given(ROWS)
+def test_the_columnar_rule_decides_what_the_walk_decides(rows):
+    """Where rows that share a key share a hash, ``sequential`` decides in columns; it must
+    decide every row as the walk does (reasons and messages too), and leave the rest to it."""
+    table = claims(rows)
+    fast = dedup._by_hash_alone(table)
+    saved = dedup._by_hash_alone
+    try:
+        dedup._by_hash_alone = lambda t: None
+        walk = dedup.sequential(table)
+    finally:
+        dedup._by_hash_alone = saved
+    keyed = {}
+    for h, k in rows:
+        keyed.setdefault(k, h)
+    assert (fast is not None) == all(keyed[k] == h for h, k in rows)
+    if fast is not None:
+        assert fast.equals(walk)
+    assert dedup.sequential(table).equals(walk)
+
+
 def test_common_cases_take_two_or_three_passes():
     copies = [(i, i) for i in range(20)] + [(i, i) for i in range(0, 20, 3)]  # a file read twice
     rekeyed = [(i, i) for i in range(20)] + [(i, 100 + i) for i in range(0, 20, 3)]
@@ -203,3 +225,58 @@ def test_large_clusters_keep_rays_own_budget(monkeypatch):
     from pipeline.runner import task_concurrency
 
     assert task_concurrency(1.0) is None
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_finalize_stopped_at_any_step_reruns_to_the_same_bytes(tmp_path, monkeypatch):
+    """Finalize stopped after dedup, part way through placing (whole tars renamed, filtered
+    ones copied) and before the merge, then run again, writes what one uninterrupted run
+    writes, byte for byte: each step is derived again from the staged chunks."""
+    import shutil
+
+    import pipeline.build.finalize as fin
+    import pipeline.build.job as job
+    from pipeline.build.job import run_build
+    from pipeline.config import BuildConfig
+
+    staged = tmp_path / "staged"
+    real = job.finalize_distributed
+
+    def keep(work, *args):
+        shutil.copytree(work, staged)
+        return real(work, *args)
+
+    monkeypatch.setattr(job, "finalize_distributed", keep)
+    manifest = _text_manifest(tmp_path / "m.jsonl")
+    cfg = BuildConfig(input=str(manifest), output=str(tmp_path / "b"), shard_samples=20)
+    run_build(cfg, quiet=True)
+    ids = sorted(p.stem for p in (staged / "chunks").glob("*.parquet"))
+
+    def finalize(name, stop=None):
+        out = tmp_path / name
+        shutil.copytree(staged, out / "_work")
+        (out / "shards").mkdir()
+        if stop is not None:
+            point, after = stop
+            calls = []
+            original = getattr(fin, point)
+
+            def stopping(*a, **k):
+                if len(calls) >= after:
+                    raise KeyboardInterrupt(point)  # as a killed driver stops: no cleanup
+                calls.append(1)
+                return original(*a, **k)
+
+            with monkeypatch.context() as m:
+                m.setattr(fin, point, stopping)
+                with pytest.raises(KeyboardInterrupt):
+                    fin.finalize(str(out / "_work"), str(out), ids)
+        fin.finalize(str(out / "_work"), str(out), ids)
+        fin.publish(str(out / "_work"), str(out))
+        shutil.rmtree(out / "_work")
+        return out
+
+    clean = finalize("clean")
+    assert len(list((clean / "shards").glob("*.tar"))) > 1
+    for stop in (("place_chunk", 0), ("place_chunk", len(ids) // 2), ("merge", 0)):
+        _same_build(clean, finalize(f"{stop[0]}{stop[1]}", stop))

@@ -91,9 +91,10 @@ def resolve(table: pa.Table, side: Side) -> pa.Table:
     state = t.column("state").to_numpy().copy()
     hfree = t.column("hfree").to_numpy(zero_copy_only=False).copy()
     kfree = t.column("kfree").to_numpy(zero_copy_only=False).copy()
-    keys = t.column("key").to_pylist()
-    reason = t.column("reason").to_pylist()
-    message = t.column("message").to_pylist()
+    # Keys, reasons and messages stay Arrow columns: only the rows this pass rejects are
+    # named in Python (as Python lists they were ~80 MB of a 1M-claim task).
+    keys = t.column("key")
+    found: dict[int, tuple[str, str]] = {}
     live = (state != REJECTED).astype(np.int64)
     csum = np.cumsum(live)
     first = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
@@ -102,15 +103,15 @@ def resolve(table: pa.Table, side: Side) -> pa.Table:
     free |= (state == UNDECIDED) & (before == 0)
     for _ in range(2):  # again after new writes: they claim later rows of their group
         claim = _written_before(state, pos, gid, ngroups)
-        dup = (state == UNDECIDED) & (claim >= 0) & (hfree | (side == "hash"))
-        for i in np.flatnonzero(dup):
-            state[i] = REJECTED
-            if side == "hash":
-                reason[i] = Reason.DUPLICATE.value
-                message[i] = f"same content as key {keys[claim[i]]!r}"
-            else:
-                reason[i] = Reason.DUPLICATE_KEY.value
-                message[i] = f"key {keys[i]!r} was already written"
+        dup = np.flatnonzero((state == UNDECIDED) & (claim >= 0) & (hfree | (side == "hash")))
+        state[dup] = REJECTED
+        if side == "hash":
+            owners = keys.take(pa.array(claim[dup])).to_pylist()
+            for i, k in zip(dup.tolist(), owners):
+                found[i] = (Reason.DUPLICATE.value, f"same content as key {k!r}")
+        else:
+            for i, k in zip(dup.tolist(), keys.take(pa.array(dup)).to_pylist()):
+                found[i] = (Reason.DUPLICATE_KEY.value, f"key {k!r} was already written")
         state[(state == UNDECIDED) & hfree & kfree] = WRITTEN
     # Undecided rows per group: a written row stays in play only while one shares its group.
     sizes = np.bincount(gid, weights=(state == UNDECIDED), minlength=ngroups).astype(np.int64)
@@ -119,9 +120,15 @@ def resolve(table: pa.Table, side: Side) -> pa.Table:
         "hfree": pa.array(hfree),
         "kfree": pa.array(kfree),
         ("hn" if side == "hash" else "kn"): pa.array(sizes[gid]),
-        "reason": pa.array(reason, pa.string()),
-        "message": pa.array(message, pa.string()),
     }
+    if found:
+        rows = sorted(found)
+        mask = np.zeros(len(state), bool)
+        mask[rows] = True
+        for j, name in enumerate(("reason", "message")):
+            values = pa.array([found[i][j] for i in rows], pa.string())
+            old = t.column(name).combine_chunks()
+            cols[name] = pc.replace_with_mask(old, pa.array(mask), values)
     for name, col in cols.items():
         t = t.set_column(t.schema.get_field_index(name), name, col)
     return t
@@ -136,10 +143,55 @@ def still_needed(table: pa.Table) -> pa.Table:
     return table.filter(keep)
 
 
+def _first_of(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, its group's code and the index of the group's first row (rows in order)."""
+    import pandas as pd  # factorize: 0.3 s at 1M hashes, where Arrow's dictionary_encode took 1
+
+    codes, _ = pd.factorize(column.to_numpy(), use_na_sentinel=False)
+    # Codes are numbered in order of first appearance: code k first appears at the k-th
+    # place where a code exceeds every code before it.
+    seen = np.maximum.accumulate(codes)
+    first = np.flatnonzero(np.r_[True, codes[1:] > seen[:-1]] if len(codes) else codes)
+    return codes, first[codes]
+
+
+def _by_hash_alone(t: pa.Table) -> pa.Table | None:
+    """The rule in columns, where it reduces to "the first row of each content hash is
+    written": every row undecided, and rows that share a key share a hash. Then the first
+    rows of the hash groups hold distinct keys, and a repeated key is always a repeated
+    hash too, which the rule names first. None where that does not hold (the walk decides)."""
+    if not pc.all(pc.equal(t.column("state"), UNDECIDED)).as_py():
+        return None
+    hcode, hfirst = _first_of(t.column("content_hash"))
+    _, kfirst = _first_of(t.column("key"))
+    if not np.array_equal(hcode[kfirst], hcode):  # a key seen with two hashes
+        return None
+    dup = np.flatnonzero(hfirst != np.arange(len(hfirst)))
+    keys = t.column("key")
+    state = np.full(len(hfirst), WRITTEN, np.int8)
+    state[dup] = REJECTED
+    reason = np.full(len(hfirst), None, object)
+    message = np.full(len(hfirst), None, object)
+    reason[dup] = Reason.DUPLICATE.value
+    firsts = keys.take(pa.array(hfirst[dup])).to_pylist()
+    message[dup] = [f"same content as key {k!r}" for k in firsts]
+    for name, col in (
+        ("state", pa.array(state, pa.int8())),
+        ("reason", pa.array(reason, pa.string())),
+        ("message", pa.array(message, pa.string())),
+    ):
+        t = t.set_column(t.schema.get_field_index(name), name, col)
+    return t
+
+
 def sequential(table: pa.Table) -> pa.Table:
     """The rule itself, walked in input order over rows held in one task; every row ends
     decided. Written rows already decided keep their claims."""
-    t = table.sort_by("pos")
+    pos = table.column("pos").to_numpy()
+    t = table if bool(np.all(pos[1:] >= pos[:-1])) else table.sort_by("pos")
+    fast = _by_hash_alone(t)  # the usual corpus: 0.3 s at 1M rows where the walk takes 3
+    if fast is not None:
+        return fast
     state = t.column("state").to_numpy().copy()
     keys = t.column("key").to_pylist()
     hashes = t.column("content_hash").to_pylist()

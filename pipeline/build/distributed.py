@@ -1,16 +1,17 @@
 """Finalize on Ray Data: claims read in parallel, dedup over hash partitions, chunks placed in parallel.
 
 No task and not the driver holds per-sample state for the whole build: a dedup pass holds
-one partition (at most ``dedup_partition_rows`` rows, by configuration), a placement task
-one chunk, the merge one chunk's tables; the driver holds one small record per chunk.
+one partition (at most ``dedup_partition_rows`` rows, by configuration) and its shuffle's
+map tasks no more claims than that; a placement task holds one chunk at a time, the merge
+one chunk's tables and the index file's footer (one row group a shard); the driver holds
+one small record per chunk.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,12 +30,15 @@ from pipeline.build.finalize import (
     write_rejects,
 )
 from pipeline.faults import maybe_fail
-from pipeline.runner import map_groups, map_stages, run_remote, stream
+from pipeline.runner import map_groups, map_stages, run_each, run_remote
+from pipeline.session import SHUFFLE_INPUT_BYTES
 from pipeline.stage import Batch, Resources, Stage
 
 CLAIMS = tuple(dedup.CLAIMS_SCHEMA.names)
 # Dedup tasks are light on CPU and heavy on shuffle; place tasks mostly move bytes.
 TASK_CPUS = 0.5
+# Claims per block read for the dedup passes (~5 MB): what one shuffle map task holds.
+CLAIM_BLOCK_ROWS = 50_000
 # Up to this many staged rows, finalize runs in one task (``finalize.finalize``): it takes
 # ~1 s there, against ~6 s of start-up for the distributed steps on a 2-CPU Ray (measured:
 # tests/test_build.py went from 38 s to 90 s when every build took the distributed path).
@@ -116,40 +120,21 @@ class Resolve(Stage):
         return dedup.still_needed(t)
 
 
-class ChunkStep(Stage):
-    """Chunk ids in; per chunk, its kept tar count (``count``) or its placement (``place``,
-    which also needs ``base``, the chunk's first final shard number)."""
+# Chunks per task of the per-chunk steps: ~20 ms of work each, so a task is ~0.2 s.
+CHUNKS_PER_TASK = 8
 
-    name = "finalize_chunks"
-    reads: ClassVar[tuple[str, ...]] = ("chunk_id",)
-    adds: ClassVar[tuple[str, ...]] = ("chunk_id", "result")
-    passthrough: ClassVar[bool] = False
-    batch_size: ClassVar[int | None] = 1
 
-    def __init__(self, work_dir: str, out_dir: str, step: Literal["count", "place"]) -> None:
-        super().__init__()
-        self.work_dir, self.out_dir, self.step = work_dir, out_dir, step
+def _count(work_dir: str, ids: list[str]) -> list[tuple[str, int]]:
+    return [(cid, kept_tars(work_dir, cid)) for cid in ids]
 
-    def inputs(self) -> tuple[str, ...]:
-        return ("chunk_id", "base") if self.step == "place" else ("chunk_id",)
 
-    @property
-    def resources(self) -> Resources:
-        return Resources(num_cpus=TASK_CPUS)
+def _place(work_dir: str, out_dir: str, items: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    maybe_fail("place_chunk")  # reliability tests: this worker dies mid-placement
+    return [place_chunk(work_dir, out_dir, cid, base) for cid, base in items]
 
-    def __call__(self, batch: Batch) -> Batch:
-        t = _table(batch)
-        ids = t.column("chunk_id").to_pylist()
-        if self.step == "count":
-            out = [json.dumps(kept_tars(self.work_dir, cid)) for cid in ids]
-        else:
-            maybe_fail("place_chunk")  # reliability tests: this worker dies mid-placement
-            bases = t.column("base").to_pylist()
-            out = [
-                json.dumps(place_chunk(self.work_dir, self.out_dir, cid, b))
-                for cid, b in zip(ids, bases)
-            ]
-        return pa.table({"chunk_id": ids, "result": out})
+
+def _groups(items: list[Any]) -> list[list[Any]]:
+    return [items[i : i + CHUNKS_PER_TASK] for i in range(0, len(items), CHUNKS_PER_TASK)]
 
 
 def _finish(work_dir: str, ids: list[str], refs: list[Any]) -> int:
@@ -174,6 +159,11 @@ def decide(work_dir: str, ids: list[str], claims: Any, n: int, partition_rows: i
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # A map task joins no more claims than a partition holds: with the session's cap alone
+    # (128 MiB, ~1M claims) a map task held every claim of a 1M-row build whatever the
+    # partition bound, and was the largest task (docs/benchmarks.md, issue 40).
+    per_claim = max(1, (claims.size_bytes() or 0) // max(1, n))
+    map_bytes = min(SHUFFLE_INPUT_BYTES, partition_rows * per_claim)
     passes = 0
     while n > partition_rows:
         side: dedup.Side = ("key", "hash")[passes % 2]
@@ -181,7 +171,12 @@ def decide(work_dir: str, ids: list[str], claims: Any, n: int, partition_rows: i
         ds = map_stages(claims, [Partition(side, n_partitions)], columns=list(CLAIMS))
         resolve = Resolve(side, work_dir, ids)
         claims = map_groups(
-            ds, "partition", resolve, columns=[*CLAIMS, "partition"], partitions=n_partitions
+            ds,
+            "partition",
+            resolve,
+            columns=[*CLAIMS, "partition"],
+            partitions=n_partitions,
+            map_input_bytes=map_bytes,
         ).materialize()
         n, passes = claims.count(), passes + 1
     if n:
@@ -208,35 +203,31 @@ def finalize_distributed(
     if staged <= min(partition_rows, ONE_TASK_ROWS):
         return run_remote(finalize, work_dir, out_dir, ids, near_distance)
     reset(work_dir)
-    blocks = min(len(ids), 64)
+    # Claims are read a block of chunks per task: at least 64 blocks for parallelism, more
+    # as rows grow so that no block (and no shuffle map task, which takes one) holds more
+    # than ~CLAIM_BLOCK_ROWS claims.
+    blocks = min(len(ids), max(64, math.ceil(staged / CLAIM_BLOCK_ROWS)))
     jobs = ray.data.from_items(
         [{"chunk_id": cid, "rank": i} for i, cid in enumerate(ids)], override_num_blocks=blocks
     )
+    kept: dict[str, int] | None = None
     if staged <= partition_rows:
-        run_remote(dedup_one_task, work_dir, ids)
+        kept = run_remote(dedup_one_task, work_dir, ids)
     else:
         claims = map_stages(jobs, [ReadClaims(work_dir)], columns=["chunk_id", "rank"])
         claims = claims.materialize()
         decide(work_dir, ids, claims, claims.count(), partition_rows)
     if near_distance is not None:  # after exact dedup: its rejects take no part
+        kept = None  # near rejects change which tars keep a sample
         if staged <= partition_rows:
             run_remote(near_one_task, work_dir, ids, near_distance)
         else:
             near_distributed(work_dir, ids, jobs, near_distance, staged, partition_rows)
 
-    def each(step: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        ds = ray.data.from_items(rows, override_num_blocks=blocks)
-        stage = ChunkStep(work_dir, out_dir, step)  # type: ignore[arg-type]
-        got: dict[str, Any] = {}
-        for t in stream(map_stages(ds, [stage], columns=list(rows[0]))):
-            got.update(
-                zip(
-                    t.column("chunk_id").to_pylist(),
-                    map(json.loads, t.column("result").to_pylist()),
-                )
-            )
-        return got
-
-    bases = first_shards(each("count", [{"chunk_id": cid} for cid in ids]))
-    placed = each("place", [{"chunk_id": cid, "base": bases[cid]} for cid in ids])
+    if kept is None:  # the rejects were found across tasks: count per chunk
+        counts = run_each(_count, ((work_dir, g) for g in _groups(ids)), num_cpus=TASK_CPUS)
+        kept = dict(pair for part in counts for pair in part)
+    bases = first_shards(kept)
+    places = ((work_dir, out_dir, [(c, bases[c]) for c in g]) for g in _groups(ids))
+    placed = {p["chunk_id"]: p for part in run_each(_place, places, num_cpus=1.0) for p in part}
     return run_remote(merge, work_dir, [placed[cid] for cid in ids])

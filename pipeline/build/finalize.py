@@ -1,14 +1,15 @@
 """Finalize, chunk by chunk: place staged tars under final names, then merge index and rejects.
 
 Dedup (``pipeline.build.dedup``) decides which rows are duplicates and leaves one small file
-per chunk that has any (``_work/dedup``). Placing a chunk then needs only that chunk: its
-metadata, its dedup rejects, and the number of its first final shard, which the job derives
-from per-chunk tar counts (O(chunks)). Chunks are placed in parallel; the merge streams
+per chunk that has any (``_work/dedup``). Placing a chunk (``pipeline.build.place``) then
+needs only that chunk: its metadata, its dedup rejects, and the number of its first final
+shard, which the job derives from per-chunk tar counts (O(chunks)). Chunks are placed in parallel; the merge streams
 their index and reject parts, in input order, into the final tables, one chunk at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from typing import Any
@@ -20,47 +21,28 @@ import pyarrow.compute as pc
 from pipeline.build import neardup
 from pipeline.build.chunk import chunk_meta_url
 from pipeline.build.dedup import CLAIMS_SCHEMA, REJECTED, new_claims, position, sequential
-from pipeline.fingerprint import digest_text, row_hash
-from pipeline.io.fs import (
-    exists,
-    is_dir,
-    join,
-    list_files,
-    move,
-    remove_tree,
-    write_bytes_atomic,
-)
+from pipeline.build.place import SHARD_DIR, chunk_rejects, dedup_dir, place_chunk, placed_url
+from pipeline.io.fs import join, move, remove_tree, write_bytes_atomic
 from pipeline.io.parquet import parquet_sink, read_table, to_table, write_table
-from pipeline.io.tar import copy_samples
 from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
 from schemas.work import DEDUP_SCHEMA
 
-SHARD_DIR = "shards"
 # What finalize writes beside the shards folder, published before build.json.
 TABLES = ("index.parquet", "rejects.parquet", "shards.parquet")
 
 
-def shard_name(n: int) -> str:
-    return f"{SHARD_DIR}/{n:06d}.tar"
-
-
-def dedup_dir(work_dir: str, chunk_id: str) -> str:
-    """A chunk's dedup rejects: one file per writer (a chunk's rows may meet in several)."""
-    return join(work_dir, "dedup", chunk_id)
-
-
-def placed_url(work_dir: str, chunk_id: str, table: str) -> str:
-    """A placed chunk's index or rejects rows, merged into the build's tables last."""
-    return join(work_dir, "placed", f"{chunk_id}.{table}.parquet")
-
-
-def read_claims(work_dir: str, chunk_id: str, rank: int) -> pa.Table:
-    """The chunk's rows that passed validation, as dedup claims placed in input order."""
-    meta = read_table(chunk_meta_url(work_dir, chunk_id), ["key", "content_hash", "reason"])
+def _claims(meta: pa.Table, rank: int) -> pa.Table:
     rows = np.arange(meta.num_rows)
     ok = pc.is_null(meta.column("reason")).to_numpy(zero_copy_only=False)
     valid = meta.filter(pa.array(ok))
     return new_claims(position(rank, rows[ok]), valid.column("key"), valid.column("content_hash"))
+
+
+def read_claims(work_dir: str, chunk_id: str, rank: int) -> pa.Table:
+    """The chunk's rows that passed validation, as dedup claims placed in input order."""
+    return _claims(
+        read_table(chunk_meta_url(work_dir, chunk_id), ["key", "content_hash", "reason"]), rank
+    )
 
 
 def read_near(work_dir: str, chunk_id: str, rank: int) -> pa.Table:
@@ -83,8 +65,11 @@ def read_near(work_dir: str, chunk_id: str, rank: int) -> pa.Table:
 def write_rejects(work_dir: str, ids: list[str], rejects: pa.Table, name: str) -> None:
     """Write dedup rejects (claims rows, any chunks) into their chunks' folders as ``name``."""
     chunk = pc.shift_right(rejects.column("pos"), 32).to_numpy()
-    for c in np.unique(chunk):
-        mine = rejects.filter(pa.array(chunk == c))
+    order = np.argsort(chunk, kind="stable")  # each chunk's rows one slice, not a filter each
+    rejects, chunk = rejects.take(pa.array(order)), chunk[order]
+    starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]]).tolist() if len(chunk) else []
+    for lo, hi in itertools.pairwise([*starts, len(chunk)]):
+        c, mine = chunk[lo], rejects.slice(lo, hi - lo)
         table = pa.table(
             {
                 "row": pc.bit_wise_and(mine.column("pos"), (1 << 32) - 1),
@@ -93,99 +78,22 @@ def write_rejects(work_dir: str, ids: list[str], rejects: pa.Table, name: str) -
             },
             schema=DEDUP_SCHEMA,
         )
-        write_table(
-            join(dedup_dir(work_dir, ids[c]), f"{name}.parquet"), table, DEDUP_SCHEMA, "dedup"
-        )
-
-
-def chunk_rejects(work_dir: str, chunk_id: str) -> dict[int, tuple[str, str]]:
-    """A chunk's dedup rejects by row; O(its rejects), never more than the chunk."""
-    folder = dedup_dir(work_dir, chunk_id)
-    found: dict[int, tuple[str, str]] = {}
-    for rel in list_files(folder) if is_dir(folder) else []:
-        for d in read_table(join(folder, rel)).to_pylist():
-            found[d["row"]] = (d["reason"], d["message"])
-    return found
+        # Derived again by a rerun (reset), as the placed parts: no sync to disk.
+        url = join(dedup_dir(work_dir, ids[c]), f"{name}.parquet")
+        write_table(url, table, DEDUP_SCHEMA, "dedup", durable=False)
 
 
 def kept_tars(work_dir: str, chunk_id: str) -> int:
     """How many of a chunk's staged tars keep a sample after dedup (its final shards)."""
-    tars = read_table(chunk_meta_url(work_dir, chunk_id), ["staged_tar"]).column(0).to_pylist()
-    gone = chunk_rejects(work_dir, chunk_id)
-    return len({t for i, t in enumerate(tars) if t and i not in gone})
+    tars = read_table(chunk_meta_url(work_dir, chunk_id), ["staged_tar"]).column(0)
+    return _kept_tars(tars, chunk_rejects(work_dir, chunk_id))
 
 
-_MODALITY = {"near_duplicate": "image"}  # which part of the row a dedup reason is about
-
-
-def reject_row(row: dict[str, Any], reason: str, message: str, modality: str) -> dict[str, Any]:
-    """A rejects.parquet row for an index-like ``row`` (build finalize and curate)."""
-    fields = ("source_file", "source_row", "source_key", "key")
-    return {**{f: row.get(f) for f in fields}, "reason": reason, "modality": modality,
-            "message": message}  # fmt: skip
-
-
-def _place(work_dir: str, out_dir: str, staged: str, final: str, kept: list[dict], whole: bool):
-    """Publish one staged tar under its final name: a rename when every sample survived
-    dedup, else a filtered copy. Both are idempotent, so an interrupted finalize reruns."""
-    src, dst = join(work_dir, "chunks", staged), join(out_dir, final)
-    if whole:
-        if exists(src):
-            move(src, dst)
-        elif not exists(dst):
-            raise RuntimeError(
-                f"staged shard {staged} is gone and {final} was never written; rerun with --overwrite"
-            )
-        return
-    copy_samples(src, dst, kept)
-
-
-def place_chunk(work_dir: str, out_dir: str, chunk_id: str, base: int) -> dict[str, Any]:
-    """Place one chunk's tars as shards ``base``, ``base + 1``...; write its index and
-    rejects parts; return its counts and one digest per shard."""
-    rows = read_table(chunk_meta_url(work_dir, chunk_id)).to_pylist()
-    dedup = chunk_rejects(work_dir, chunk_id)
-    per_tar: Counter[str] = Counter(r["staged_tar"] for r in rows if not r["reason"])
-    kept_by_tar: dict[str, list[dict[str, Any]]] = {}
-    bad: list[dict[str, Any]] = []
-    for i, r in enumerate(rows):
-        if r["reason"]:
-            bad.append(reject_row(r, r["reason"], r["message"], r["modality"]))
-        elif i in dedup:
-            reason, message = dedup[i]
-            bad.append(reject_row(r, reason, message, _MODALITY.get(reason, "row")))
-        else:
-            kept_by_tar.setdefault(r["staged_tar"], []).append(r)
-    shards, index_rows, nbytes = [], [], 0
-    for n, (staged, kept) in enumerate(kept_by_tar.items()):
-        final = shard_name(base + n)
-        _place(work_dir, out_dir, staged, final, kept, whole=len(kept) == per_tar[staged])
-        for r in kept:
-            r["shard"] = final
-            nbytes += sum(m["size"] for m in r["members"])
-        index_rows += kept
-        total = sum(row_hash(r["key"], r["content_hash"]) for r in kept)
-        shards.append(
-            {"shard": final, "samples": len(kept), "digest": digest_text(total, len(kept))}
-        )
-    index = to_table(
-        [{f.name: r.get(f.name) for f in INDEX_SCHEMA} for r in index_rows], INDEX_SCHEMA
-    )
-    write_table(placed_url(work_dir, chunk_id, "index"), index, INDEX_SCHEMA, "index")
-    write_table(
-        placed_url(work_dir, chunk_id, "rejects"),
-        to_table(bad, REJECTS_SCHEMA),
-        REJECTS_SCHEMA,
-        "rejects",
-    )
-    return {
-        "chunk_id": chunk_id,
-        "rows": len(rows),
-        "written": len(index_rows),
-        "bytes": nbytes,
-        "reasons": json.dumps(dict(Counter(b["reason"] for b in bad))),
-        "shards": json.dumps(shards),
-    }
+def _kept_tars(tars: pa.ChunkedArray, gone: Any) -> int:
+    """Distinct staged tars among rows neither rejected nor in ``gone`` (row numbers)."""
+    keep = pc.is_valid(tars).to_numpy(zero_copy_only=False).copy()
+    keep[np.fromiter(gone, np.int64)] = False
+    return len(pc.unique(tars.filter(pa.array(keep))))
 
 
 # What common WebDataset loaders read beside the tars: open_clip's sizes.json, and the
@@ -260,18 +168,23 @@ def first_shards(kept: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def dedup_one_task(work_dir: str, ids: list[str]) -> int:
+def dedup_one_task(work_dir: str, ids: list[str]) -> dict[str, int]:
     """Dedup all chunks' claims in this process (the job does this when they fit in one
-    partition); write the rejects per chunk; return how many there were."""
-    claims = (
-        pa.concat_tables([read_claims(work_dir, cid, i) for i, cid in enumerate(ids)])
-        if ids
-        else CLAIMS_SCHEMA.empty_table()
-    )
+    partition); write the rejects per chunk; return each chunk's kept tars, as
+    ``kept_tars`` counts them, from the metadata already read (no second pass over it)."""
+    cols = ["key", "content_hash", "reason", "staged_tar"]
+    tars, parts = [], []
+    for i, cid in enumerate(ids):
+        meta = read_table(chunk_meta_url(work_dir, cid), cols)
+        tars.append(meta.column("staged_tar"))
+        parts.append(_claims(meta, i))
+    claims = pa.concat_tables(parts) if parts else CLAIMS_SCHEMA.empty_table()
     decided = sequential(claims)
     rejected = decided.filter(pc.equal(decided.column("state"), REJECTED))
     write_rejects(work_dir, ids, rejected, "all")
-    return rejected.num_rows
+    pos = rejected.column("pos").to_numpy()
+    chunk, row = pos >> 32, pos & ((1 << 32) - 1)
+    return {cid: _kept_tars(tars[i], row[chunk == i]) for i, cid in enumerate(ids)}
 
 
 def near_one_task(work_dir: str, ids: list[str], distance: int) -> int:
@@ -294,8 +207,9 @@ def finalize(
     images within that many pHash bits are rejected too; None leaves them."""
     reset(work_dir)
     ids = sorted(chunk_ids)
-    dedup_one_task(work_dir, ids)
-    if near_distance is not None:
+    kept = dedup_one_task(work_dir, ids)
+    if near_distance is not None:  # its rejects change which tars keep a sample
         near_one_task(work_dir, ids, near_distance)
-    bases = first_shards({cid: kept_tars(work_dir, cid) for cid in ids})
+        kept = {cid: kept_tars(work_dir, cid) for cid in ids}
+    bases = first_shards(kept)
     return merge(work_dir, [place_chunk(work_dir, out_dir, cid, bases[cid]) for cid in ids])

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.build.finalize import reject_row, write_loader_files
+from pipeline.build.finalize import write_loader_files
+from pipeline.build.place import reject_row
 from pipeline.curate.config import CurateConfig
 from pipeline.curate.filters import verdicts
 from pipeline.curate.measure import measure_url

@@ -26,9 +26,11 @@ class ParquetSink:
 
     ROW_GROUP_ROWS = 1 << 20  # pyarrow's default, stated: write() says which groups it made
 
-    def __init__(self, url: str, schema: pa.Schema, name: str, **writer_kwargs: Any) -> None:
+    def __init__(
+        self, url: str, schema: pa.Schema, name: str, *, durable: bool = True, **writer_kwargs: Any
+    ) -> None:
         self.schema = with_schema_metadata(schema, name)
-        self._cm = atomic_open(url, "wb")
+        self._cm = atomic_open(url, "wb", durable=durable)
         self._f = self._cm.__enter__()
         self._writer = pq.ParquetWriter(self._f, self.schema, compression="zstd", **writer_kwargs)
         self.rows = self.row_groups = 0
@@ -58,8 +60,10 @@ class ParquetSink:
 
 
 @contextlib.contextmanager
-def parquet_sink(url: str, schema: pa.Schema, name: str) -> Iterator[ParquetSink]:
-    sink = ParquetSink(url, schema, name)
+def parquet_sink(
+    url: str, schema: pa.Schema, name: str, *, durable: bool = True
+) -> Iterator[ParquetSink]:
+    sink = ParquetSink(url, schema, name, durable=durable)
     try:
         yield sink
     except BaseException:
@@ -68,8 +72,11 @@ def parquet_sink(url: str, schema: pa.Schema, name: str) -> Iterator[ParquetSink
     sink.close()
 
 
-def write_table(url: str, table: pa.Table, schema: pa.Schema, name: str) -> None:
-    with parquet_sink(url, schema, name) as sink:
+def write_table(
+    url: str, table: pa.Table, schema: pa.Schema, name: str, *, durable: bool = True
+) -> None:
+    """``table`` as one Parquet file at ``url``, atomically; see ``atomic_open``'s durable."""
+    with parquet_sink(url, schema, name, durable=durable) as sink:
         sink.write(table)
 
 
