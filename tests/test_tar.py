@@ -9,12 +9,12 @@ from pipeline.io.tar import (
     FIXED_MTIME,
     TarShardWriter,
     _tarinfo_header,
-    copy_samples,
     iter_tar_samples,
     member_header,
     split_member_name,
     tar_bytes,
 )
+from pipeline.io.tarcopy import copy_samples
 from tests.media import tar_with
 
 

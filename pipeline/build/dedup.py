@@ -14,7 +14,7 @@ one task when they fit in a partition (``sequential``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -149,6 +149,17 @@ def still_needed(table: pa.Table) -> pa.Table:
     return table.filter(keep)
 
 
+def _decided(t: pa.Table, state: np.ndarray, reason: Any, message: Any) -> pa.Table:
+    """``t`` with the walk's decisions as its state, reason and message columns."""
+    for name, col in (
+        ("state", pa.array(state, pa.int8())),
+        ("reason", pa.array(reason, pa.string())),
+        ("message", pa.array(message, pa.string())),
+    ):
+        t = t.set_column(t.schema.get_field_index(name), name, col)
+    return t
+
+
 def _first_of(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Per row, its group's code and the index of the group's first row (rows in order)."""
     import pandas as pd  # factorize: 0.3 s at 1M hashes, where Arrow's dictionary_encode took 1
@@ -181,13 +192,7 @@ def _by_hash_alone(t: pa.Table) -> pa.Table | None:
     reason[dup] = Reason.DUPLICATE.value
     firsts = keys.take(pa.array(hfirst[dup])).to_pylist()
     message[dup] = [f"same content as key {k!r}" for k in firsts]
-    for name, col in (
-        ("state", pa.array(state, pa.int8())),
-        ("reason", pa.array(reason, pa.string())),
-        ("message", pa.array(message, pa.string())),
-    ):
-        t = t.set_column(t.schema.get_field_index(name), name, col)
-    return t
+    return _decided(t, state, reason, message)
 
 
 def sequential(table: pa.Table) -> pa.Table:
@@ -195,7 +200,7 @@ def sequential(table: pa.Table) -> pa.Table:
     decided. Written rows already decided keep their claims."""
     pos = table.column("pos").to_numpy()
     t = table if bool(np.all(pos[1:] >= pos[:-1])) else table.sort_by("pos")
-    fast = _by_hash_alone(t)  # the usual corpus: 0.3 s at 1M rows where the walk takes 3
+    fast = _by_hash_alone(t)  # the usual corpus: ~0.9 s at 1M rows where the walk took 3.3
     if fast is not None:
         return fast
     state = t.column("state").to_numpy().copy()
@@ -218,13 +223,7 @@ def sequential(table: pa.Table) -> pa.Table:
             state[i] = WRITTEN
             by_hash.setdefault(h, k)
             seen.add(k)
-    for name, col in (
-        ("state", pa.array(state, pa.int8())),
-        ("reason", pa.array(reason, pa.string())),
-        ("message", pa.array(message, pa.string())),
-    ):
-        t = t.set_column(t.schema.get_field_index(name), name, col)
-    return t
+    return _decided(t, state, reason, message)
 
 
 def partition(table: pa.Table, side: Side, partitions: int) -> pa.Array:

@@ -24,7 +24,7 @@ from pipeline.build.chunk import chunk_meta_url
 from pipeline.fingerprint import digest_text, row_hash
 from pipeline.io.fs import exists, is_dir, join, list_files, move
 from pipeline.io.parquet import read_table, to_table, write_table
-from pipeline.io.tar import copy_ranges, header_lengths, padded
+from pipeline.io.tarcopy import copy_ranges, header_lengths, padded
 from schemas import INDEX_SCHEMA, REJECTS_SCHEMA
 from schemas.build import MEMBER_TYPE
 

@@ -32,7 +32,7 @@ from pipeline.io.fs import (
 )
 from pipeline.io.parquet import iter_row_groups, parquet_sink, read_table, to_table, write_table
 from pipeline.io.shards import shard_stem
-from pipeline.io.tar import copy_samples
+from pipeline.io.tarcopy import copy_samples
 from pipeline.stage import Batch, Resources, Stage
 from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
 
