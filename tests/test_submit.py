@@ -73,10 +73,34 @@ def head():
     else:
         stop_process(proc, timeout=30)
         pytest.fail(f"ray head did not start: {Path(temp, 'head.log').read_text()[-2000:]}")
+    _ran_a_job(url, deadline=time.monotonic() + 180)
     yield url
     stop_process(proc, timeout=60)
     log.close()
     shutil.rmtree(temp, ignore_errors=True)
+
+
+def _ran_a_job(url: str, deadline: float) -> None:
+    """The dashboard answers before the head's job agent can run a job: wait (bounded) until a
+    trivial job succeeds, so the tests below measure our submit, not the head's start-up."""
+    from ray.job_submission import JobSubmissionClient
+
+    c = JobSubmissionClient(url)
+    sid = None
+    while sid is None and time.monotonic() < deadline:
+        try:
+            sid = c.submit_job(entrypoint="python -c pass")
+        except RuntimeError:  # "No available agent to submit job" while the agent starts
+            time.sleep(1)
+    status = None
+    while sid is not None and time.monotonic() < deadline:
+        status = str(c.get_job_status(sid)).split(".")[-1]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(0.5)
+    if status != "SUCCEEDED":
+        info = c.get_job_info(sid).message if sid else "never accepted"
+        pytest.fail(f"the ray head did not run a trivial job: {status}: {info}")
 
 
 def _yaml(path: Path, section: str, fields: dict) -> Path:
@@ -107,7 +131,7 @@ def test_build_and_refresh_jobs_run_on_the_cluster(head, world, tmp_path, capsys
         ]
     )
     err = capsys.readouterr()
-    assert code == 0, err.out[-3000:]
+    assert code == 0, f"{err.err[-2000:]}\n{err.out[-3000:]}"
     sid = err.err.split("submitted ", 1)[1].split()[0]
     assert (
         sid.startswith("mmpipe-build-") and "build:" in err.out
@@ -175,7 +199,10 @@ def test_a_failing_job_reports_failure_with_its_message(head, tmp_path, capsys):
         ]
     )
     assert code == 1
-    sid = capsys.readouterr().err.split("submitted ", 1)[1].split()[0]
+    err = capsys.readouterr().err
+    sid = err.split("submitted ", 1)[1].split()[0]
+    # Why it failed, in one line, and where the whole log is.
+    assert f"{sid}: FAILED" in err and f"mmpipe jobs logs {sid}" in err
     assert main(["jobs", "logs", sid, "--address", head]) == 0
     logs = capsys.readouterr().out
     assert (

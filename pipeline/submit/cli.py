@@ -86,7 +86,19 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         print(sid)
         return 0
     print(f"{sid}: {status}", file=sys.stderr)
+    if status in ("FAILED", "STOPPED"):
+        _why(sid, args.address)
     return exit_code(status)
+
+
+def _why(sid: str, address: str | None) -> None:
+    """Say in one line why a job ended without success (Ray's message: a runtime env that failed
+    to build, the entrypoint's exit code) and where its whole log is."""
+    from pipeline.submit.client import status
+
+    message = (status(sid, address).get("message") or "").strip()
+    first = message.splitlines()[0] if message else "no message from the cluster"
+    print(f"{sid}: {first}; its log: mmpipe jobs logs {sid}", file=sys.stderr)
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
