@@ -84,6 +84,8 @@ class RssMonitor:
     memory and count in its RSS; Ray's own memory monitor subtracts them
     (``ray._private.memory_monitor``), and so does this.
     ``by_task``: per task title, the peak RSS and private memory of a worker running it.
+    ``cpu_s``: CPU seconds of this process and of every process under it (Ray's workers, raylet,
+    GCS) since the monitor started, as last sampled.
     """
 
     def __init__(self) -> None:
@@ -94,6 +96,8 @@ class RssMonitor:
         self.worker_task = ""
         self.by_task: dict[str, list[int]] = {}
         self._last: dict[int, str] = {}
+        self._cpu: dict[int, float] = {}
+        self._cpu0 = self._own_cpu()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -104,6 +108,9 @@ class RssMonitor:
             try:
                 kids = self.proc.children(recursive=True)
                 seen = [(k.memory_info(), " ".join(k.cmdline()[:1])) for k in kids]
+                for k in kids:
+                    t = k.cpu_times()
+                    self._cpu[k.pid] = t.user + t.system
             except (psutil.Error, OSError):
                 continue
             rss = [(k.pid, m, name) for k, (m, name) in zip(kids, seen) if "ray::" in name]
@@ -122,6 +129,14 @@ class RssMonitor:
                 if m.rss > self.worker:
                     self.worker, self.worker_task = m.rss, task
                 self.worker_private = max(self.worker_private, private)
+
+    def _own_cpu(self) -> float:
+        t = self.proc.cpu_times()
+        return t.user + t.system
+
+    @property
+    def cpu_s(self) -> float:
+        return self._own_cpu() - self._cpu0 + sum(self._cpu.values())
 
     def tasks_mb(self, top: int = 6) -> dict[str, list[int]]:
         """The ``top`` task titles by peak RSS: ``[rss_mb, private_mb]`` each."""

@@ -16,6 +16,8 @@ For each size, on a fresh local Ray at the defaults:
 - the one-task finalize over the same staged chunks (``finalize.finalize``: what every build
   ran before dedup was distributed), timed beside the job's own finalize;
 - a bare loop over the same rows: parse, validate (UTF-8 and length), hash, tar write.
+Each side prints its own CPU a row: the build's counts every process of its run (driver, Ray's
+workers, raylet, GCS), the bare loop's its one process.
 Prints JSON; docs/benchmarks.md records the figures with this command.
 """
 
@@ -109,10 +111,11 @@ def image_manifest(n: int, dup: float) -> tuple[Path, set[str], set[str]]:
 WORDS = ["a", "red", "green", "blue", "small", "large", "dog", "cat", "bird", "tree"]
 
 
-def bare_loop(path: Path, limit: int) -> float:
-    """Rows/s of one process doing the per-row work of a text build, minus Ray and dedup."""
+def bare_loop(path: Path, limit: int) -> tuple[float, float]:
+    """Rows/s and CPU us a row of one process doing the per-row work of a text build, minus
+    Ray and dedup."""
     out = io.BytesIO()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     with open(path, "rb") as f, tarfile.open(fileobj=out, mode="w") as tf:
         for line in f:
@@ -130,7 +133,7 @@ def bare_loop(path: Path, limit: int) -> float:
             if out.tell() > 256 << 20:  # a shard is written out and dropped, as the build does
                 out.seek(0)
                 out.truncate()
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
 
 
 def one_task_finalize(out: Path, near: int | None) -> float:
@@ -180,11 +183,12 @@ def run(
         # The driver's private memory after the process phase: what one record per chunk
         # task costs it, apart from what finalize adds.
         kept["driver_private_process_mb"] = private_mb(psutil.Process())
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if one_task:
             shutil.copytree(work, out.parent / "old" / "_work")
             (out.parent / "old" / "shards").mkdir()
         kept["copy_s"] = time.perf_counter() - t0
+        kept["copy_cpu_s"] = time.process_time() - c0
         return original(work, *args)
 
     job.finalize_distributed = keep_chunks
@@ -227,10 +231,13 @@ def run(
         "finalize_share": round((t["finalize"] - kept["copy_s"]) / wall, 3),
         "one_task_finalize_s": None if old is None else round(old, 1),
         "rows_per_s": round(n / wall),
+        # Every process of the run: driver, Ray's workers, raylet and GCS (the copy aside out).
+        "cpu_us_per_row": round((rss.cpu_s - kept["copy_cpu_s"]) / n * 1e6, 1),
         "driver_peak_mb": round(rss.driver / 2**20),
         "driver_private_peak_mb": round(rss.driver_private / 2**20),
         "driver_private_after_process_mb": round(kept["driver_private_process_mb"]),
         "shard_samples": cfg.shard_samples,
+        "chunks": report["chunks"]["total"],
         "worker_peak_mb": round(rss.worker / 2**20),
         "worker_peak_task": rss.worker_task,
         "worker_private_peak_mb": round(rss.worker_private / 2**20),
@@ -307,7 +314,16 @@ def main() -> None:
         "--skip-one-task", action="store_true", help="no copy aside, no one-task finalize"
     )
     ap.add_argument("--dedup-partition-rows", type=int, help="claims a dedup task may hold")
+    ap.add_argument(
+        "--text-shards-per-chunk",
+        type=int,
+        help="shards' worth of inline text rows a chunk holds (default: the build's)",
+    )
     args = ap.parse_args()
+    if args.text_shards_per_chunk:  # the plan runs in this process: the setting is read here
+        import pipeline.ingest.layout as layout
+
+        layout.TEXT_SHARDS_PER_CHUNK = args.text_shards_per_chunk
     if args.driver_only:
         for n in args.sizes:
             print(json.dumps(driver_only(n, args.dup, args.dedup_partition_rows)), flush=True)
@@ -324,7 +340,8 @@ def main() -> None:
             not args.skip_one_task,
         )
         if args.kind == "text":  # the bare loop is the text build's per-row work
-            r["bare_loop_rows_per_s"] = round(bare_loop(manifest(n, args.dup), min(n, 250_000)))
+            rate, cpu = bare_loop(manifest(n, args.dup), min(n, 250_000))
+            r["bare_loop_rows_per_s"], r["bare_loop_cpu_us_per_row"] = round(rate), round(cpu, 1)
             r["vs_bare_loop"] = round(r["rows_per_s"] / r["bare_loop_rows_per_s"], 3)
         results.append(r)
         print(json.dumps(r), flush=True)

@@ -118,6 +118,7 @@ class BuildConfig(BaseModel):
     def fingerprint(self) -> str:
         """Hash of every field that changes the output (not where it is written)."""
         from schemas import BUILD_SCHEMA_VERSION
+        from schemas.work import WORK_LAYOUT_VERSION
 
         fields = self.model_dump(
             exclude={
@@ -130,6 +131,7 @@ class BuildConfig(BaseModel):
         )
         # A schema bump changes the fingerprint, so staged chunks are never reused across it.
         fields["_schema_version"] = BUILD_SCHEMA_VERSION
+        fields["_work_layout"] = WORK_LAYOUT_VERSION
         return fingerprint(fields)
 
 

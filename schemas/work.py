@@ -3,6 +3,11 @@ and rejects, near-duplicate candidates): they reach disk while a build runs and 
 
 import pyarrow as pa
 
+# Which input rows a staged chunk's id names, part of a build's fingerprint so that a build
+# resumed by a newer mmpipe never reuses chunks cut another way. 2: a chunk of inline text
+# rows holds several shards' worth (pipeline/ingest/layout.py).
+WORK_LAYOUT_VERSION = 2
+
 # A chunk's marker (``_work/chunks/<id>.parquet``) and the summary row its task returns.
 SUMMARY_SCHEMA = pa.schema(
     [

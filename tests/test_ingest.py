@@ -87,3 +87,34 @@ def test_sidecar_planning_lists_once_and_never_stats_files(tmp_path, monkeypatch
     assert plan.kind == "sidecar" and len(plan.units) == 3
     assert sum(len(u.groups) for u in plan.units) == 3000
     assert calls["n"] < 50  # a listing, not a stat per file
+
+
+def test_inline_text_chunks_hold_several_shards_and_media_chunks_one(tmp_path):
+    import json
+
+    from pipeline.ingest.layout import TEXT_SHARDS_PER_CHUNK
+    from pipeline.ingest.scan import scan_jsonl
+
+    def manifest(name: str, row: dict) -> str:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({**row, "key": f"k{i}"}) + "\n" for i in range(200)))
+        return str(path)
+
+    def counts(path: str, **cfg: object) -> list[int]:
+        plan = plan_input(BuildConfig(input=path, output=str(tmp_path / "o"), **cfg))
+        return [u.span.count for u in plan.units]
+
+    per = 5 * TEXT_SHARDS_PER_CHUNK
+    text = manifest("text.jsonl", {"text": "a caption"})
+    assert counts(text, shard_samples=5) == [per] * (200 // per) + (
+        [200 % per] if 200 % per else []
+    )
+    # Rows that fetch media, or text read from files, keep a shard's worth a chunk.
+    assert (
+        counts(manifest("img.jsonl", {"image": "x.png", "text": "c"}), shard_samples=5) == [5] * 40
+    )
+    assert counts(text, shard_samples=5, text_source="path") == [5] * 40
+    # A chunk of long lines is cut by bytes before it reaches its rows.
+    spans = scan_jsonl(text, 1000, max_bytes=200)
+    assert len(spans) > 1 and sum(s.count for s in spans) == 200
+    assert all(s.count * 30 < 400 for s in spans)  # lines are ~30 bytes

@@ -39,8 +39,9 @@ def _spans(starts: list[tuple[int, int]], total: int) -> list[Span]:
     return [Span(b, r, end - r) for (b, r), end in zip(starts, bounds)]
 
 
-def scan_jsonl(url: str, rows_per_chunk: int) -> list[Span]:
-    """One pass over the raw lines (no JSON parsing) recording where every chunk starts."""
+def scan_jsonl(url: str, rows_per_chunk: int, max_bytes: int) -> list[Span]:
+    """One pass over the raw lines (no JSON parsing) recording where every chunk starts: after
+    ``rows_per_chunk`` rows, or sooner once a chunk's lines pass ``max_bytes``."""
     if whole := _whole(url):
         return whole
     starts: list[tuple[int, int]] = []
@@ -48,15 +49,20 @@ def scan_jsonl(url: str, rows_per_chunk: int) -> list[Span]:
     with open_binary(url) as f:
         for line in f:
             if not is_blank_line(line):
-                if rows % rows_per_chunk == 0:
+                if (
+                    not starts
+                    or rows - starts[-1][1] >= rows_per_chunk
+                    or (pos - starts[-1][0] >= max_bytes)
+                ):
                     starts.append((pos, rows))
                 rows += 1
             pos += len(line)
     return _spans(starts, rows)
 
 
-def scan_csv(url: str, rows_per_chunk: int) -> list[Span]:
-    """Parse records (quoted newlines included) but keep nothing but chunk starts."""
+def scan_csv(url: str, rows_per_chunk: int, max_bytes: int) -> list[Span]:
+    """Parse records (quoted newlines included) but keep nothing but chunk starts (as
+    ``scan_jsonl`` cuts them)."""
     if whole := _whole(url):
         return whole
     starts: list[tuple[int, int]] = []
@@ -65,7 +71,11 @@ def scan_csv(url: str, rows_per_chunk: int) -> list[Span]:
         records = csv_records(LineTracker(f))
         next(records, None)  # the header
         for pos, _ in records:
-            if rows % rows_per_chunk == 0:
+            if (
+                not starts
+                or rows - starts[-1][1] >= rows_per_chunk
+                or (pos - starts[-1][0] >= max_bytes)
+            ):
                 starts.append((pos, rows))
             rows += 1
     return _spans(starts, rows)

@@ -13,6 +13,7 @@ import pyarrow as pa
 from pipeline.config import BuildConfig
 from pipeline.errors import Reason, SampleError, UserError
 from pipeline.ingest import readers
+from pipeline.ingest.layout import check_layout, rows_per_chunk
 from pipeline.ingest.rows import InputRow, ManifestLayout
 from pipeline.ingest.scan import WHOLE_FILE, Span, scan_csv, scan_jsonl, scan_parquet, scan_tar
 from pipeline.io.fs import expand_inputs, get_fs, list_files
@@ -110,8 +111,8 @@ def plan_input(cfg: BuildConfig) -> InputPlan:
         kind = cfg.input_format if cfg.input_format != "auto" else _kind_from_name(files[0])
         if kind is None:
             raise UserError(f"cannot tell the format of {files[0]}; pass --input-format")
-        check_layout(files[0], kind, cfg)
-        return InputPlan(kind, _chunk_files(kind, files, cfg), url)
+        cols = check_layout(files[0], kind, cfg)
+        return InputPlan(kind, _chunk_files(kind, files, cfg, rows_per_chunk(cols, cfg)), url)
     fs, path = get_fs(url)
     try:
         is_dir = fs.isdir(path)
@@ -134,22 +135,22 @@ def plan_input(cfg: BuildConfig) -> InputPlan:
             f"cannot tell the format of {url}; name it .jsonl/.csv/.parquet/.tar "
             "or pass --input-format jsonl|csv|parquet|tar"
         )
-    check_layout(url, kind, cfg)
-    return InputPlan(kind, _chunk_files(kind, [url], cfg), url)
+    cols = check_layout(url, kind, cfg)
+    return InputPlan(kind, _chunk_files(kind, [url], cfg, rows_per_chunk(cols, cfg)), url)
 
 
-def _chunk_files(kind: str, files: list[str], cfg: BuildConfig) -> list[ReadUnit]:
-    """Scan each file for chunk boundaries (headers and line ends only, never the media)."""
+def _chunk_files(kind: str, files: list[str], cfg: BuildConfig, rows: int) -> list[ReadUnit]:
+    """Scan each file for chunks of ``rows`` (headers and line ends only, never the media)."""
     max_bytes = min(cfg.shard_bytes, MAX_CHUNK_INLINE_BYTES)
     units: list[ReadUnit] = []
     for i, url in enumerate(files):
         try:
             if kind == "jsonl":
-                spans = scan_jsonl(url, cfg.shard_samples)
+                spans = scan_jsonl(url, rows, MAX_CHUNK_INLINE_BYTES)
             elif kind == "csv":
-                spans = scan_csv(url, cfg.shard_samples)
+                spans = scan_csv(url, rows, MAX_CHUNK_INLINE_BYTES)
             elif kind == "parquet":
-                spans = scan_parquet(url, cfg.shard_samples, max_bytes)
+                spans = scan_parquet(url, rows, max_bytes)
             else:
                 spans = scan_tar(url, cfg.shard_samples, max_bytes)
         except FileNotFoundError:
@@ -181,62 +182,6 @@ def _pack(units: list[ReadUnit], samples: int, max_bytes: int) -> list[ReadUnit]
         group.append(u)
         n, nbytes = n + size, nbytes + u.span.nbytes
     return out
-
-
-def _manifest_columns(url: str, kind: str) -> list[str] | None:
-    """The manifest's column names, from its header or first row only."""
-    fs, path = get_fs(url)
-    if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        with fs.open(path, "rb") as f:
-            return list(pq.read_schema(f).names)
-    import csv
-    import json
-
-    import fsspec
-
-    with fsspec.open(
-        url, "rt", encoding="utf-8", errors="replace", newline="", compression="infer"
-    ) as f:
-        if kind == "csv":
-            return next(csv.reader(f), [])
-        for _, line in zip(range(1000), f):
-            if line.strip():
-                try:
-                    first = json.loads(line)
-                except ValueError:
-                    return None  # a bad first line is a per-row reject, not a layout problem
-                return list(first) if isinstance(first, dict) else None
-    return []
-
-
-def check_layout(url: str, kind: str, cfg: BuildConfig) -> None:
-    """Refuse a manifest with none of the modality columns before any work starts."""
-    if kind not in ("jsonl", "csv", "parquet"):
-        return
-    try:
-        cols = _manifest_columns(url, kind)
-    except (OSError, ValueError, UnicodeError) as e:
-        raise UserError(
-            f"cannot read manifest {url}: {type(e).__name__}: {e}".splitlines()[0]
-        ) from None
-    wanted = [cfg.image_column, cfg.audio_column, cfg.text_column]
-    if cols:
-        # A column the user named must exist: building without it would drop a modality.
-        for name in ("image_column", "audio_column", "text_column", "key_column"):
-            value = getattr(cfg, name)
-            if name in cfg.model_fields_set and value not in cols:
-                flag = "--" + name.replace("_", "-")
-                raise UserError(
-                    f"manifest {url} has no column {value!r} ({flag}); its columns are "
-                    f"{cols[:12]}: name one of them"
-                )
-    if cols is not None and cols and not set(wanted) & set(cols):
-        raise UserError(
-            f"manifest {url} has columns {cols[:12]} but none of {wanted}; "
-            "name yours with --image-column/--audio-column/--text-column"
-        )
 
 
 def _plan_sidecar(root: str, cfg: BuildConfig) -> InputPlan:
