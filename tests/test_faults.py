@@ -74,20 +74,21 @@ def test_a_worker_killed_mid_dedup_or_placement_loses_and_duplicates_nothing(
     ray_local, tmp_path, point
 ):
     """Dedup runs as passes over hash partitions (at most 60 rows a task, so 240 rows take
-    the distributed path); a worker dies in a pass or while placing a chunk's shards."""
+    the distributed path); a worker dies in a pass or while placing a chunk's shards (10
+    chunks of inline text, 8 x 3 rows each: two placement tasks, the second one killed)."""
     from tests.test_dedup import _same_build, _text_manifest
 
     manifest = _text_manifest(tmp_path / "m.jsonl")
     (tmp_path / "b.yaml").write_text("build:\n  dedup_partition_rows: 60\n")
     out = tmp_path / "out"
-    args = ["build", str(manifest), "--output", str(out), "--shard-samples", "20"]
+    args = ["build", str(manifest), "--output", str(out), "--shard-samples", "3"]
     res = _run([*args, "--config", str(tmp_path / "b.yaml")], ray_local, f"{point}:2", tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert _fired(tmp_path)
     index, _ = check_invariant(out, 240)
     assert len(set(index["key"].to_pylist())) == index.num_rows
     clean = tmp_path / "clean"
-    run_build(BuildConfig(input=str(manifest), output=str(clean), shard_samples=20), quiet=True)
+    run_build(BuildConfig(input=str(manifest), output=str(clean), shard_samples=3), quiet=True)
     _same_build(clean, out)
 
 

@@ -41,6 +41,26 @@ def _copy_range(src: IO[bytes], dst: IO[bytes], start: int, end: int) -> None:
 COPY_BUFFER = 1 << 20
 
 
+class _Runs:
+    """Byte ranges of ``src`` appended to ``dst`` in order, adjacent ones in one copy."""
+
+    def __init__(self, src: IO[bytes], dst: IO[bytes]) -> None:
+        self.src, self.dst = src, dst
+        self.run: list[int] = []  # [start, end] in src of bytes not yet copied
+
+    def add(self, start: int, end: int) -> None:
+        if self.run and self.run[1] == start:
+            self.run[1] = end
+            return
+        self.flush()
+        self.run = [start, end]
+
+    def flush(self) -> None:
+        if self.run:
+            _copy_range(self.src, self.dst, *self.run)
+            self.run = []
+
+
 def _local_copy(src: IO[bytes], dst: IO[bytes], start: int, end: int) -> bool:
     """Copy in the kernel between two local files (no trip through Python's buffers);
     False where either is not a plain local file."""
@@ -86,16 +106,10 @@ def copy_ranges(src: str, dst: str, ranges: list[tuple[int, int]]) -> None:
     fs, path = get_fs(src)
     with fs.open(path, "rb") as f, atomic_open(dst) as out:
         w = TarShardWriter(out)
-        run: list[int] = []
+        runs = _Runs(f, out)
         for start, end in ranges:
-            if run and run[1] == start:
-                run[1] = end
-                continue
-            if run:
-                _copy_range(f, out, *run)
-            run = [start, end]
-        if run:
-            _copy_range(f, out, *run)
+            runs.add(start, end)
+        runs.flush()
         w.offset = sum(end - start for start, end in ranges)
         w.close()
 
@@ -114,14 +128,12 @@ def copy_samples(src: str, dst: str, rows: list[dict[str, Any]]) -> None:
     fs, path = get_fs(src)
     with fs.open(path, "rb") as f, atomic_open(dst) as out:
         w = TarShardWriter(out)
-        run: list[int] = []  # [start, end] in src of bytes not yet copied, adjacent rows
+        runs = _Runs(f, out)
         pos = 0  # where the next row lands in dst
         for row in rows:
             span = _span(row["members"])
             if span is None:  # not laid out as our writer lays members: one at a time
-                if run:
-                    _copy_range(f, out, *run)
-                    run = []
+                runs.flush()
                 w.offset = pos
                 row["members"] = [
                     {"name": m["name"], "offset": o, "size": s}
@@ -131,19 +143,13 @@ def copy_samples(src: str, dst: str, rows: list[dict[str, Any]]) -> None:
                 pos = w.offset
                 continue
             start, end = span
-            if run and run[1] == start:
-                run[1] = end
-            else:
-                if run:
-                    _copy_range(f, out, *run)
-                run = [start, end]
+            runs.add(start, end)
             shift = pos - start
             row["members"] = [
                 {"name": m["name"], "offset": m["offset"] + shift, "size": m["size"]}
                 for m in row["members"]
             ]
             pos += end - start
-        if run:
-            _copy_range(f, out, *run)
+        runs.flush()
         w.offset = pos
         w.close()
