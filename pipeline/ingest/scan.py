@@ -39,6 +39,12 @@ def _spans(starts: list[tuple[int, int]], total: int) -> list[Span]:
     return [Span(b, r, end - r) for (b, r), end in zip(starts, bounds)]
 
 
+def _new_chunk(starts: list[tuple[int, int]], pos: int, rows: int, per: int, cap: int) -> bool:
+    """Whether the row at byte ``pos`` starts a chunk: the first row, or the last chunk holds
+    ``per`` rows or ``cap`` bytes of lines already."""
+    return not starts or rows - starts[-1][1] >= per or pos - starts[-1][0] >= cap
+
+
 def scan_jsonl(url: str, rows_per_chunk: int, max_bytes: int) -> list[Span]:
     """One pass over the raw lines (no JSON parsing) recording where every chunk starts: after
     ``rows_per_chunk`` rows, or sooner once a chunk's lines pass ``max_bytes``."""
@@ -49,11 +55,7 @@ def scan_jsonl(url: str, rows_per_chunk: int, max_bytes: int) -> list[Span]:
     with open_binary(url) as f:
         for line in f:
             if not is_blank_line(line):
-                if (
-                    not starts
-                    or rows - starts[-1][1] >= rows_per_chunk
-                    or (pos - starts[-1][0] >= max_bytes)
-                ):
+                if _new_chunk(starts, pos, rows, rows_per_chunk, max_bytes):
                     starts.append((pos, rows))
                 rows += 1
             pos += len(line)
@@ -71,11 +73,7 @@ def scan_csv(url: str, rows_per_chunk: int, max_bytes: int) -> list[Span]:
         records = csv_records(LineTracker(f))
         next(records, None)  # the header
         for pos, _ in records:
-            if (
-                not starts
-                or rows - starts[-1][1] >= rows_per_chunk
-                or (pos - starts[-1][0] >= max_bytes)
-            ):
+            if _new_chunk(starts, pos, rows, rows_per_chunk, max_bytes):
                 starts.append((pos, rows))
             rows += 1
     return _spans(starts, rows)
