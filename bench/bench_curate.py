@@ -89,7 +89,7 @@ def throughput(n: int) -> dict:
             env=ENV,
         )
         mmpipe("build", str(corpus / "manifest.jsonl"), "--output", str(build), "--overwrite")
-    rows = pq.read_metadata(build / "index.parquet").num_rows
+    rows = pq.read_table(build / "index", columns=["key"]).num_rows
     bare = bare_loop(build, WORK / "bare-out")
     wall = mmpipe("curate", str(build), "--output", str(WORK / "curated"), "--overwrite")
     report = json.loads((WORK / "curated" / "curate.json").read_text())
@@ -162,7 +162,7 @@ def semdedup(eps_list: list[float], pools: list[str]) -> list[dict]:
     truth = dup_corpus(root / "corpus")
     build = root / "build"
     mmpipe("build", str(root / "corpus" / "manifest.jsonl"), "--output", str(build), "--overwrite")
-    index = pq.read_table(build / "index.parquet", columns=["key"])["key"].to_pylist()
+    index = pq.read_table(build / "index", columns=["key"])["key"].to_pylist()
     truth = {k: v for k, v in truth.items() if k in set(index)}  # copies that reach curate
     n = len(index)
     out = []

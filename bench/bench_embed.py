@@ -171,7 +171,9 @@ def noop_store(run: Path, n: int) -> tuple[Path, Path]:
             "content_hash": [f"{hash((k, 7)) & (2**64 - 1):016x}" for k in keys],
         }
     )
-    pq.write_table(index, build / "index.parquet", row_group_size=per)
+    part = build / "index" / "part-00000.parquet"
+    part.parent.mkdir(exist_ok=True)
+    pq.write_table(index, part, row_group_size=per)
     # shards.parquet as finalize writes it: one digest per shard.
     from pipeline.embed.plan import index_digests
     from pipeline.io.parquet import to_table, write_table
@@ -182,9 +184,10 @@ def noop_store(run: Path, n: int) -> tuple[Path, Path]:
             "shard": f"shards/{s}.tar",
             "samples": v.count,
             "digest": v.digest,
-            "index_row_groups": v.row_groups,
+            "index_file": "index/part-00000.parquet",
+            "index_row_groups": v.span[1] if v.span else [],
         }
-        for s, v in sorted(index_digests(str(build / "index.parquet")).items())
+        for s, v in sorted(index_digests(str(part)).items())
     ]
     write_table(
         str(build / "shards.parquet"), to_table(rows, SHARDS_SCHEMA), SHARDS_SCHEMA, "shards"
@@ -271,7 +274,7 @@ def noop_refresh(root: Path, rows: int) -> dict:
     scan_input(str(build))
     from_digests = time.perf_counter() - t0
     t0 = time.perf_counter()
-    index_digests(str(build / "index.parquet"))
+    index_digests(str(build / "index" / "part-00000.parquet"))
     from_index = time.perf_counter() - t0
     return {
         "noop_refresh_s": {"rows": rows, "wall_s": round(wall, 2)},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 # Bump when a column is added, removed or changes meaning; readers check it.
-BUILD_SCHEMA_VERSION = 2
+BUILD_SCHEMA_VERSION = 3
 SCHEMA_KEY = b"mmpipe.schema"
 SCHEMA_VERSION_KEY = b"mmpipe.schema_version"
 
@@ -64,13 +64,15 @@ REJECTS_SCHEMA = pa.schema(
 
 # One row per final shard (OUT/shards.parquet): what refresh planning reads instead of the
 # whole index. ``digest`` is fingerprint.digest_text of the shard's (key, content_hash) rows;
-# ``index_row_groups`` are the row groups of index.parquet that hold its rows.
+# ``index_file`` is the index file that holds its rows (relative to the build; null in
+# builds that wrote one index.parquet) and ``index_row_groups`` that file's row groups.
 SHARDS_SCHEMA = pa.schema(
     [
         pa.field("shard", pa.string(), nullable=False),
         pa.field("samples", pa.int64(), nullable=False),
         pa.field("digest", pa.string(), nullable=False),
         pa.field("index_row_groups", pa.list_(pa.int32()), nullable=False),
+        pa.field("index_file", pa.string()),
     ]
 )
 

@@ -75,7 +75,7 @@ def write_vectors(build: Path, out: Path, dim: int = 16, seed: int = 0) -> None:
     """One unit vector per key of ``build``; dupNN repeat nNN (cos > 0.999); each caption's
     vector is close to its image's except ``mismatch``'s."""
     rng = np.random.default_rng(seed)
-    index = pq.read_table(build / "index.parquet").to_pylist()
+    index = pq.read_table(build / "index").to_pylist()
     base = {r["key"]: rng.standard_normal(dim) for r in index}
     for r in index:
         if r["key"].startswith("dup"):

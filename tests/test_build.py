@@ -7,6 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -26,7 +27,7 @@ def build(inp, out, **kw):
 
 
 def tables(out):
-    return pq.read_table(Path(out) / "index.parquet"), pq.read_table(Path(out) / "rejects.parquet")
+    return pq.read_table(Path(out) / "index"), pq.read_table(Path(out) / "rejects.parquet")
 
 
 def check_invariant(out, input_rows):
@@ -97,12 +98,12 @@ def test_invariant_and_expected_rejects(built, corpus):
 
 def test_files_carry_schema_and_version(built):
     out, _, _ = built
-    for name, schema in (
-        ("index", INDEX_SCHEMA),
-        ("rejects", REJECTS_SCHEMA),
-        ("shards", SHARDS_SCHEMA),
+    for name, path, schema in (
+        ("index", "index/part-00000.parquet", INDEX_SCHEMA),
+        ("rejects", "rejects.parquet", REJECTS_SCHEMA),
+        ("shards", "shards.parquet", SHARDS_SCHEMA),
     ):
-        s = pq.read_schema(Path(out) / f"{name}.parquet")
+        s = pq.read_schema(Path(out) / path)
         assert s.metadata[b"mmpipe.schema"] == name.encode()
         assert s.metadata[b"mmpipe.schema_version"] == str(BUILD_SCHEMA_VERSION).encode()
         assert s.remove_metadata().equals(schema.remove_metadata())
@@ -120,16 +121,17 @@ def test_shards_parquet_holds_each_shards_digest_and_index_row_groups(built):
     table = pq.read_table(Path(out) / "shards.parquet")
     assert table.num_rows == report["counts"]["shards"]
     assert sum(table["samples"].to_pylist()) == report["counts"]["written"]
-    recorded = shard_digests(str(Path(out) / "shards.parquet"))
-    summed = index_digests(str(Path(out) / "index.parquet"))
-    assert {s: (v.digest, v.count, v.row_groups) for s, v in recorded.items()} == {
-        s: (v.digest, v.count, v.row_groups) for s, v in summed.items()
+    recorded = shard_digests(str(out))
+    summed = index_digests(str(Path(out) / "index" / "part-00000.parquet"))
+    assert {s: (v.digest, v.count, v.span) for s, v in recorded.items()} == {
+        s: (v.digest, v.count, v.span) for s, v in summed.items()
     }
     # The row groups named hold exactly that shard's rows.
     stem, si = sorted(recorded.items())[1]
+    assert si.span is not None
     rows = [
         s
-        for _, t in iter_row_groups(str(Path(out) / "index.parquet"), ["shard"], si.row_groups)
+        for _, t in iter_row_groups(si.span[0], ["shard"], si.span[1])
         for s in t.column("shard").to_pylist()
     ]
     assert len(rows) == si.count and {r.rsplit("/", 1)[-1].split(".")[0] for r in rows} == {stem}
@@ -197,7 +199,7 @@ def test_the_first_chunk_built_while_ray_starts_changes_no_byte(
     rep = build(root / "manifest.jsonl", again, **ARGS)
     assert len(ran) == 1 and rep["chunks"] == {"total": report["chunks"]["total"], "resumed": 0}
     assert rep["counts"] == report["counts"]
-    for name in ("shards.parquet", "rejects.parquet", "index.parquet"):
+    for name in ("shards.parquet", "rejects.parquet", "index"):
         assert pq.read_table(Path(out) / name).equals(pq.read_table(again / name)), name
     shards = sorted(p.name for p in (Path(out) / "shards").iterdir())
     assert shards == sorted(p.name for p in (again / "shards").iterdir())
@@ -367,3 +369,49 @@ def test_a_build_that_writes_nothing_fails_and_what_follows_says_it_is_empty(tmp
     capsys.readouterr()
     assert main(["features", str(out), "--output", str(tmp_path / "f"), "-q"]) == 2
     assert "holds no sample: all 5 input rows were rejected" in capsys.readouterr().err
+
+
+def test_the_index_rolls_into_bounded_files_that_every_reader_follows(tmp_path, monkeypatch):
+    """Seven shards, at most two row groups (shards) an index file: four files, read in
+    order by pyarrow and DuckDB as one table; each shard's span holds exactly its rows;
+    the loader files list every shard once, in order."""
+    import duckdb
+
+    import pipeline.build.finalize as fin
+    from pipeline.io.shards import index_files, index_span, shard_index_rows
+
+    monkeypatch.setattr(fin, "INDEX_FILE_ROW_GROUPS", 2)
+    work = str(tmp_path)
+    shards = [f"shards/{i:06d}.tar" for i in range(7)]
+    with fin.final_tables(work) as out:
+        for i, shard in enumerate(shards):
+            keys = [f"k{i}-{j}" for j in range(i + 1)]  # shard i holds i + 1 rows
+            rows = pa.Table.from_pylist(
+                [
+                    {
+                        "key": k,
+                        "shard": shard,
+                        "members": [{"name": f"{k}.txt", "offset": 512, "size": 3}],
+                        "content_hash": "0" * 64,
+                        "source_file": "m.jsonl",
+                        "source_row": j,
+                    }
+                    for j, k in enumerate(keys)
+                ],
+                schema=INDEX_SCHEMA,
+            )
+            out.shard({"shard": shard, "samples": len(keys), "digest": "d"}, rows)
+    files = index_files(work)
+    assert [f.rsplit("/", 1)[-1] for f in files] == [f"part-0000{i}.parquet" for i in range(4)]
+    keys = [f"k{i}-{j}" for i in range(7) for j in range(i + 1)]
+    assert pq.read_table(tmp_path / "index")["key"].to_pylist() == keys
+    glob = str(tmp_path / "index" / "*.parquet")
+    assert [r[0] for r in duckdb.sql(f"SELECT key FROM '{glob}'").fetchall()] == keys
+    table = pq.read_table(tmp_path / "shards.parquet")
+    for row in table.to_pylist():
+        got = shard_index_rows(index_span(work, row), row["shard"], ["key"])
+        assert got.num_rows == row["samples"] and len(row["index_row_groups"]) == 1
+    sizes = json.loads((tmp_path / "sizes.json").read_text())
+    assert list(sizes.items()) == [(s.rsplit("/", 1)[-1], i + 1) for i, s in enumerate(shards)]
+    wids = json.loads((tmp_path / "shardindex.json").read_text())["shardlist"]
+    assert [(d["url"], d["nsamples"]) for d in wids] == list(sizes.items())

@@ -177,7 +177,7 @@ def test_refresh_planning_reads_the_shard_digests_and_never_the_whole_index(
 ):
     from pipeline.embed import plan
 
-    summed = plan.index_digests(str(world / "b1" / "index.parquet"))
+    summed = plan.index_digests(str(world / "b1" / "index" / "part-00000.parquet"))
 
     def whole_index(*_a, **_k):
         raise AssertionError("planning read the index")
@@ -217,7 +217,7 @@ def test_refresh_embeds_only_what_changed(world, store, tmp_path):
     assert (rec["added"], rec["changed"], rec["removed"]) == (25, 2, 5)
     assert rec["embedded"] == 27 and rec["shards_carried"] == 1 and rec["rows"] == 80
     after = read_version(out)
-    index = pq.read_table(tmp_path / "b2" / "index.parquet")
+    index = pq.read_table(tmp_path / "b2" / "index")
     assert sorted(after["key"].to_pylist()) == sorted(index["key"].to_pylist())
     old = dict(zip(before["key"].to_pylist(), before["fused_emb"].to_pylist()))
     new = dict(zip(after["key"].to_pylist(), after["fused_emb"].to_pylist()))

@@ -125,7 +125,7 @@ def test_the_driver_killed_mid_build_then_a_rerun_completes(tmp_path):
         proc.wait(timeout=30)
     finally:
         stop_process(proc)
-    assert not (out / "build.json").exists() and not (out / "index.parquet").exists()
+    assert not (out / "build.json").exists() and not (out / "index").exists()
     rep = run_build(
         BuildConfig(input=str(tmp_path / "c" / "manifest.jsonl"), output=str(out), shard_samples=3),
         quiet=True,
@@ -162,7 +162,7 @@ def test_a_worker_killed_mid_features_loses_and_duplicates_nothing(ray_local, wo
     keys = pq.read_table(sorted((out / "parts").rglob("*.parquet")), columns=["key"])[
         "key"
     ].to_pylist()
-    expected = pq.read_table(world / "b1" / "index.parquet")["key"].to_pylist()
+    expected = pq.read_table(world / "b1" / "index")["key"].to_pylist()
     assert sorted(keys) == sorted(expected)  # every sample once
 
 
@@ -189,7 +189,7 @@ def test_an_embed_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, w
     keys = pq.read_table(
         sorted((out / "versions" / latest / "data").glob("*.parquet")), columns=["key"]
     )["key"].to_pylist()
-    expected = pq.read_table(world / "b1" / "index.parquet")["key"].to_pylist()
+    expected = pq.read_table(world / "b1" / "index")["key"].to_pylist()
     assert sorted(keys) == sorted(expected)
 
 

@@ -59,7 +59,7 @@ def read_all(out: Path) -> pa.Table:
 def test_every_built_sample_has_features(built, features):
     out, report = features
     table = read_all(out)
-    index = pq.read_table(built / "index.parquet")
+    index = pq.read_table(built / "index")
     assert sorted(table["key"].to_pylist()) == sorted(index["key"].to_pylist())
     assert report["counts"] == {"rows": 12, "rejected": 0, "resumed": 0, "rejects_by_reason": {}}
     assert (out / "_SUCCESS").exists()

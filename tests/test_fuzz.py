@@ -124,9 +124,9 @@ def _workspace() -> Path:
 
 def _check(out: Path, counts: dict | None, expected_rows: int | None) -> None:
     if counts is None:
-        assert not (out / "index.parquet").exists()
+        assert not (out / "index").exists()
         return
-    index = pq.read_table(out / "index.parquet")
+    index = pq.read_table(out / "index")
     rejects = pq.read_table(out / "rejects.parquet")
     assert index.num_rows + rejects.num_rows == counts["input_rows"]
     if expected_rows is not None:

@@ -90,5 +90,5 @@ def test_hostile_corpus(tmp_path):
     keys = set(by_key)
     assert "a_b" in keys and sum(k.startswith("a_b") for k in keys) == 2
     assert not any(k.startswith(("/", ".", "_")) for k in keys)
-    idx = pq.read_table(out / "index.parquet")
+    idx = pq.read_table(out / "index")
     assert "../../etc/passwd" in idx["source_key"].to_pylist()

@@ -186,7 +186,10 @@ def _every_stage(cluster, base: str, corpus_manifest: str, rows: int, tmp: Path)
     addr = ("--address", cluster.gcs)
     b, f, r, e = (f"{base}/{n}" for n in ("build", "feats", "run", "emb"))
     ok(mmpipe("build", corpus_manifest, "-o", b, "--shard-samples", 20, *addr))
-    with fsspec.open(f"{b}/index.parquet", "rb") as fi, fsspec.open(f"{b}/rejects.parquet") as fr:
+    with (
+        fsspec.open(f"{b}/index/part-00000.parquet", "rb") as fi,
+        fsspec.open(f"{b}/rejects.parquet") as fr,
+    ):
         _check_build(pq.read_table(fi), pq.read_table(fr), rows)
     ok(mmpipe("features", b, "-o", f, "--actor-num-cpus", 0.5, *addr))
     train_cfg = _yaml(
@@ -296,9 +299,7 @@ def test_killing_the_worker_node_mid_build_loses_nothing(cluster, tmp_path):
     cluster.kill_worker()  # mid-build: its tasks are lost and retried on the head
     _, err = build.communicate(timeout=600)
     assert build.returncode == 0, err[-3000:]
-    _check_build(
-        pq.read_table(out / "index.parquet"), pq.read_table(out / "rejects.parquet"), info["rows"]
-    )
+    _check_build(pq.read_table(out / "index"), pq.read_table(out / "rejects.parquet"), info["rows"])
     cluster.worker = cluster.start_worker()
 
 
@@ -340,6 +341,6 @@ def test_killing_the_worker_node_mid_embed_loses_nothing(cluster, tmp_path):
     _, err = embed.communicate(timeout=600)
     assert embed.returncode == 0, err[-3000:]
     keys = _embedded_keys(str(emb))
-    written = pq.read_table(out / "index.parquet").num_rows
+    written = pq.read_table(out / "index").num_rows
     assert len(keys) == len(set(keys)) == written
     cluster.worker = cluster.start_worker()

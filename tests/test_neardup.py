@@ -165,7 +165,7 @@ def test_copies_of_real_photos_are_rejected_naming_the_original(tmp_path):
     manifest, copies = photo_manifest(tmp_path / "photos")
     report = _build(tmp_path, "b", manifest)
     out = tmp_path / "b"
-    index = pq.read_table(out / "index.parquet")
+    index = pq.read_table(out / "index")
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
     assert index.num_rows + len(rejects) == len(PHOTOS) * 5
     assert {r["reason"] for r in rejects} == {"near_duplicate"}

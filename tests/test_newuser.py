@@ -234,7 +234,7 @@ def test_an_interrupted_commit_leaves_no_index_without_build_json(monkeypatch, c
 
     monkeypatch.setattr(job, "make_report", interrupted)
     assert run(capsys, "build", m, "-o", out)[0] == 130
-    assert not (out / "index.parquet").exists() and not (out / "rejects.parquet").exists()
+    assert not (out / "index").exists() and not (out / "rejects.parquet").exists()
     assert not (out / "build.json").exists()
     with pytest.raises(UserError, match="unfinished build"):
         resolve_shards(str(out))
@@ -243,7 +243,7 @@ def test_an_interrupted_commit_leaves_no_index_without_build_json(monkeypatch, c
     assert (
         rc == 0 and "resuming the unfinished build" in err and "keeping 1 finished chunk," in err
     ), err
-    assert pq.read_table(out / "index.parquet").num_rows == 30
+    assert pq.read_table(out / "index").num_rows == 30
 
 
 @pytest.mark.usefixtures("ray_local")

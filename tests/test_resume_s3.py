@@ -109,7 +109,7 @@ def test_s3_round_trip(tmp_path, s3_endpoint):
     assert rep["counts"]["input_rows"] == info["rows"] + 1
     assert fs.exists("mmpipe-test/out/build.json")
     assert not fs.exists("mmpipe-test/out/_work")
-    with fs.open("mmpipe-test/out/index.parquet", "rb") as f:
+    with fs.open("mmpipe-test/out/index/part-00000.parquet", "rb") as f:
         index = pq.read_table(f)
     with fs.open("mmpipe-test/out/rejects.parquet", "rb") as f:
         rejects = pq.read_table(f)

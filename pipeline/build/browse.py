@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from pipeline.errors import Reason, UserError
 from pipeline.io.fs import exists, get_fs, join
 from pipeline.io.parquet import iter_tables
-from pipeline.io.shards import build_marker
+from pipeline.io.shards import build_marker, index_files
 from pipeline.redact import redact
 
 LABEL_FIELD = "label"  # the metadata key a sample's class is read from, as train's default
@@ -73,7 +73,7 @@ def samples(build: str, keys: set[str]) -> dict[str, dict[str, Any]]:
     wanted = pa.array(sorted(keys), pa.string())
     cols = ["key", "shard", "members", "source_file", "source_row"]
     found: dict[str, dict[str, Any]] = {}
-    for table in iter_tables([join(build, "index.parquet")], cols):
+    for table in iter_tables(index_files(build), cols):
         for row in table.filter(pc.is_in(table.column("key"), wanted)).to_pylist():
             found[row["key"]] = row
     out = {}

@@ -76,9 +76,11 @@ def card_text(
         "from datasets import load_dataset",
         'ds = load_dataset("THIS_FOLDER", split="train")             # typed, nulls where absent',
         'rejects = load_dataset("parquet", data_files="THIS_FOLDER/rejects.parquet", split="train")',
+        'index = load_dataset("parquet", data_files="THIS_FOLDER/index/*.parquet", split="train")',
         "```",
         "",
-        "`index.parquet` has one row per sample (members, offsets, sizes, hashes, source row);",
+        "`index/*.parquet` has one row per sample (members, offsets, sizes, hashes, source row),",
+        "in shard order, a file per ~1M rows;",
         "`rejects.parquet` one row per rejected input row, with its reason and message.",
         "",
     ]

@@ -3,8 +3,8 @@
 No task and not the driver holds per-sample state for the whole build: a dedup pass holds
 one partition (at most ``dedup_partition_rows`` rows, by configuration) and its shuffle's
 map tasks no more claims than that; a placement task holds one chunk at a time, the merge
-one chunk's tables and the index file's footer (one row group a shard); the driver holds
-one small record per chunk.
+one chunk's tables and one index file's footer (at most ``INDEX_FILE_ROW_GROUPS`` shards);
+the driver holds one small record per chunk.
 """
 
 from __future__ import annotations

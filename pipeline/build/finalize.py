@@ -9,9 +9,11 @@ their index and reject parts, in input order, into the final tables, one chunk a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,13 +24,23 @@ from pipeline.build import neardup
 from pipeline.build.chunk import chunk_meta_url
 from pipeline.build.dedup import CLAIMS_SCHEMA, REJECTED, new_claims, position, sequential
 from pipeline.build.place import SHARD_DIR, chunk_rejects, dedup_dir, place_chunk, placed_url
-from pipeline.io.fs import join, move, remove_tree, write_bytes_atomic
-from pipeline.io.parquet import parquet_sink, read_table, to_table, write_table
+from pipeline.io.fs import atomic_open, join, list_files, move, remove_tree
+from pipeline.io.parquet import (
+    ParquetSink,
+    PartedSink,
+    iter_tables,
+    parquet_sink,
+    parted_sink,
+    read_table,
+    to_table,
+    write_table,
+)
+from pipeline.io.shards import INDEX_DIR
 from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
 from schemas.work import DEDUP_SCHEMA
 
 # What finalize writes beside the shards folder, published before build.json.
-TABLES = ("index.parquet", "rejects.parquet", "shards.parquet")
+TABLES = (INDEX_DIR, "rejects.parquet", "shards.parquet")
 
 
 def _claims(meta: pa.Table, rank: int) -> pa.Table:
@@ -101,22 +113,87 @@ def _kept_tars(tars: pa.ChunkedArray, gone: Any) -> int:
 LOADER_FILES = ("sizes.json", "shardindex.json")
 
 
-def write_loader_files(work_dir: str, sizes: dict[str, int]) -> None:
-    index = {
-        "__kind__": "wids-shard-index-v1",
-        "wids_version": 1,
-        "shardlist": [{"url": name, "nsamples": n} for name, n in sizes.items()],
-    }
-    for name, doc in zip(LOADER_FILES, (sizes, index)):
-        write_bytes_atomic(join(work_dir, name), json.dumps(doc, indent=1).encode())
+def write_loader_files(work_dir: str) -> None:
+    """The loader files, streamed from ``shards.parquet`` a batch at a time."""
+    shards = join(work_dir, "shards.parquet")
+    with (
+        atomic_open(join(work_dir, LOADER_FILES[0])) as sizes,
+        atomic_open(join(work_dir, LOADER_FILES[1])) as index,
+    ):
+        sizes.write(b"{")
+        index.write(b'{"__kind__": "wids-shard-index-v1", "wids_version": 1, "shardlist": [')
+        sep = b""
+        for t in iter_tables([shards], ["shard", "samples"]):
+            for shard, n in zip(t.column("shard").to_pylist(), t.column("samples").to_pylist()):
+                name = json.dumps(shard.rsplit("/", 1)[-1])
+                sizes.write(sep + f"\n {name}: {n}".encode())
+                index.write(sep + f'\n {{"url": {name}, "nsamples": {n}}}'.encode())
+                sep = b","
+        sizes.write(b"\n}\n")
+        index.write(b"\n]}\n")
 
 
 def publish(work_dir: str, out_dir: str) -> None:
     """Rename what finalize left in ``work_dir`` to its final names (build.json excepted)."""
     for name in LOADER_FILES:
         move(join(work_dir, name), join(out_dir, SHARD_DIR, name))
-    for name in TABLES:
+    for name in list_files(join(work_dir, INDEX_DIR)):  # file by file: object stores too
+        move(join(work_dir, INDEX_DIR, name), join(out_dir, INDEX_DIR, name))
+    for name in TABLES[1:]:
         move(join(work_dir, name), join(out_dir, name))
+
+
+# An index file closes at whichever bound it reaches first: each row group (one a shard)
+# keeps ~16 KB of footer in the writer until the file closes (docs/reliability.md).
+INDEX_FILE_ROW_GROUPS = 1024
+INDEX_FILE_ROWS = 1 << 20
+
+
+class FinalTables:
+    """The writers of a finished build's tables: the index (a file per ~1M rows), rejects
+    and shards.parquet. Each holds a bounded buffer and footer, whatever the corpus."""
+
+    def __init__(self, index: PartedSink, rejects: ParquetSink, shards: ParquetSink) -> None:
+        self.index, self.rejects, self.shards = index, rejects, shards
+        self.count = 0
+        self._rows: list[dict[str, Any]] = []  # shards.parquet rows: a table per 4,096
+
+    def shard(self, entry: dict[str, Any], rows: pa.Table) -> None:
+        """One final shard: its index rows, one write, and its ``shards.parquet`` row naming
+        the index file and row groups that hold them (refresh and curate read only those)."""
+        name, groups = self.index.write(rows)
+        self._rows.append(
+            {**entry, "index_file": f"{INDEX_DIR}/{name}", "index_row_groups": groups}
+        )
+        self.count += 1
+        if len(self._rows) >= 4096:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            self.shards.append(to_table(self._rows, SHARDS_SCHEMA))
+        self._rows = []
+
+
+@contextlib.contextmanager
+def final_tables(work_dir: str) -> Iterator[FinalTables]:
+    """Write the tables into ``work_dir``, then the loader files from ``shards.parquet``."""
+    remove_tree(join(work_dir, INDEX_DIR))  # parts an interrupted merge left behind
+    with (
+        parted_sink(
+            join(work_dir, INDEX_DIR),
+            INDEX_SCHEMA,
+            "index",
+            max_row_groups=INDEX_FILE_ROW_GROUPS,
+            max_rows=INDEX_FILE_ROWS,
+        ) as index,
+        parquet_sink(join(work_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects") as rejects,
+        parquet_sink(join(work_dir, "shards.parquet"), SHARDS_SCHEMA, "shards") as shards,
+    ):
+        out = FinalTables(index, rejects, shards)
+        yield out
+        out.flush()
+    write_loader_files(work_dir)
 
 
 def merge(work_dir: str, placed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -124,30 +201,20 @@ def merge(work_dir: str, placed: list[dict[str, Any]]) -> dict[str, Any]:
 
     Holds one chunk's part at a time. Each shard's index rows are one write, so the shard
     table can name the index row groups that hold them (refresh reads only those)."""
-    digests, sizes = [], {}
     reasons: Counter[str] = Counter()
-    with (
-        parquet_sink(join(work_dir, "index.parquet"), INDEX_SCHEMA, "index") as index,
-        parquet_sink(join(work_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects") as rejects,
-    ):
+    with final_tables(work_dir) as out:
         for p in sorted(placed, key=lambda p: p["chunk_id"]):
             chunk_index = read_table(placed_url(work_dir, p["chunk_id"], "index"))
             shard_col = chunk_index.column("shard")
             for s in json.loads(p["shards"]):
-                rows = chunk_index.filter(pc.equal(shard_col, s["shard"]))
-                digests.append({**s, "index_row_groups": index.write(rows)})
-                sizes[s["shard"].rsplit("/", 1)[-1]] = s["samples"]
-            rejects.write(read_table(placed_url(work_dir, p["chunk_id"], "rejects")))
+                out.shard(s, chunk_index.filter(pc.equal(shard_col, s["shard"])))
+            out.rejects.append(read_table(placed_url(work_dir, p["chunk_id"], "rejects")))
             reasons.update(json.loads(p["reasons"]))
-    write_loader_files(work_dir, sizes)
-    write_table(
-        join(work_dir, "shards.parquet"), to_table(digests, SHARDS_SCHEMA), SHARDS_SCHEMA, "shards"
-    )
     return {
         "input_rows": sum(p["rows"] for p in placed),
         "written": sum(p["written"] for p in placed),
         "rejected": sum(reasons.values()),
-        "shards": len(digests),
+        "shards": out.count,
         "bytes_written": sum(p["bytes"] for p in placed),
         "rejects_by_reason": dict(sorted(reasons.items())),
     }

@@ -28,14 +28,14 @@ from pipeline.io.fs import (
     move,
     remove_tree,
 )
-from pipeline.io.shards import empty_build_line
+from pipeline.io.shards import LEGACY_INDEX, empty_build_line
 from pipeline.lifecycle import Output, prepare
 from pipeline.progress import Progress
 from pipeline.redact import redact
 from pipeline.runner import map_stages, stream, task_concurrency
 from pipeline.session import ray_session, starts_local_ray
 
-OUTPUT_FILES = ("build.json", *TABLES, SHARD_DIR, CARD, "_work")
+OUTPUT_FILES = ("build.json", *TABLES, LEGACY_INDEX, SHARD_DIR, CARD, "_work")
 
 
 def _finished_chunks(work: str) -> int:

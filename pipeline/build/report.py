@@ -67,7 +67,11 @@ def make_report(
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "throughput_rows_per_s": round(counts["input_rows"] / total, 1) if total else None,
         "member_types": sorted(member_types or ()),
-        "files": {"index": "index.parquet", "rejects": "rejects.parquet", "shards": "shards/*.tar"},
+        "files": {
+            "index": "index/*.parquet",
+            "rejects": "rejects.parquet",
+            "shards": "shards/*.tar",
+        },
     }
     as_arrow = {
         **report,

@@ -11,7 +11,7 @@ def add_commands(sub: Any) -> None:
         "curate",
         help="quality filters and semantic dedup over a build, into a new build",
         description="Read a finished build, reject rows by the filters and SemDeDup in the "
-        "config (docs/curate.md), and write a new build: shards, index.parquet, "
+        "config (docs/curate.md), and write a new build: shards, index/, "
         "rejects.parquet (the build's rejects carried forward), curate.json, report.html.",
     )
     p.add_argument("build", help="a finished build (or curated build) folder or URL")

@@ -37,14 +37,22 @@ from pipeline.io.fs import (
     write_bytes_atomic,
 )
 from pipeline.io.parquet import iter_tables
-from pipeline.io.shards import build_marker, empty_build_line, shard_stem
+from pipeline.io.shards import (
+    LEGACY_INDEX,
+    IndexSpan,
+    build_marker,
+    empty_build_line,
+    index_files,
+    index_span,
+    shard_stem,
+)
 from pipeline.lifecycle import Output
 from pipeline.progress import Progress
 from schemas import CURATE_SCHEMA_VERSION
 
 
-def input_shards(build: str) -> list[tuple[str, list[int]]]:
-    """(shard, index row groups) of every shard of a finished build, in shard order.
+def input_shards(build: str) -> list[tuple[str, IndexSpan]]:
+    """(shard, where its index rows are) of every shard of a finished build, in shard order.
 
     Raises:
         UserError: ``build`` is not a finished build (or curated build).
@@ -55,13 +63,14 @@ def input_shards(build: str) -> list[tuple[str, list[int]]]:
             "--output folder of mmpipe build or mmpipe curate"
         )
     url = join(build, "shards.parquet")
-    if not exists(url) or not exists(join(build, "index.parquet")):
-        raise UserError(f"{build} has no shards.parquet or index.parquet; rebuild it")
-    rows = [r for t in iter_tables([url], ["shard", "index_row_groups"]) for r in t.to_pylist()]
-    return sorted((r["shard"], list(r["index_row_groups"])) for r in rows)
+    if not exists(url) or not index_files(build):
+        raise UserError(f"{build} has no shards.parquet or index; rebuild it")
+    cols = ["shard", "index_file", "index_row_groups"]
+    rows = [r for t in iter_tables([url], cols) for r in t.to_pylist()]
+    return sorted((r["shard"], index_span(build, r)) for r in rows)
 
 
-OWNED = ("curate.json", *TABLES, SHARD_DIR, CARD, "report.html", "_work")
+OWNED = ("curate.json", *TABLES, LEGACY_INDEX, SHARD_DIR, CARD, "report.html", "_work")
 
 
 def curate_output(cfg: CurateConfig) -> Output:
@@ -292,7 +301,7 @@ def run_curate(
         },
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "files": {
-            "index": "index.parquet",
+            "index": "index/*.parquet",
             "rejects": "rejects.parquet",
             "shards": "shards/",
             "report": "report.html",

@@ -11,15 +11,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.curate import metrics
 from pipeline.curate.config import CurateConfig
 from pipeline.errors import UserError
 from pipeline.faults import maybe_fail
 from pipeline.io.fs import exists, get_fs, join, read_bytes, write_bytes_atomic
-from pipeline.io.parquet import iter_row_groups, read_table, to_table, write_table
-from pipeline.io.shards import read_shard, shard_stem
+from pipeline.io.parquet import read_table, to_table, write_table
+from pipeline.io.shards import IndexSpan, read_shard, shard_index_rows, shard_stem
 from pipeline.stage import Batch, Resources, Stage
 from schemas import MEASURE_SCHEMA
 
@@ -135,7 +134,6 @@ class MeasureShard(Stage):
     def __init__(self, cfg: CurateConfig, work_dir: str, sem_column: str | None) -> None:
         super().__init__()
         self.cfg, self.work_dir, self.sem_column = cfg, work_dir, sem_column
-        self.index_url = join(cfg.build, "index.parquet")
 
     @property
     def resources(self) -> Resources:
@@ -158,13 +156,6 @@ class MeasureShard(Stage):
             out["shard"].append(row["shard"])
             out["summary"].append(json.dumps(summary))
         return out
-
-    def _index_rows(self, shard: str, groups: list[int]) -> pa.Table:
-        parts = [
-            t.filter(pc.equal(t.column("shard"), shard))
-            for _, t in iter_row_groups(self.index_url, INDEX_COLUMNS, groups)
-        ]
-        return pa.concat_tables(parts) if parts else pa.table({c: [] for c in INDEX_COLUMNS})
 
     def _content(self, shard: str, keys: set[str]) -> dict[str, dict[str, Any]]:
         """Per key: caption counts and language, audio levels, the predicate's verdict."""
@@ -224,10 +215,10 @@ class MeasureShard(Stage):
                     vecs[at[j]] = v[j].tolist()
         return sims, vecs
 
-    def measure(self, shard: str, rank: int, groups: list[int], files: list[str]) -> dict:
+    def measure(self, shard: str, rank: int, span: IndexSpan, files: list[str]) -> dict:
         maybe_fail("curate_measure")
         start, cpu = time.perf_counter(), time.process_time()
-        idx = self._index_rows(shard, groups)
+        idx = shard_index_rows(span, shard, INDEX_COLUMNS)
         keys = idx.column("key").to_pylist()
         needs_tar = self.cfg.caption.enabled or self.cfg.audio.enabled or self.predicate
         content = self._content(shard, set(keys)) if needs_tar and keys else {}

@@ -1,5 +1,5 @@
 """Curate's output: each shard linked whole or copied filtered, its index and rejects parts,
-then one streaming merge into index.parquet, rejects.parquet (earlier rejects first), shards."""
+then one streaming merge into the index, rejects.parquet (earlier rejects first), shards."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from collections import Counter
 from typing import Any, ClassVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline.build.finalize import write_loader_files
+from pipeline.build.finalize import final_tables
 from pipeline.build.place import reject_row
 from pipeline.curate.config import CurateConfig
 from pipeline.curate.filters import verdicts
@@ -30,11 +29,11 @@ from pipeline.io.fs import (
     read_bytes,
     write_bytes_atomic,
 )
-from pipeline.io.parquet import iter_row_groups, parquet_sink, read_table, to_table, write_table
-from pipeline.io.shards import shard_stem
+from pipeline.io.parquet import iter_row_groups, read_table, to_table, write_table
+from pipeline.io.shards import IndexSpan, shard_index_rows, shard_stem
 from pipeline.io.tarcopy import copy_samples
 from pipeline.stage import Batch, Resources, Stage
-from schemas import INDEX_SCHEMA, REJECTS_SCHEMA, SHARDS_SCHEMA
+from schemas import INDEX_SCHEMA, REJECTS_SCHEMA
 
 
 def placed_url(work_dir: str, shard: str, ext: str) -> str:
@@ -69,18 +68,13 @@ def place_shard(
     work_dir: str,
     out_dir: str,
     shard: str,
-    groups: list[int],
+    span: IndexSpan,
     threshold: float | None,
 ) -> dict[str, Any]:
     """Decide every row of one shard, publish its kept samples, write its parts and summary."""
     maybe_fail("curate_place")
     start = time.perf_counter()
-    index_url = join(cfg.build, "index.parquet")
-    parts = [
-        t.filter(pc.equal(t.column("shard"), shard))
-        for _, t in iter_row_groups(index_url, INDEX_SCHEMA.names, groups)
-    ]
-    rows = pa.concat_tables(parts).to_pylist() if parts else []
+    rows = shard_index_rows(span, shard, INDEX_SCHEMA.names).to_pylist()
     measured = read_table(measure_url(work_dir, shard, "parquet")).drop_columns(["vector"])
     if measured.column("key").to_pylist() != [r["key"] for r in rows]:
         raise RuntimeError(f"{shard}: measurements and index disagree; rerun with --overwrite")
@@ -178,17 +172,13 @@ class PlaceShard(Stage):
 def merge(build_dir: str, work_dir: str, shards: list[str]) -> dict[str, Any]:
     """Stream the earlier rejects, then every shard's parts in shard order, into the three
     tables; return the counts. Holds one shard's part at a time."""
-    digests, sizes = [], {}
     reasons: Counter[str] = Counter()
-    carried, seconds = 0, 0.0
-    with (
-        parquet_sink(join(work_dir, "index.parquet"), INDEX_SCHEMA, "index") as index,
-        parquet_sink(join(work_dir, "rejects.parquet"), REJECTS_SCHEMA, "rejects") as rejects,
-    ):
+    carried, seconds, written = 0, 0.0, 0
+    with final_tables(work_dir) as out:
         earlier = join(build_dir, "rejects.parquet")
         if exists(earlier):
             for _, t in iter_row_groups(earlier, REJECTS_SCHEMA.names):
-                rejects.write(t)
+                out.rejects.append(t)
                 carried += t.num_rows
         for shard in shards:
             s = read_placed(work_dir, shard)
@@ -196,27 +186,16 @@ def merge(build_dir: str, work_dir: str, shards: list[str]) -> dict[str, Any]:
                 raise RuntimeError(f"{shard} was never placed; rerun to resume")
             reasons.update(s["reasons"])
             seconds += s["seconds"]
-            rejects.write(read_table(placed_url(work_dir, shard, "rejects.parquet")))
+            out.rejects.append(read_table(placed_url(work_dir, shard, "rejects.parquet")))
             if s["written"]:
-                groups = index.write(read_table(placed_url(work_dir, shard, "index.parquet")))
-                digests.append(
-                    {
-                        "shard": shard,
-                        "samples": s["written"],
-                        "digest": s["digest"],
-                        "index_row_groups": groups,
-                    }
-                )
-                sizes[shard.rsplit("/", 1)[-1]] = s["written"]
-    write_loader_files(work_dir, sizes)
-    write_table(
-        join(work_dir, "shards.parquet"), to_table(digests, SHARDS_SCHEMA), SHARDS_SCHEMA, "shards"
-    )
+                entry = {"shard": shard, "samples": s["written"], "digest": s["digest"]}
+                out.shard(entry, read_table(placed_url(work_dir, shard, "index.parquet")))
+                written += s["written"]
     return {
-        "written": sum(d["samples"] for d in digests),
+        "written": written,
         "rejected": sum(reasons.values()),
         "carried_rejects": carried,
-        "shards": len(digests),
+        "shards": out.count,
         "rejects_by_reason": dict(sorted(reasons.items())),
         "place_task_s": seconds,
     }

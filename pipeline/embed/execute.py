@@ -58,9 +58,7 @@ def execute(run: Execution, address: str | None) -> tuple[list[dict[str, Any]], 
             timings["embed_s"] = time.perf_counter() - t
         t = time.perf_counter()
         phase(f"merging {len(plan.shards)} shards into the new version")
-        merge = MergeShard(
-            run.staging, run.base_dir, run.vdir, plan.index_url, run.schema, cfg.row_group_mb
-        )
+        merge = MergeShard(run.staging, run.base_dir, run.vdir, run.schema, cfg.row_group_mb)
         # Unchanged shards are links (server-side copies on object stores): threads here, no
         # tasks. Shards with new rows are merged by tasks, in parallel across the cluster.
         carried = [p for p in plan.shards if p.action == "carry"]
@@ -86,7 +84,7 @@ def _item(p: ShardPlan) -> dict[str, Any]:
         "digest": p.digest,
         "prev": p.prev,
         "skip": sorted(p.skip),
-        "row_groups": p.row_groups,
+        "span": p.span,
     }
 
 

@@ -125,14 +125,14 @@ def run_embed(
         # Local paths are recorded absolute: search and later runs may start elsewhere.
         model = cfg.model if is_remote(cfg.model) else os.path.abspath(cfg.model)
         ref = resolve_model(model, cfg.model_id)
-        index_url, shards = scan_input(cfg.shards)
+        indexed, shards = scan_input(cfg.shards)
         out = cfg.output
         base = recover(out)
         base_manifest = read_manifest(out, base) if base else None
         base_dir = version_dir(out, base) if base else None
         layout = layout_of(ref, cfg)
         plan = make_plan(
-            shards, index_url, base, base_manifest, base_dir, ref.version, layout, incremental
+            shards, indexed, base, base_manifest, base_dir, ref.version, layout, incremental
         )
         if plan.noop:
             secs = round(time.perf_counter() - t0, 2)

@@ -76,13 +76,12 @@ class MergeShard(Stage):
         staging: str,
         base_dir: str | None,
         vdir: str,
-        index_url: str | None,
         schema: pa.Schema,
         row_group_mb: int,
     ) -> None:
         super().__init__()
         self.staging, self.base_dir, self.vdir = staging, base_dir, vdir
-        self.index_url, self.schema, self.row_group_mb = index_url, schema, row_group_mb
+        self.schema, self.row_group_mb = schema, row_group_mb
 
     @property
     def resources(self) -> Resources:
@@ -113,7 +112,7 @@ class MergeShard(Stage):
                 write_s=time.perf_counter() - t0,
             )
             return entry
-        hashes = index_hashes(self.index_url, stem, plan["row_groups"]) if self.index_url else {}
+        hashes = index_hashes(plan["span"], stem) if plan["span"] else {}
         parts = _read_dir(join(self.staging, "parts", stem))
         rejects = _read_dir(join(self.staging, "rejects", stem))
         staged = {k for t in parts + rejects for k in t.column("key").to_pylist()}

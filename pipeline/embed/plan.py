@@ -10,13 +10,20 @@ builds without it cost one pass over the index.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.fingerprint import DIGEST_MOD, digest_text, row_hash, short_hash
 from pipeline.io.fs import exists, get_fs, join
 from pipeline.io.parquet import iter_row_groups, iter_tables, read_table
-from pipeline.io.shards import build_marker, resolve_shards, shard_stem
+from pipeline.io.shards import (
+    IndexSpan,
+    build_marker,
+    index_files,
+    index_span,
+    resolve_shards,
+    shard_stem,
+)
 
 
 @dataclass
@@ -24,7 +31,7 @@ class ShardInput:
     url: str
     digest: str
     count: int | None  # samples in the index; None without one
-    row_groups: list[int] = field(default_factory=list)  # of the index, holding its rows
+    span: IndexSpan | None = None  # where the index holds its rows; None without one
 
 
 @dataclass
@@ -37,13 +44,13 @@ class ShardPlan:
     prev: dict[str, Any] | None = None
     skip: frozenset[str] = frozenset()  # keys not to embed: kept from the base, or staged
     kept: int = 0
-    row_groups: list[int] = field(default_factory=list)
+    span: IndexSpan | None = None
 
 
 @dataclass
 class Plan:
     shards: list[ShardPlan]
-    index_url: str | None
+    indexed: bool  # the input is a build: its index names every sample's content hash
     base: str | None
     reason: str  # first | incremental | new_model | new_layout | full
     deleted: dict[str, int]  # base shards gone from the input -> their rows
@@ -56,22 +63,22 @@ class Plan:
         )
 
 
-def scan_input(spec: str) -> tuple[str | None, dict[str, ShardInput]]:
+def scan_input(spec: str) -> tuple[bool, dict[str, ShardInput]]:
     """The input's shards with a digest each. A build's digest covers every (key,
     content_hash) of the shard (``fingerprint.row_hash``): read from ``shards.parquet``, or
     summed in one pass over an older build's index. Bare tars are compared by size and
     modification time or ETag."""
     urls = resolve_shards(spec)
     by_stem = {shard_stem(u): u for u in urls}
-    index = join(spec, "index.parquet")
-    if build_marker(spec) and exists(index):
+    index = index_files(spec)
+    if build_marker(spec) and index:
         digests = join(spec, "shards.parquet")
-        found = shard_digests(digests) if exists(digests) else index_digests(index)
+        found = shard_digests(spec) if exists(digests) else index_digests(index[0])
         out = {}
         for stem, url in by_stem.items():  # a shard the index never names holds no samples
             si = found.get(stem) or ShardInput(url, digest_text(0, 0), 0)
-            out[stem] = ShardInput(url, si.digest, si.count, si.row_groups)
-        return index, out
+            out[stem] = ShardInput(url, si.digest, si.count, si.span)
+        return True, out
     out = {}
     for stem, url in by_stem.items():
         fs, path = get_fs(url)
@@ -80,22 +87,24 @@ def scan_input(spec: str) -> tuple[str | None, dict[str, ShardInput]]:
             info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
         )
         out[stem] = ShardInput(url, f"file:{info.get('size')}:{stamp}", None)
-    return None, out
+    return False, out
 
 
-def shard_digests(url: str) -> dict[str, ShardInput]:
-    """stem -> digest, samples and index row groups, as the build recorded them."""
+def shard_digests(build: str) -> dict[str, ShardInput]:
+    """stem -> digest, samples and index span, as the build recorded them."""
     out = {}
-    for t in iter_tables([url], ["shard", "samples", "digest", "index_row_groups"]):
+    cols = ["shard", "samples", "digest", "index_file", "index_row_groups"]
+    for t in iter_tables([join(build, "shards.parquet")], cols):
         for row in t.to_pylist():
             out[shard_stem(row["shard"])] = ShardInput(
-                row["shard"], row["digest"], int(row["samples"]), list(row["index_row_groups"])
+                row["shard"], row["digest"], int(row["samples"]), index_span(build, row)
             )
     return out
 
 
 def index_digests(index_url: str) -> dict[str, ShardInput]:
-    """The same digests summed over the index, for builds without ``shards.parquet``."""
+    """The same digests summed over the index, for builds without ``shards.parquet`` (one
+    index file then)."""
     sums: dict[str, int] = {}
     counts: dict[str, int] = {}
     groups: dict[str, list[int]] = {}
@@ -109,15 +118,18 @@ def index_digests(index_url: str) -> dict[str, ShardInput]:
             if not groups.setdefault(stem, []) or groups[stem][-1] != rg:
                 groups[stem].append(rg)
     return {
-        stem: ShardInput(stem, digest_text(sums[stem], counts[stem]), counts[stem], groups[stem])
+        stem: ShardInput(
+            stem, digest_text(sums[stem], counts[stem]), counts[stem], (index_url, groups[stem])
+        )
         for stem in sums
     }
 
 
-def index_hashes(index_url: str, stem: str, row_groups: list[int]) -> dict[str, str]:
+def index_hashes(span: IndexSpan, stem: str) -> dict[str, str]:
     """key -> content_hash of one shard, read from only the index row groups that hold it."""
     out: dict[str, str] = {}
-    for _, t in iter_row_groups(index_url, ["key", "shard", "content_hash"], row_groups):
+    url, groups = span
+    for _, t in iter_row_groups(url, ["key", "shard", "content_hash"], groups):
         for k, h, s in zip(
             t.column("key").to_pylist(),
             t.column("content_hash").to_pylist(),
@@ -148,7 +160,7 @@ def rejects_path(stem: str) -> str:
 
 def make_plan(
     shards: dict[str, ShardInput],
-    index_url: str | None,
+    indexed: bool,
     base: str | None,
     base_manifest: dict[str, Any] | None,
     vdir: str | None,
@@ -172,13 +184,13 @@ def make_plan(
     plans = []
     for stem, si in sorted(shards.items()):
         prev = old.get(stem)
-        sp = ShardPlan(stem, si.url, si.digest, "embed", prev=prev, row_groups=si.row_groups)
+        sp = ShardPlan(stem, si.url, si.digest, "embed", prev=prev, span=si.span)
         if prev is not None and same:
             if prev["digest"] == si.digest:
                 sp.action = "carry"  # the same (key, content) multiset: the old file is exact
-            elif incremental and index_url is not None and vdir is not None:
+            elif incremental and indexed and si.span is not None and vdir is not None:
                 sp.action = "merge"
-                now = index_hashes(index_url, stem, si.row_groups)
+                now = index_hashes(si.span, stem)
                 old_keys = previous_keys(vdir, prev)
                 sp.skip = frozenset(
                     k for k, h in old_keys.items() if h is not None and now.get(k) == h
@@ -187,4 +199,4 @@ def make_plan(
         plans.append(sp)
     deleted = {s: int(f["rows"]) + int(f["rejected"]) for s, f in old.items() if s not in shards}
     blob = "|".join([model_version, layout, base or "", *(f"{p.shard}={p.digest}" for p in plans)])
-    return Plan(plans, index_url, base, reason, deleted, short_hash(blob.encode()))
+    return Plan(plans, indexed, base, reason, deleted, short_hash(blob.encode()))

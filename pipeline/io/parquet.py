@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io.fs import atomic_open, get_fs
+from pipeline.io.fs import atomic_open, get_fs, join
 from schemas import with_schema_metadata
 
 
@@ -25,6 +25,7 @@ class ParquetSink:
     """Stream tables into one Parquet file that becomes visible only on ``close()``."""
 
     ROW_GROUP_ROWS = 1 << 20  # pyarrow's default, stated: write() says which groups it made
+    BUFFER_ROWS = 1 << 14  # append()'s row groups: ~2 KB of footer each, a few MB held
 
     def __init__(
         self, url: str, schema: pa.Schema, name: str, *, durable: bool = True, **writer_kwargs: Any
@@ -34,6 +35,23 @@ class ParquetSink:
         self._f = self._cm.__enter__()
         self._writer = pq.ParquetWriter(self._f, self.schema, compression="zstd", **writer_kwargs)
         self.rows = self.row_groups = 0
+        self._held: list[pa.Table] = []
+        self._held_rows = 0
+
+    def append(self, table: pa.Table) -> None:
+        """Append ``table`` through a buffer written as one row group once it holds
+        ``BUFFER_ROWS`` rows: the footer, which the writer holds until ``close()``, grows by
+        a group per ``BUFFER_ROWS`` rows instead of one per call."""
+        if table.num_rows:
+            self._held.append(table.select(self.schema.names).cast(self.schema))
+            self._held_rows += table.num_rows
+        if self._held_rows >= self.BUFFER_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._held_rows:
+            self.write(pa.concat_tables(self._held))
+        self._held, self._held_rows = [], 0
 
     def write(self, table: pa.Table) -> list[int]:
         """Append ``table``; returns the numbers of the row groups that hold its rows."""
@@ -49,6 +67,7 @@ class ParquetSink:
         return list(range(first, self.row_groups))
 
     def close(self) -> None:
+        self._flush()
         self._writer.close()
         self._cm.__exit__(None, None, None)
 
@@ -59,11 +78,73 @@ class ParquetSink:
             self._cm.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
-@contextlib.contextmanager
 def parquet_sink(
     url: str, schema: pa.Schema, name: str, *, durable: bool = True
-) -> Iterator[ParquetSink]:
-    sink = ParquetSink(url, schema, name, durable=durable)
+) -> contextlib.AbstractContextManager[ParquetSink]:
+    return _committed(ParquetSink(url, schema, name, durable=durable))
+
+
+class PartedSink:
+    """Stream tables into numbered Parquet files under a folder (``part-00000.parquet``, ...),
+    each atomic; a new file starts once one holds ``max_row_groups`` row groups or
+    ``max_rows`` rows, so no writer's footer grows past those bounds with the corpus."""
+
+    def __init__(
+        self,
+        url: str,
+        schema: pa.Schema,
+        name: str,
+        *,
+        max_row_groups: int = 1024,
+        max_rows: int = 1 << 20,
+    ) -> None:
+        self.url, self.schema, self.name = url, schema, name
+        self.max_row_groups, self.max_rows = max_row_groups, max_rows
+        self.files = 0
+        self._sink: ParquetSink | None = None
+
+    def write(self, table: pa.Table) -> tuple[str, list[int]]:
+        """Append ``table`` to one file (never split across two); returns that file's name,
+        relative to the folder, and the numbers of its row groups that hold the rows."""
+        s = self._sink
+        if s is None or s.row_groups >= self.max_row_groups or s.rows >= self.max_rows:
+            if s is not None:
+                s.close()
+            self._sink = s = ParquetSink(
+                join(self.url, part_name(self.files)), self.schema, self.name
+            )
+            self.files += 1
+        return part_name(self.files - 1), s.write(table)
+
+    def close(self) -> None:
+        """Close the last file; a folder that got no rows still gets one (empty) file, so
+        that every reader of the folder finds the schema."""
+        if self._sink is None:
+            self.write(self.schema.empty_table())
+        assert self._sink is not None
+        self._sink.close()
+
+    def abort(self) -> None:
+        if self._sink is not None:
+            self._sink.abort()
+
+
+def part_name(n: int) -> str:
+    return f"part-{n:05d}.parquet"
+
+
+def parted_sink(
+    url: str, schema: pa.Schema, name: str, **bounds: int
+) -> contextlib.AbstractContextManager[PartedSink]:
+    return _committed(PartedSink(url, schema, name, **bounds))
+
+
+_Sink = TypeVar("_Sink", ParquetSink, PartedSink)
+
+
+@contextlib.contextmanager
+def _committed(sink: _Sink) -> Iterator[_Sink]:
+    """``sink`` for a with-block: closed (its files committed) after it, aborted if it raises."""
     try:
         yield sink
     except BaseException:

@@ -9,10 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import UserError
-from pipeline.io.fs import exists, expand_inputs, get_fs, is_dir, join, read_bytes
+from pipeline.io.fs import exists, expand_inputs, get_fs, is_dir, join, list_files, read_bytes
+from pipeline.io.parquet import iter_row_groups
 from pipeline.io.tar import AUDIO_EXTS, IMAGE_EXTS, iter_tar_samples
+from schemas import INDEX_SCHEMA
 
 SAMPLE_SCHEMA = pa.schema(
     [
@@ -39,6 +42,47 @@ def as_text(value: Any) -> str | None:
 
 # The commit marker of a finished build folder: a build's, or a curated build's.
 BUILD_MARKERS = ("build.json", "curate.json")
+
+
+# A build's index: one row per written sample, in numbered Parquet files under INDEX_DIR
+# (``pipeline.io.parquet.PartedSink``) so that no writer or reader holds a footer that grows
+# with the corpus. Builds before that wrote one LEGACY_INDEX file.
+INDEX_DIR = "index"
+LEGACY_INDEX = "index.parquet"
+
+
+def index_files(build: str) -> list[str]:
+    """The URLs of a finished build's index files, in order; [] when it has none."""
+    parted = join(build, INDEX_DIR)
+    if is_dir(parted):
+        names = [n for n in list_files(parted) if n.endswith(".parquet")]
+        return [join(parted, n) for n in sorted(names, key=lambda n: (len(n), n))]
+    legacy = join(build, LEGACY_INDEX)
+    return [legacy] if exists(legacy) else []
+
+
+# Where one shard's index rows are: (index file URL, that file's row groups holding them).
+IndexSpan = tuple[str, list[int]]
+
+
+def index_span(build: str, row: dict[str, Any]) -> IndexSpan:
+    """The span a ``shards.parquet`` row names (older builds name no file: one index)."""
+    return join(build, row.get("index_file") or LEGACY_INDEX), list(row["index_row_groups"])
+
+
+def shard_index_rows(span: IndexSpan, shard: str, columns: list[str]) -> pa.Table:
+    """One shard's index rows, read from only the row groups that hold them."""
+    url, groups = span
+    cols = columns if "shard" in columns else [*columns, "shard"]
+    parts = [
+        t.filter(pc.equal(t.column("shard"), shard)) for _, t in iter_row_groups(url, cols, groups)
+    ]
+    out = (
+        pa.concat_tables(parts)
+        if parts
+        else pa.schema([INDEX_SCHEMA.field(c) for c in cols]).empty_table()
+    )
+    return out.select(columns)
 
 
 def build_marker(spec: str) -> str | None:
