@@ -415,3 +415,31 @@ def test_the_index_rolls_into_bounded_files_that_every_reader_follows(tmp_path, 
     assert list(sizes.items()) == [(s.rsplit("/", 1)[-1], i + 1) for i, s in enumerate(shards)]
     wids = json.loads((tmp_path / "shardindex.json").read_text())["shardlist"]
     assert [(d["url"], d["nsamples"]) for d in wids] == list(sizes.items())
+
+
+def test_a_build_with_one_index_file_is_still_read(built, tmp_path):
+    """Builds before the index was split wrote one index.parquet and no index_file column:
+    curate and refresh planning find each shard's rows there."""
+    import shutil
+
+    from pipeline.curate.job import input_shards
+    from pipeline.embed.plan import scan_input
+    from pipeline.io.shards import shard_index_rows
+
+    out = Path(built[0])
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / "index" / "part-00000.parquet").rename(old / "index.parquet")
+    (old / "index").rmdir()
+    shards = pq.read_table(old / "shards.parquet")
+    pq.write_table(shards.drop_columns(["index_file"]), old / "shards.parquet")
+    now, before = input_shards(str(out)), input_shards(str(old))
+    assert [s for s, _ in before] == [s for s, _ in now]
+    for (shard, span), (_, new_span) in zip(before, now):
+        assert span[0] == str(old / "index.parquet") and span[1] == new_span[1]
+        assert shard_index_rows(span, shard, ["key"]).equals(
+            shard_index_rows(new_span, shard, ["key"])
+        )
+    assert {s: v.digest for s, v in scan_input(str(old))[1].items()} == {
+        s: v.digest for s, v in scan_input(str(out))[1].items()
+    }
