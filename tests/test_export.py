@@ -13,7 +13,8 @@ from pipeline.cli import main
 from pipeline.fusion.artifact import RunArtifact
 from pipeline.fusion.model import FUSIONS
 from pipeline.train import onnx_export
-from pipeline.train.export import export_run, serving_module
+from pipeline.train.export import export_run
+from pipeline.train.serving import serving_module
 from tests.onnx_runs import make_run
 
 

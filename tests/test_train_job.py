@@ -96,8 +96,9 @@ def test_two_worker_run_writes_model_metrics_and_lineage(run, feats):
 def test_eval_report_and_export(run, feats):
     from pipeline.fusion.artifact import load_run
     from pipeline.train.evaluate import run_eval
-    from pipeline.train.export import example_inputs, export_torchscript, serving_module
+    from pipeline.train.export import example_inputs, export_torchscript
     from pipeline.train.report import write_html_report as write_report
+    from pipeline.train.serving import serving_module
 
     out, report = run
     ev = run_eval(str(out), str(feats), quiet=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.models.audio_stats import MEL_STATS_DIM
+from pipeline.models.frozen import Encoder
 from pipeline.models.voice import DIM as VOICE_DIM
 from pipeline.models.voice import FRONT_END as VOICE_FRONT_END
 from pipeline.models.weights import load_state_dict
@@ -37,29 +37,6 @@ FOREIGN = {"image": ("hf", "open_clip"), "text": ("hf", "open_clip"), "audio": (
 
 def is_foreign(name: str) -> bool:
     return name in ("hf", "open_clip")
-
-
-@dataclass
-class Encoder:
-    """A frozen feature extractor: ``forward(**inputs) -> [B, dim]``, with its identity."""
-
-    modality: str
-    name: str
-    dim: int
-    weights_id: str  # sha256 of the weight bytes, "random:<seed>" or a package version
-    model: Any  # torch.nn.Module
-    preset: str | None = None  # the image preset its preprocessing must use
-
-    @property
-    def encoder_id(self) -> str:
-        return f"{self.modality}:{self.name}"
-
-    # The batch columns ``model`` takes, in order (a foreign audio tower takes three).
-    inputs: tuple[str, ...] = ()
-
-    def to(self, device: str) -> Encoder:
-        self.model = self.model.to(device)
-        return self
 
 
 def _random_id(name: str, seed: int) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.models.encoders import Encoder
+from pipeline.models.frozen import Encoder
 
 
 @functools.lru_cache(maxsize=8)

@@ -186,7 +186,7 @@ def _model_inputs(art: RunArtifact, n: int, seed: int) -> tuple[Any, ...]:
 def model_graph(art: RunArtifact, model: Any) -> Graph:
     """The fusion model (or an end-to-end preset with its encoders inside): per-modality
     inputs and their masks -> the fused embedding, one per modality, and class logits."""
-    from pipeline.train.export import serving_module
+    from pipeline.train.serving import serving_module
 
     mods = art.modalities
     logits = bool(art.info.label_field and art.info.classes)
