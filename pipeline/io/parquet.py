@@ -95,8 +95,8 @@ class PartedSink:
         schema: pa.Schema,
         name: str,
         *,
-        max_row_groups: int = 1024,
-        max_rows: int = 1 << 20,
+        max_row_groups: int,
+        max_rows: int,
     ) -> None:
         self.url, self.schema, self.name = url, schema, name
         self.max_row_groups, self.max_rows = max_row_groups, max_rows
@@ -134,9 +134,11 @@ def part_name(n: int) -> str:
 
 
 def parted_sink(
-    url: str, schema: pa.Schema, name: str, **bounds: int
+    url: str, schema: pa.Schema, name: str, *, max_row_groups: int, max_rows: int
 ) -> contextlib.AbstractContextManager[PartedSink]:
-    return _committed(PartedSink(url, schema, name, **bounds))
+    return _committed(
+        PartedSink(url, schema, name, max_row_groups=max_row_groups, max_rows=max_rows)
+    )
 
 
 _Sink = TypeVar("_Sink", ParquetSink, PartedSink)
