@@ -441,8 +441,17 @@ def compare_http(corpus: Path, n_cores: int, runs: list[str], args) -> dict:
     """Per ``host:n`` run: the bare image work, img2dataset at its best thread count, then
     mmpipe at its defaults, each tool's own CPU per image measured the same way."""
     out: dict = {}
-    bare = bare_in_subprocess(corpus / f"manifest-{args.n}.jsonl", args.bare_n, allocator=True)
-    print(f"bare image work (decode, resize, encode, tar): {bare['cpu_ms']:.2f} ms/image CPU")
+    # The least of three: one short run on a shared machine can read 40% high.
+    bares = [
+        bare_in_subprocess(corpus / f"manifest-{args.n}.jsonl", args.bare_n, allocator=True)
+        for _ in range(3)
+    ]
+    bare = min(bares, key=lambda b: b["cpu_ms"])
+    each = ", ".join(f"{b['cpu_ms']:.2f}" for b in bares)
+    print(
+        f"bare image work (decode, resize, encode, tar): {bare['cpu_ms']:.2f} ms/image CPU "
+        f"(least of {each})"
+    )
     out["bare_cpu_ms_per_image"] = bare["cpu_ms"]
     for k, spec in enumerate(runs):
         host, n = spec.split(":")

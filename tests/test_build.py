@@ -175,11 +175,12 @@ def test_same_input_gives_byte_identical_shards_and_noop_rerun(built, corpus, tm
     assert before == {p.name: p.stat().st_mtime_ns for p in (again / "shards").iterdir()}
 
 
-def test_the_first_chunk_built_while_ray_starts_changes_no_byte(
+def test_chunks_built_on_the_driver_while_ray_starts_change_no_byte(
     built, corpus, tmp_path, monkeypatch
 ):
-    """A local build builds its first chunk on the driver while its Ray starts: the same
-    shards, index and rejects, byte for byte, and it counts as built, not resumed."""
+    """A local build builds chunks on the driver while its Ray starts (the first, then from
+    the end until Ray's tasks claim one): the same shards, index and rejects, byte for byte,
+    each chunk built once, and counted as built, not resumed."""
     import pipeline.build.early as early
     import pipeline.build.job as job
 
@@ -187,17 +188,18 @@ def test_the_first_chunk_built_while_ray_starts_changes_no_byte(
     root, _ = corpus
     ran: list[str] = []
 
-    class Watched(early.EarlyChunk):
+    class Watched(early.DriverChunks):
         def _run(self) -> None:
-            ran.append(self.unit.url)
+            ran.append("started")
             super()._run()
 
     # The session's Ray is already up here: pretend this command starts its own.
     monkeypatch.setattr(job, "starts_local_ray", lambda address: True)
-    monkeypatch.setattr(job, "EarlyChunk", Watched)
+    monkeypatch.setattr(job, "DriverChunks", Watched)
     again = tmp_path / "early"
     rep = build(root / "manifest.jsonl", again, **ARGS)
-    assert len(ran) == 1 and rep["chunks"] == {"total": report["chunks"]["total"], "resumed": 0}
+    assert ran == ["started"]
+    assert rep["chunks"] == {"total": report["chunks"]["total"], "resumed": 0}
     assert rep["counts"] == report["counts"]
     for name in ("shards.parquet", "rejects.parquet", "index"):
         assert pq.read_table(Path(out) / name).equals(pq.read_table(again / name)), name
@@ -205,6 +207,42 @@ def test_the_first_chunk_built_while_ray_starts_changes_no_byte(
     assert shards == sorted(p.name for p in (again / "shards").iterdir())
     for name in shards:
         assert (Path(out) / "shards" / name).read_bytes() == (again / "shards" / name).read_bytes()
+
+
+def test_the_driver_takes_chunks_from_the_end_until_a_task_claims_one(corpus, tmp_path):
+    """Without Ray's tasks the driver builds every chunk, the first and then from the end;
+    once a task has claimed a chunk it takes no new one; a claimed chunk is skipped."""
+    from pipeline.build.chunk import BuildChunkStage, claim
+    from pipeline.build.early import DriverChunks
+    from pipeline.ingest.sources import plan_input, read_unit
+
+    root, _ = corpus
+    cfg = BuildConfig(input=str(root / "manifest.jsonl"), output=str(tmp_path / "o"), **ARGS)
+    units = plan_input(cfg).units
+    assert len(units) >= 4
+    ids = [next(read_unit(u, cfg)).column("chunk_id")[0].as_py() for u in units]
+    work = str(tmp_path / "work")
+    (tmp_path / "work" / "chunks").mkdir(parents=True)
+    landed: list[str] = []
+    alone = DriverChunks(units, cfg, work, lambda s: landed.extend(s["chunk_id"].to_pylist()))
+    assert [s["chunk_id"][0].as_py() for s in alone.result()] == landed
+    assert landed == [ids[0], *ids[:0:-1]]
+    alone.close()
+    assert not Path(alone.claims).exists()
+
+    # A task's claim on the second chunk, before the driver starts: it builds the first only.
+    work2 = str(tmp_path / "work2")
+    (tmp_path / "work2" / "chunks").mkdir(parents=True)
+    claims = str(tmp_path / "claims")
+    Path(claims).mkdir()
+    assert claim(claims, ids[1]) and not claim(claims, ids[1])
+    driver = DriverChunks(units, cfg, work2, lambda s: None, claims=claims)
+    assert [s["chunk_id"][0].as_py() for s in driver.result()] == [ids[0]]
+    # A task skips a chunk the driver claimed: no summary row, nothing staged.
+    stage = BuildChunkStage(cfg, work2, claims=claims)
+    assert stage(next(read_unit(units[0], cfg))).num_rows == 0
+    assert not (tmp_path / "work2" / "chunks" / f"{ids[1]}.parquet").exists()
+    driver.close()
 
 
 def test_a_command_starts_its_own_ray_only_without_an_address_or_a_joined_ray(monkeypatch):

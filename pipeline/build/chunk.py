@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from typing import Any, ClassVar
@@ -28,6 +29,16 @@ from schemas.work import SUMMARY_SCHEMA
 
 def chunk_meta_url(work_dir: str, chunk_id: str) -> str:
     return join(work_dir, "chunks", f"{chunk_id}.parquet")
+
+
+def claim(folder: str, chunk_id: str) -> bool:
+    """Whether this caller builds the chunk: the first to create its claim in ``folder`` (a
+    local folder, shared by a driver and the tasks of the Ray it started; build/early.py)."""
+    try:
+        os.close(os.open(os.path.join(folder, chunk_id), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
 
 
 def staged_tar_url(work_dir: str, chunk_id: str, sub: int) -> str:
@@ -177,9 +188,11 @@ class BuildChunkStage(Stage):
     adds: ClassVar[tuple[str, ...]] = tuple(SUMMARY_SCHEMA.names)
     passthrough: ClassVar[bool] = False
 
-    def __init__(self, cfg: BuildConfig, work_dir: str) -> None:
+    def __init__(self, cfg: BuildConfig, work_dir: str, claims: str | None = None) -> None:
         super().__init__()
-        self.cfg, self.work_dir = cfg, work_dir
+        # claims: a folder where the driver and this Ray's tasks claim chunks (a local build
+        # shares its chunks that way); a chunk claimed by the other side is skipped here.
+        self.cfg, self.work_dir, self.claims = cfg, work_dir, claims
 
     @property
     def resources(self) -> Resources:
@@ -208,7 +221,8 @@ class BuildChunkStage(Stage):
             if rows.num_rows != expected:
                 # A chunk split across blocks would give nondeterministic shards: stop loudly.
                 raise RuntimeError(f"chunk {cid} arrived with {rows.num_rows} of {expected} rows")
-            out.append(self.build_chunk(cid, rows))
+            if self.claims is None or claim(self.claims, cid):
+                out.append(self.build_chunk(cid, rows))
         return pa.Table.from_pylist(out, schema=SUMMARY_SCHEMA)
 
     def build_chunk(self, chunk_id: str, rows: pa.Table) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pyarrow as pa
 from pipeline.build.card import CARD, write_card
 from pipeline.build.chunk import BuildChunkStage
 from pipeline.build.distributed import finalize_distributed
-from pipeline.build.early import EarlyChunk
+from pipeline.build.early import DriverChunks
 from pipeline.build.finalize import SHARD_DIR, TABLES, publish
 from pipeline.build.report import ProgressLine, make_report, summary_lines, write_build_json
 from pipeline.config import BuildConfig
@@ -133,53 +133,37 @@ def _process(
     """Chunks on Ray Data, then finalize: build.json's content, staged in ``work``."""
     timings: dict[str, float] = {}
     line = ProgressLine(progress, chunks=len(plan.units))
-    lock = threading.Lock()  # the first chunk's thread updates the line too
+    lock = threading.Lock()  # the driver's chunk thread updates the line too
 
     def landed(summary: pa.Table) -> None:
         with lock:
             line.update(summary)
 
-    # On a Ray this command starts, the first chunk is built here while Ray starts up.
-    early = None
+    # On a Ray this command starts, the driver builds chunks too: the first while Ray
+    # starts, then from the end of the input while Ray's tasks go from the front.
+    driver, claims = None, None
     if starts_local_ray(address):
-        early = EarlyChunk(plan.units[0], cfg, work, landed)
-        plan = dataclasses.replace(plan, units=plan.units[1:])
+        driver = DriverChunks(plan.units, cfg, work, landed)
+        plan, claims = dataclasses.replace(plan, units=plan.units[1:]), driver.claims
     progress.phase("starting Ray")
-    with ray_session(address, num_cpus=ray_num_cpus, job="build"):
-        import ray.data
-
-        t1 = time.perf_counter()
-        timings["startup"] = t1 - t0
-        progress.phase("building chunks")
-        chunk_ids: list[str] = []  # O(chunks) on the driver
-        if plan.units:
-            # One read task per chunk, and one block per read task asked for explicitly:
-            # otherwise Ray re-splits read output to reach its default parallelism. Reads
-            # take the chunk stage's CPU share and its cap, so Ray fuses read and build into
-            # one task.
-            ds = ray.data.read_datasource(
-                make_datasource(plan, cfg),
-                num_cpus=cfg.num_cpus,
-                override_num_blocks=len(plan.units),
-                concurrency=task_concurrency(cfg.num_cpus),
+    try:
+        with ray_session(address, num_cpus=ray_num_cpus, job="build"):
+            chunk_ids = _build_chunks(cfg, plan, work, claims, landed, progress, timings, t0)
+            if driver is not None:
+                for summary in driver.result():
+                    chunk_ids.extend(summary.column("chunk_id").to_pylist())
+            progress.finish()
+            t2 = time.perf_counter()
+            timings["process"] = t2 - t0 - timings["startup"]
+            progress.phase("finalizing: dedup, shard names, index")
+            near = cfg.near_dup_distance if cfg.near_duplicates else None
+            counts = finalize_distributed(
+                work, cfg.output, chunk_ids, line.staged, cfg.dedup_partition_rows, near
             )
-            ds = map_stages(
-                ds, [BuildChunkStage(cfg, work)], columns=CHUNK_SCHEMA.names, on_error=cfg.on_error
-            )
-            for summary in stream(ds):
-                chunk_ids.extend(summary.column("chunk_id").to_pylist())
-                landed(summary)
-        if early is not None:
-            chunk_ids.extend(early.result().column("chunk_id").to_pylist())
-        progress.finish()
-        t2 = time.perf_counter()
-        timings["process"] = t2 - t1
-        progress.phase("finalizing: dedup, shard names, index")
-        near = cfg.near_dup_distance if cfg.near_duplicates else None
-        counts = finalize_distributed(
-            work, cfg.output, chunk_ids, line.staged, cfg.dedup_partition_rows, near
-        )
-        timings["finalize"] = time.perf_counter() - t2
+            timings["finalize"] = time.perf_counter() - t2
+    finally:
+        if driver is not None:
+            driver.close()
     if counts["input_rows"] != line.rows:
         raise RuntimeError(
             f"row accounting broke: {line.rows} processed, {counts['input_rows']} finalized"
@@ -190,6 +174,40 @@ def _process(
     timings["total"] = time.perf_counter() - t0
     chunks = {"total": line.chunks, "resumed": line.resumed}
     return make_report(cfg, plan.kind, counts, timings, chunks, line.member_types)
+
+
+def _build_chunks(
+    cfg: BuildConfig,
+    plan: Any,
+    work: str,
+    claims: str | None,
+    landed: Any,
+    progress: Progress,
+    timings: dict[str, float],
+    t0: float,
+) -> list[str]:
+    """Ray Data's part of the chunks (the driver's, if any, are built beside it): their ids."""
+    import ray.data
+
+    timings["startup"] = time.perf_counter() - t0
+    progress.phase("building chunks")
+    chunk_ids: list[str] = []  # O(chunks) on the driver
+    if plan.units:
+        # One read task per chunk, and one block per read task asked for explicitly:
+        # otherwise Ray re-splits read output to reach its default parallelism. Reads take
+        # the chunk stage's CPU share and its cap, so Ray fuses read and build into one task.
+        ds = ray.data.read_datasource(
+            make_datasource(plan, cfg),
+            num_cpus=cfg.num_cpus,
+            override_num_blocks=len(plan.units),
+            concurrency=task_concurrency(cfg.num_cpus),
+        )
+        stage = BuildChunkStage(cfg, work, claims=claims)
+        ds = map_stages(ds, [stage], columns=CHUNK_SCHEMA.names, on_error=cfg.on_error)
+        for summary in stream(ds):
+            chunk_ids.extend(summary.column("chunk_id").to_pylist())
+            landed(summary)
+    return chunk_ids
 
 
 def _not_empty(report: dict[str, Any], out: str) -> dict[str, Any]:
