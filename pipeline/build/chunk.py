@@ -35,7 +35,7 @@ def claim(folder: str, chunk_id: str) -> bool:
     """Whether this caller builds the chunk: the first to create its claim in ``folder`` (a
     local folder, shared by a driver and the tasks of the Ray it started; build/early.py)."""
     try:
-        os.close(os.open(os.path.join(folder, chunk_id), os.O_CREAT | os.O_EXCL))
+        os.close(os.open(os.path.join(folder, chunk_id), os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
         return False
     return True

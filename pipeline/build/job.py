@@ -6,6 +6,7 @@ import dataclasses
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -181,7 +182,7 @@ def _build_chunks(
     plan: Any,
     work: str,
     claims: str | None,
-    landed: Any,
+    landed: Callable[[pa.Table], None],
     progress: Progress,
     timings: dict[str, float],
     t0: float,
