@@ -235,13 +235,16 @@ def test_the_driver_takes_chunks_from_the_end_until_a_task_claims_one(corpus, tm
     (tmp_path / "work2" / "chunks").mkdir(parents=True)
     claims = str(tmp_path / "claims")
     Path(claims).mkdir()
-    assert claim(claims, ids[1]) and not claim(claims, ids[1])
+    assert claim(claims, ids[1], "tasks") and not claim(claims, ids[1], "driver")
     driver = DriverChunks(units, cfg, work2, lambda s: None, claims=claims)
     assert [s["chunk_id"][0].as_py() for s in driver.result()] == [ids[0]]
+    tasks = BuildChunkStage(cfg, work2, claims=claims)
     # A task skips a chunk the driver claimed: no summary row, nothing staged.
-    stage = BuildChunkStage(cfg, work2, claims=claims)
-    assert stage(next(read_unit(units[0], cfg))).num_rows == 0
+    assert tasks(next(read_unit(units[0], cfg))).num_rows == 0
     assert not (tmp_path / "work2" / "chunks" / f"{ids[1]}.parquet").exists()
+    # A task Ray retries after its worker died (its claim stands) builds its chunk.
+    assert tasks(next(read_unit(units[1], cfg))).num_rows == 1
+    assert (tmp_path / "work2" / "chunks" / f"{ids[1]}.parquet").exists()
     driver.close()
 
 

@@ -31,13 +31,18 @@ def chunk_meta_url(work_dir: str, chunk_id: str) -> str:
     return join(work_dir, "chunks", f"{chunk_id}.parquet")
 
 
-def claim(folder: str, chunk_id: str) -> bool:
-    """Whether this caller builds the chunk: the first to create its claim in ``folder`` (a
-    local folder, shared by a driver and the tasks of the Ray it started; build/early.py)."""
+def claim(folder: str, chunk_id: str, side: str) -> bool:
+    """Whether ``side`` builds the chunk: the first side to claim it in ``folder`` (a local
+    folder shared by a driver and the tasks of the Ray it started; build/early.py).
+
+    A claim names its side, not its process, so a task Ray retries after its worker died
+    claims its chunk again. A symlink is made and read atomically, content and all.
+    """
+    path = os.path.join(folder, chunk_id)
     try:
-        os.close(os.open(os.path.join(folder, chunk_id), os.O_CREAT | os.O_EXCL, 0o600))
+        os.symlink(side, path)
     except FileExistsError:
-        return False
+        return os.readlink(path) == side
     return True
 
 
@@ -188,11 +193,13 @@ class BuildChunkStage(Stage):
     adds: ClassVar[tuple[str, ...]] = tuple(SUMMARY_SCHEMA.names)
     passthrough: ClassVar[bool] = False
 
-    def __init__(self, cfg: BuildConfig, work_dir: str, claims: str | None = None) -> None:
+    def __init__(
+        self, cfg: BuildConfig, work_dir: str, claims: str | None = None, side: str = "tasks"
+    ) -> None:
         super().__init__()
         # claims: a folder where the driver and this Ray's tasks claim chunks (a local build
-        # shares its chunks that way); a chunk claimed by the other side is skipped here.
-        self.cfg, self.work_dir, self.claims = cfg, work_dir, claims
+        # shares its chunks that way); a chunk the other side claimed is skipped here.
+        self.cfg, self.work_dir, self.claims, self.side = cfg, work_dir, claims, side
 
     @property
     def resources(self) -> Resources:
@@ -221,7 +228,7 @@ class BuildChunkStage(Stage):
             if rows.num_rows != expected:
                 # A chunk split across blocks would give nondeterministic shards: stop loudly.
                 raise RuntimeError(f"chunk {cid} arrived with {rows.num_rows} of {expected} rows")
-            if self.claims is None or claim(self.claims, cid):
+            if self.claims is None or claim(self.claims, cid, self.side):
                 out.append(self.build_chunk(cid, rows))
         return pa.Table.from_pylist(out, schema=SUMMARY_SCHEMA)
 

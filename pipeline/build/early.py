@@ -54,7 +54,7 @@ class DriverChunks:
 
     def _run(self) -> None:
         try:
-            stage = BuildChunkStage(self.cfg, self.work, claims=self.claims)
+            stage = BuildChunkStage(self.cfg, self.work, claims=self.claims, side="driver")
             stage.on_error = self.cfg.on_error
             stage.ensure_setup()
             for n, unit in enumerate(self._order()):
